@@ -1,0 +1,1 @@
+"""evaluate step of the mixtune pipeline."""

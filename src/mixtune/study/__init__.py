@@ -1,0 +1,1 @@
+"""study step of the mixtune pipeline."""

@@ -1,0 +1,1 @@
+"""world step of the mixtune pipeline."""
