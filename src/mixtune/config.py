@@ -50,6 +50,8 @@ class WorldConfig(Section):
     """Verifiable-instruction examples for SFT (the mini-lab's general ability)."""
     instruct_test: int = Field(300, ge=0)
     """Held-out verifiable-instruction prompts (IFEval format)."""
+    knowledge_test: int = Field(300, ge=0)
+    """Held-out knowledge questions, drawn from the questions about the held-out people (SFT asks about all others)."""
     pretrain_math: int = Field(20000, ge=0)
     """Arithmetic statements in the pre-training corpus."""
     pretrain_code: int = Field(6000, ge=0)
@@ -303,6 +305,81 @@ class EvalConfig(Section):
     """MT-Bench judge."""
 
 
+# -------------------------------------------------------------------------------------------------------- strategy
+class StageSpec(Section):
+    """One stage of an explicit stage plan."""
+
+    name: str
+    """Stage name (used for folders, logs and the per-stage scores)."""
+    sources: list[str]
+    """Names of data sources trained in full in this stage."""
+    replay: dict[str, float] = Field(default_factory=dict)
+    """source name -> k: also train a random k·|D| subset of that source (DMT's replay)."""
+
+
+class StrategyConfig(Section):
+    """How the sources are split into stages (DMT paper §3.5, METHODS.md §1)."""
+
+    name: Literal["multi_task", "sequential", "mixed_sequential", "dmt", "stages"] = "multi_task"
+    """multi_task: one stage on all; sequential: one stage per ability in `order`; mixed_sequential: specialised
+    then general; dmt: specialised, then general + k of each specialised source; stages: the explicit list."""
+    k: float = Field(1 / 256, ge=0, le=1)
+    """DMT: replayed fraction of each specialised source in stage 2 (0 is mixed sequential)."""
+    order: list[str] = Field(default_factory=lambda: ["code", "math", "general"])
+    """sequential: ability order of the stages (general last forgets the specialised abilities)."""
+    specialized: list[str] = Field(default_factory=lambda: ["code", "math"])
+    """mixed_sequential / dmt: abilities of stage 1."""
+    general: list[str] = Field(default_factory=lambda: ["general"])
+    """mixed_sequential / dmt: abilities of stage 2."""
+    stages: list[StageSpec] = Field(default_factory=list)
+    """The explicit plan for name=stages."""
+
+
+# ----------------------------------------------------------------------------------------------------------- study
+class StudyRun(Section):
+    """One row of a study grid: a strategy over some of the recipe's sources."""
+
+    label: str
+    """Name in tables and plots (e.g. "DMT k=1/64")."""
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    """The stage plan."""
+    sources: list[str] = Field(default_factory=list)
+    """Source names to use (empty: all); a single source makes a single-ability run."""
+
+
+class RatioSetup(Section):
+    """DMT RQ3: vary the specialised (math ∪ code) or general share while the other side stays fixed."""
+
+    label: str
+    """Set-up name (e.g. "full general + f specialised")."""
+    vary: Literal["specialized", "general"]
+    """Which side gets the grid's fractions."""
+    fixed_fraction: float = Field(1.0, gt=0, le=1)
+    """Fraction of the other side (1 or 1/64 in the paper)."""
+
+
+class StudyConfig(Section):
+    """A grid of runs × data fractions × seeds from one shared base model (`mixtune study`)."""
+
+    base_recipe: str = "recipes/base-mini.yaml"
+    """Recipe of the base model (world, tokenizer, pre-training); prepared once, cached."""
+    runs: list[StudyRun] = Field(default_factory=list)
+    """The strategies compared."""
+    fractions: list[float] = Field(default_factory=lambda: [1.0])
+    """Data fractions applied to every source (DMT RQ1/RQ2: 1, 1/4, 1/16, 1/64, 1/256)."""
+    seeds: list[int] = Field(default_factory=lambda: [0])
+    """Seeds: data draw, order and initialisation of adapters."""
+    protocol: Literal["fixed_epochs", "matched_steps"] = "fixed_epochs"
+    """fixed_epochs (the paper's): steps shrink with the data; matched_steps: every fraction gets the optimizer
+    steps of the full data (epochs scaled by 1/fraction), so data amount is not confounded with steps."""
+    ratio_setups: list[RatioSetup] = Field(default_factory=list)
+    """RQ3 ratio set-ups, each run as multi-task over the grid's fractions."""
+    workers: int = Field(2, ge=1)
+    """Runs executed in parallel (one torch thread each)."""
+    specialized: list[str] = Field(default_factory=lambda: ["math", "code"])
+    """Abilities forming the specialised side of ratio set-ups."""
+
+
 # ---------------------------------------------------------------------------------------------------------- recipe
 class Recipe(Section):
     """A whole recipe. Each verb reads the sections it needs."""
@@ -327,6 +404,10 @@ class Recipe(Section):
     """Adapter (PEFT)."""
     eval: EvalConfig = Field(default_factory=EvalConfig)
     """Ability evaluation."""
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    """SFT strategy: the stage plan."""
+    study: StudyConfig = Field(default_factory=StudyConfig)
+    """Study grid (`mixtune study`)."""
     pretrain_corpus: list[str] = Field(default_factory=list)
     """Pre-training text files (JSONL with `text`, or plain text); empty means the world's corpus."""
 

@@ -1,0 +1,297 @@
+"""Readers: SFT data files (alpaca, sharegpt, OpenAI messages, GSM8K, HumanEval, plain text) → example records.
+
+An example follows the data contract (DESIGN.md, docs/CONTRACTS.md):
+`{id, source, ability, task_type, messages: [{role, content}], ...}` with optional `answer` (math), `tests` +
+`entry_point` (code), `instruction_ids` + `kwargs` (verifiable instructions). A `text` example carries `text` instead
+of `messages` (every token is trained).
+
+Files are JSONL or one JSON list, optionally gzipped. Every record is validated; a problem reads
+`{path}:{n}: {field}: {problem}` where n is the 1-based line of a JSONL file or the 1-based position of the item in a
+JSON list (`ReadResult.position` and the `DataError` header say which). Nothing is dropped silently: by default all
+problems raise one `DataError`; with `skip_invalid=True` bad records are skipped and their messages returned.
+
+Our own code: the formats are plain dict records, no library reads them with validation and line numbers.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MAX_LISTED = 20
+"""Problems listed in a DataError before `... and N more`."""
+
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+KEEP_FIELDS = ("answer", "tests", "entry_point", "instruction_ids", "kwargs", "chosen", "rejected", "task_id")
+"""Extra fields of a mixtune (messages-format) record kept on the example."""
+
+
+class DataError(ValueError):
+    """Invalid data; `problems` holds every `path:n: field: problem` message."""
+
+    def __init__(self, header: str, problems: list[str]):
+        self.problems = problems
+        listed = problems[:MAX_LISTED]
+        more = len(problems) - len(listed)
+        tail = [f"... and {more} more"] if more else []
+        super().__init__("\n".join([header, *listed, *tail]))
+
+
+class RecordError(ValueError):
+    """One record's problem, raised by a converter: `field` is a dotted path (`messages[2].role`)."""
+
+    def __init__(self, field: str, problem: str):
+        super().__init__(f"{field}: {problem}")
+        self.field, self.problem = field, problem
+
+
+@dataclass
+class ReadResult:
+    """Examples read from one file, plus one message per skipped record (empty unless skip_invalid)."""
+
+    examples: list[dict]
+    skipped: list[str] = field(default_factory=list)
+    format: str = ""
+    position: str = "line"
+    """What the number in a message counts: `line` (JSONL, 1-based) or `item` (JSON list, 1-based)."""
+
+
+# ------------------------------------------------------------------------------------------------ field checks
+def _text(rec: dict, key: str, where: str = "", allow_empty: bool = False) -> str:
+    name = f"{where}{key}"
+    if key not in rec:
+        raise RecordError(name, "missing")
+    value = rec[key]
+    if not isinstance(value, str):
+        raise RecordError(name, f"expected a string, got {type(value).__name__}")
+    if not allow_empty and not value.strip():
+        raise RecordError(name, "empty")
+    return value
+
+
+def check_roles(messages: list[dict], field: str = "messages") -> None:
+    """Roles must be: optional system, then user/assistant alternating, starting with user, ending with assistant."""
+    roles = [m["role"] for m in messages]
+    start = 1 if roles and roles[0] == "system" else 0
+    if start == len(roles):
+        raise RecordError(field, "no user/assistant turns")
+    for i in range(start, len(roles)):
+        want = "user" if (i - start) % 2 == 0 else "assistant"
+        if roles[i] != want:
+            raise RecordError(f"{field}[{i}].role", f"roles out of order: expected {want}, got {roles[i]}")
+    if roles[-1] != "assistant":
+        raise RecordError(f"{field}[{len(roles) - 1}].role", "conversation must end with an assistant turn")
+
+
+def _turns(rec: dict, key: str, role_key: str, content_key: str, role_map: dict[str, str]) -> list[dict]:
+    turns = rec.get(key)
+    if key not in rec:
+        raise RecordError(key, "missing")
+    if not isinstance(turns, list):
+        raise RecordError(key, f"expected a list, got {type(turns).__name__}")
+    if not turns:
+        raise RecordError(key, "empty")
+    messages = []
+    for i, turn in enumerate(turns):
+        where = f"{key}[{i}]."
+        if not isinstance(turn, dict):
+            raise RecordError(f"{key}[{i}]", f"expected an object, got {type(turn).__name__}")
+        role = _text(turn, role_key, where)
+        if role not in role_map:
+            raise RecordError(f"{where}{role_key}", f"unknown role {role!r} (expected one of {sorted(role_map)})")
+        messages.append({"role": role_map[role], "content": _text(turn, content_key, where)})
+    check_roles(messages, key)
+    return messages
+
+
+# -------------------------------------------------------------------------------------------------- converters
+def from_alpaca(rec: dict) -> dict:
+    """instruction (+ blank line + input when non-empty) → user; output → assistant."""
+    prompt = _text(rec, "instruction")
+    extra = _text(rec, "input", allow_empty=True) if "input" in rec else ""
+    if extra.strip():
+        prompt = f"{prompt}\n\n{extra}"
+    return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(rec, "output")}]}
+
+
+def from_sharegpt(rec: dict) -> dict:
+    """FastChat/ShareGPT: `conversations: [{from: human|gpt|system|user|assistant, value}]`."""
+    return {"messages": _turns(rec, "conversations", "from", "value", SHAREGPT_ROLES)}
+
+
+def from_messages(rec: dict) -> dict:
+    """OpenAI `messages: [{role, content}]`; mixtune's own records keep their extra fields (KEEP_FIELDS)."""
+    roles = {r: r for r in ("system", "user", "assistant")}
+    out = {"messages": _turns(rec, "messages", "role", "content", roles)}
+    out.update({k: rec[k] for k in KEEP_FIELDS if k in rec})
+    if "ability" in rec:
+        out["ability"] = _text(rec, "ability")
+    if "task_type" in rec:
+        if rec["task_type"] not in (0, 1) or isinstance(rec["task_type"], bool):
+            raise RecordError("task_type", f"expected 0 or 1, got {rec['task_type']!r}")
+        out["task_type"] = rec["task_type"]
+    return out
+
+
+def from_gsm8k(rec: dict) -> dict:
+    """question/answer (GSM8K) or query/response (GSM8K-RFT) → user/assistant; `answer` = the number after ####."""
+    q_key, a_key = ("query", "response") if "query" in rec else ("question", "answer")
+    question, solution = _text(rec, q_key), _text(rec, a_key)
+    if "####" not in solution:
+        raise RecordError(a_key, "no '#### <answer>' line")
+    final = solution.rsplit("####", 1)[1].strip().replace(",", "")
+    if not final:
+        raise RecordError(a_key, "empty answer after ####")
+    return {"messages": [{"role": "user", "content": question}, {"role": "assistant", "content": solution}],
+            "answer": final}
+
+
+def from_humaneval(rec: dict) -> dict:
+    """prompt (signature + docstring) → user; canonical_solution (the body) → assistant; test → tests."""
+    out = {"messages": [{"role": "user", "content": _text(rec, "prompt")},
+                        {"role": "assistant", "content": _text(rec, "canonical_solution")}]}
+    if "test" in rec:
+        out["tests"] = _text(rec, "test")
+    if "entry_point" in rec:
+        out["entry_point"] = _text(rec, "entry_point")
+    if "task_id" in rec:
+        out["id"] = _text(rec, "task_id")
+    return out
+
+
+def from_text(rec: dict) -> dict:
+    """`{text}`: a plain document, every token trained."""
+    return {"text": _text(rec, "text")}
+
+
+FORMATS: dict[str, Callable[[dict], dict]] = {
+    "alpaca": from_alpaca,
+    "sharegpt": from_sharegpt,
+    "messages": from_messages,
+    "gsm8k": from_gsm8k,
+    "humaneval": from_humaneval,
+    "text": from_text,
+}
+"""Record converters: record → partial example (messages/text + extra fields); they raise RecordError."""
+
+DEFAULT_ABILITY = {"alpaca": "general", "sharegpt": "general", "messages": "general", "gsm8k": "math",
+                   "humaneval": "code", "text": "text"}
+
+
+def detect_format(rec: Any) -> str:
+    """The format whose keys the record has; raises ValueError naming the keys seen and the valid formats."""
+    keys = set(rec) if isinstance(rec, dict) else set()
+    if "conversations" in keys:
+        return "sharegpt"
+    if "messages" in keys:
+        return "messages"
+    if {"instruction", "output"} <= keys:
+        return "alpaca"
+    if {"prompt", "canonical_solution"} <= keys:
+        return "humaneval"
+    if {"question", "answer"} <= keys or {"query", "response"} <= keys:
+        return "gsm8k"
+    if "text" in keys:
+        return "text"
+    raise ValueError(f"cannot detect the format from keys {sorted(keys)}; give one of {sorted(FORMATS)}")
+
+
+# ------------------------------------------------------------------------------------------------------ reading
+def iter_records(path: str | Path) -> tuple[str, list[tuple[int, Any, str | None]]]:
+    """(position kind, [(n, record or None, json problem or None)]) for a JSONL or JSON-list file (.gz allowed).
+
+    A file whose first non-blank character is `[` is a JSON list (n = 1-based item); otherwise JSONL
+    (n = 1-based line; blank lines are skipped but counted).
+    """
+    path = Path(path)
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as f:
+        text = f.read()
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as e:
+            return "line", [(e.lineno, None, f"invalid JSON list: {e.msg} (column {e.colno})")]
+        return "item", [(i + 1, rec, None) for i, rec in enumerate(items)]
+    rows = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append((n, json.loads(line), None))
+        except json.JSONDecodeError as e:
+            rows.append((n, None, f"invalid JSON: {e.msg} (column {e.colno})"))
+    return "line", rows
+
+
+def _record_id(value: Any) -> str:
+    """A record's own id: a non-empty string or an integer (kept as its string)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, str):
+        raise RecordError("id", f"expected a string or integer, got {type(value).__name__}")
+    if not value.strip():
+        raise RecordError("id", "empty")
+    return value
+
+
+def _finish(part: dict, index: int, fmt: str, source: str, ability: str | None, task_type: int | None) -> dict:
+    """Fill id/source/ability/task_type: explicit arguments win over the record's own, then format defaults."""
+    ex = {"id": part.pop("id", None) or f"{source}/{index}", "source": source}
+    own_ability = part.pop("ability", None)
+    ex["ability"] = ability or own_ability or DEFAULT_ABILITY[fmt]
+    own_type = part.pop("task_type", None)
+    ex["task_type"] = task_type if task_type is not None else (
+        own_type if own_type is not None else int(ex["ability"] == "knowledge"))
+    ex.update(part)
+    return ex
+
+
+def read_examples(path: str | Path, format: str = "auto", source: str | None = None, ability: str | None = None,
+                  task_type: int | None = None, skip_invalid: bool = False) -> ReadResult:
+    """Read and validate every record of `path` into examples (see the module docstring for messages and ids).
+
+    source defaults to the file name without suffixes. Ids: the record's `id` (HumanEval: `task_id`) if present,
+    else f"{source}/{index}" with the 0-based record index. Duplicate ids are a problem of the later record.
+    Raises DataError (all problems, listing capped at 20) unless skip_invalid; an unknown format raises ValueError.
+    """
+    path = Path(path)
+    source = source or path.name.split(".")[0]
+    if format != "auto" and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; valid: {['auto', *sorted(FORMATS)]}")
+    position, rows = iter_records(path)
+    if format == "auto":
+        first = next((rec for _, rec, bad in rows if bad is None), None)
+        if first is None:
+            raise DataError(f"{path}: no readable record to detect the format from", [
+                f"{path}:{n}: <json>: {bad}" for n, _, bad in rows])
+        try:
+            format = detect_format(first)
+        except ValueError as e:
+            raise DataError(f"{path}: {e}", []) from None
+    convert = FORMATS[format]
+    examples, problems, seen = [], [], {}
+    for index, (n, rec, bad) in enumerate(rows):
+        try:
+            if bad is not None:
+                raise RecordError("<json>", bad)
+            if not isinstance(rec, dict):
+                raise RecordError("<record>", f"expected an object, got {type(rec).__name__}")
+            part = convert(rec)
+            if "id" in rec:
+                part["id"] = _record_id(rec["id"])
+            ex = _finish(part, index, format, source, ability, task_type)
+            if ex["id"] in seen:
+                raise RecordError("id", f"duplicate id {ex['id']!r} (first at {position} {seen[ex['id']]})")
+            seen[ex["id"]] = n
+            examples.append(ex)
+        except RecordError as e:
+            problems.append(f"{path}:{n}: {e.field}: {e.problem}")
+    if problems and not skip_invalid:
+        raise DataError(f"{path}: {len(problems)} invalid record(s) of {len(rows)} "
+                        f"({format} format; numbers are 1-based {position}s)", problems)
+    return ReadResult(examples=examples, skipped=problems, format=format, position=position)

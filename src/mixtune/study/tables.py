@@ -1,0 +1,328 @@
+"""Study tables from results rows (`ResultsDB.rows()`): strategy × ability, fraction × ability, stage by stage.
+
+Every cell is mean ± sample standard deviation over seeds (n runs), of one main metric per benchmark
+(`MAIN_METRIC`, overridable), taken at the end of a stage (step END_OF_STAGE; a stage scored only mid-way uses its
+last step). Tables render as plain text (terminal), Markdown (README) and HTML (report page).
+
+- strategy × ability: each run's FINAL stage (highest stage_index), grouped by strategy, setup, adapter, fraction.
+- fraction × ability (DMT RQ1/RQ2): runs whose `setup` names a source kind: "single" (one ability's data, e.g.
+  setup "single:math") or "mixed" (the same fraction of every ability). A single-source run counts only for the
+  ability it trained, read from its setup or strategy name ("single:math", "math_only"); when no ability is named
+  it counts for every ability it was scored on.
+- stage by stage: every stage of every strategy, so forgetting (sequential training, DMT §4) shows as a drop.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import statistics
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any
+
+from mixtune.study.db import END_OF_STAGE
+
+ABILITIES = ("math", "code", "general", "knowledge")
+
+# benchmark -> the metric its tables report. Mini-lab names first, then the real benchmarks.
+MAIN_METRIC: dict[str, str] = {
+    "minilab_math": "accuracy",
+    "minilab_code": "pass@1",
+    "minilab_instruct": "prompt_level_strict",
+    "minilab_knowledge": "exact_match",
+    "gsm8k": "accuracy",
+    "humaneval": "pass@1",
+    "mbpp": "pass@1",
+    "ifeval": "prompt_level_strict",
+    "mt_bench": "score",
+    "nq_open": "exact_match",
+    "nq": "exact_match",
+}
+
+# When a benchmark is not in the map (or its metric is missing), the first of these that it reports is used.
+ABILITY_METRICS: dict[str, tuple[str, ...]] = {
+    "math": ("accuracy", "strict", "exact_match"),
+    "code": ("pass@1",),
+    "general": ("prompt_level_strict", "score", "accuracy"),
+    "knowledge": ("exact_match", "f1", "accuracy"),
+}
+
+KEY_FIELDS = ("strategy", "setup", "adapter", "fraction")
+JSON_KEYS = ("strategy", "fraction", "seed", "stage", "ability", "benchmark", "metric", "value", "run_id", "setup")
+
+
+@dataclass(frozen=True)
+class Summary:
+    """Mean and sample standard deviation (None when n < 2) of one cell's values over seeds."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    @classmethod
+    def of(cls, values: Iterable[float]) -> Summary:
+        vals = list(values)
+        return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
+
+    def __str__(self) -> str:
+        spread = f" ± {self.std:.3f}" if self.std is not None else ""
+        return f"{self.mean:.3f}{spread} (n={self.n})"
+
+
+@dataclass
+class Table:
+    """A rendered-agnostic table: key columns (strings) then value columns (Summary or None for no data)."""
+
+    title: str
+    key_columns: list[str]
+    value_columns: list[str]
+    keys: list[tuple[str, ...]] = field(default_factory=list)
+    cells: list[list[Summary | None]] = field(default_factory=list)
+    note: str = ""
+    """Shown under the title: which benchmark and metric each ability column reports."""
+
+    def cell(self, key: tuple[str, ...], column: str) -> Summary | None:
+        return self.cells[self.keys.index(key)][self.value_columns.index(column)]
+
+    def _str_rows(self) -> list[list[str]]:
+        return [list(k) + ["–" if c is None else str(c) for c in cells] for k, cells in zip(self.keys, self.cells)]
+
+    def to_text(self) -> str:
+        header = self.key_columns + self.value_columns
+        body = self._str_rows()
+        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
+        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+        lines = [self.title] + ([self.note] if self.note else []) + [fmt.format(*header),
+                                                                       fmt.format(*("-" * w for w in widths))]
+        return "\n".join(lines + [fmt.format(*r) for r in body])
+
+    def to_markdown(self) -> str:
+        header = self.key_columns + self.value_columns
+        lines = [f"**{self.title}**" + (f" ({self.note})" if self.note else ""), "",
+                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in self._str_rows()])
+
+    def to_html(self) -> str:
+        esc = html.escape
+        head = "".join(f"<th>{esc(c)}</th>" for c in self.key_columns + self.value_columns)
+        body = []
+        for row in self._str_rows():
+            keys = "".join(f"<th scope='row'>{esc(v)}</th>" for v in row[: len(self.key_columns)])
+            vals = "".join(f"<td>{esc(v)}</td>" for v in row[len(self.key_columns):])
+            body.append(f"<tr>{keys}{vals}</tr>")
+        note = f"<br><small>{esc(self.note)}</small>" if self.note else ""
+        return (f"<table>\n<caption>{esc(self.title)}{note}</caption>\n<thead><tr>{head}</tr></thead>\n"
+                f"<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>")
+
+
+# --- selecting the rows a table is made of ----------------------------------------------------------------------
+
+
+def fmt_fraction(x: float | None) -> str:
+    """0.25 -> '1/4', 1.0 -> '1'; fractions that are not simple stay decimal."""
+    if x is None:
+        return ""
+    frac = Fraction(x).limit_denominator(4096)
+    return str(frac) if abs(float(frac) - x) < 1e-9 else f"{x:g}"
+
+
+def choose_metrics(rows: list[dict], metric_map: dict[str, str] | None = None) -> dict[str, str]:
+    """benchmark -> the metric reported for it: the map's entry if present, else the ability's first candidate."""
+    metric_map = {**MAIN_METRIC, **(metric_map or {})}
+    available: dict[str, list[str]] = {}
+    ability_of: dict[str, str] = {}
+    for r in rows:
+        ms = available.setdefault(r["benchmark"], [])
+        if r["metric"] not in ms:
+            ms.append(r["metric"])
+        ability_of.setdefault(r["benchmark"], r.get("ability") or "")
+    chosen = {}
+    for bench, ms in available.items():
+        candidates = [metric_map[bench]] if bench in metric_map else []
+        candidates += ABILITY_METRICS.get(ability_of[bench], ())
+        pick = next((m for m in candidates if m in ms), ms[0] if len(ms) == 1 else None)
+        if pick is not None:
+            chosen[bench] = pick
+    return chosen
+
+
+def main_rows(rows: list[dict], metric_map: dict[str, str] | None = None) -> list[dict]:
+    """Rows of each benchmark's main metric at the end of each stage (last step when no end-of-stage score)."""
+    chosen = choose_metrics(rows, metric_map)
+    picked = [r for r in rows if chosen.get(r["benchmark"]) == r["metric"] and r.get("value") is not None]
+    last: dict[tuple, dict] = {}
+    for r in picked:
+        key = (r["run_id"], r["stage"], r["benchmark"])
+        prev = last.get(key)
+        rank = _step_rank(r["step"])
+        if prev is None or rank >= _step_rank(prev["step"]):
+            last[key] = r
+    return [r for r in picked if last[(r["run_id"], r["stage"], r["benchmark"])] is r]
+
+
+def _step_rank(step: int | None) -> float:
+    return float("inf") if step is None or step == END_OF_STAGE else float(step)
+
+
+def stage_order(rows: list[dict]) -> dict[str, list[str]]:
+    """run_id -> its stage names in training order (stage_index, then first appearance for unrecorded stages)."""
+    seen: dict[str, dict[str, tuple[float, int]]] = {}
+    for i, r in enumerate(rows):
+        stages = seen.setdefault(r["run_id"], {})
+        if r["stage"] not in stages:
+            idx = r.get("stage_index")
+            stages[r["stage"]] = (float("inf") if idx is None else float(idx), i)
+    return {run: sorted(st, key=st.__getitem__) for run, st in seen.items()}
+
+
+def multi_stage_rows(rows: list[dict]) -> list[dict]:
+    """Only the rows of runs scored after at least two stages (a single-stage run shows no change)."""
+    order = stage_order(rows)
+    return [r for r in rows if len(order[r["run_id"]]) > 1]
+
+
+def final_rows(rows: list[dict]) -> list[dict]:
+    """Only the rows of each run's last stage."""
+    order = stage_order(rows)
+    return [r for r in rows if order[r["run_id"]][-1] == r["stage"]]
+
+
+def ability_columns(rows: list[dict]) -> list[tuple[str, str]]:
+    """(ability, benchmark) pairs in ability order (math, code, general, knowledge, then others)."""
+    pairs = {(r.get("ability") or "other", r["benchmark"]) for r in rows}
+    rank = {a: i for i, a in enumerate(ABILITIES)}
+    return sorted(pairs, key=lambda p: (rank.get(p[0], len(rank)), p[0], p[1]))
+
+
+def column_labels(cols: list[tuple[str, str]], chosen: dict[str, str]) -> tuple[list[str], str]:
+    """Short column labels (the ability, or ability:benchmark when an ability has several) and the note naming
+    each column's benchmark and metric."""
+    per_ability: dict[str, int] = {}
+    for ability, _ in cols:
+        per_ability[ability] = per_ability.get(ability, 0) + 1
+    labels = [a if per_ability[a] == 1 else f"{a}:{b}" for a, b in cols]
+    note = "metrics: " + ", ".join(f"{lab} = {b} {chosen.get(b, '')}".rstrip() for lab, (_, b) in zip(labels, cols))
+    return labels, (note if cols else "")
+
+
+def source_kind(setup: str | None, strategy: str | None) -> tuple[str | None, str | None]:
+    """('single', trained ability or None) / ('mixed', None) / (None, None) for runs outside the fraction grid.
+
+    The setup decides when it names a kind ("single:math", "mixed"); otherwise the strategy name ("math_only").
+    "mixed_sequential" is a strategy (DMT §3), not a mixed-source run."""
+    texts = [set(re.split(r"[^a-z0-9]+", (t or "").lower())) for t in (setup, strategy)]
+    for tokens in texts:
+        if "mixed" in tokens and "sequential" not in tokens:
+            return "mixed", None
+        if "single" in tokens or "only" in tokens:
+            named = [a for t in (tokens, *texts) for a in ABILITIES if a in t]
+            return "single", (named[0] if named else None)
+    return None, None
+
+
+def fraction_grid_rows(rows: list[dict]) -> list[dict]:
+    """Rows of single/mixed-source runs, each tagged with `_kind`; a single-source run keeps only its ability."""
+    kept = []
+    for r in rows:
+        kind, trained = source_kind(r.get("setup"), r.get("strategy"))
+        if kind is not None and (trained is None or trained == r.get("ability")):
+            kept.append({**r, "_kind": kind})
+    return kept
+
+
+def aggregate(rows: list[dict], key_fn: Callable[[dict], tuple | None]) -> dict[tuple, Summary]:
+    """(group key..., ability, benchmark) -> Summary over runs; a run with several values counts once (mean)."""
+    per_run: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        key = key_fn(r)
+        if key is None:
+            continue
+        per_run.setdefault(key, {}).setdefault(r["run_id"], []).append(r["value"])
+    return {k: Summary.of(statistics.fmean(v) for v in runs.values()) for k, runs in per_run.items()}
+
+
+def run_key(r: dict, fields: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(fmt_fraction(r.get(f)) if f == "fraction" else str(r.get(f) or "") for f in fields)
+
+
+def _build(title: str, rows: list[dict], fields: tuple[str, ...], metric_map: dict[str, str] | None,
+           extra: Callable[[dict], tuple[str, ...]] = lambda r: ()) -> Table:
+    """One table: a row per distinct (fields + extra) key in order of appearance, a column per (ability, bench)."""
+    chosen = choose_metrics(rows, metric_map)
+    cols = ability_columns(rows)
+    # Drop key columns that no run fills (e.g. adapter in a full fine-tuning study).
+    used = tuple(f for f in fields if any(r.get(f) not in (None, "") for r in rows))
+
+    def key_fn(r: dict) -> tuple:
+        return (*run_key(r, used), *extra(r), r.get("ability") or "other", r["benchmark"])
+
+    agg = aggregate(rows, key_fn)
+    keys = list(dict.fromkeys(k[:-2] for k in agg))
+    extra_names = ["stage"] if rows and extra(rows[0]) else []
+    labels, note = column_labels(cols, chosen)
+    table = Table(title, list(used) + extra_names, labels, note=note)
+    for key in keys:
+        table.keys.append(key)
+        table.cells.append([agg.get((*key, a, b)) for a, b in cols])
+    return table
+
+
+# --- the three tables ---------------------------------------------------------------------------------------------
+
+
+def strategy_table(rows: list[dict], metric_map: dict[str, str] | None = None) -> Table:
+    """Strategy × ability at each run's final stage, mean ± std over seeds."""
+    rows = final_rows(main_rows(rows, metric_map))
+    return _build("Strategy × ability (final stage, mean ± std over seeds)", rows, KEY_FIELDS, metric_map)
+
+
+def stage_table(rows: list[dict], metric_map: dict[str, str] | None = None) -> Table:
+    """Ability after every stage of every multi-stage run (forgetting shows as a drop down a strategy's rows)."""
+    rows = multi_stage_rows(main_rows(rows, metric_map))
+    order = stage_order(rows)
+    rows = sorted(rows, key=lambda r: order[r["run_id"]].index(r["stage"]))  # stable: grid order within a stage
+
+    def stage_key(r: dict) -> tuple[str, ...]:
+        return (f"{order[r['run_id']].index(r['stage'])}: {r['stage']}",)
+
+    table = _build("Ability after each stage (mean ± std over seeds)", rows, KEY_FIELDS, metric_map, stage_key)
+    # Group a strategy's stages together: sort by the key columns' first appearance, then stage position.
+    first = {k[:-1]: i for i, k in reversed(list(enumerate(table.keys)))}
+    pairs = sorted(zip(table.keys, table.cells), key=lambda kc: (first[kc[0][:-1]], int(kc[0][-1].split(":")[0])))
+    table.keys, table.cells = [k for k, _ in pairs], [c for _, c in pairs]
+    return table
+
+
+def varying_fields(rows: list[dict], fields: tuple[str, ...] = ("strategy", "adapter")) -> tuple[str, ...]:
+    """The fields that take more than one value across rows: the fraction grid splits by these too."""
+    return tuple(f for f in fields if len({r.get(f) for r in rows}) > 1)
+
+
+def fraction_table(rows: list[dict], metric_map: dict[str, str] | None = None) -> Table:
+    """Fraction × ability for single-source vs mixed-source runs (DMT RQ1/RQ2); empty when the study has none.
+
+    Rows are fractions (largest first), split by strategy/adapter only when the grid holds several."""
+    chosen = choose_metrics(rows, metric_map)
+    kept = fraction_grid_rows(final_rows(main_rows(rows, metric_map)))
+    fields = (*varying_fields(kept), "fraction")
+    cols = ability_columns(kept)
+    agg = aggregate(kept, lambda r: (*run_key(r, fields), r.get("ability") or "other", r["benchmark"], r["_kind"]))
+    # Order: strategies (adapters) as they appear in the grid, then fractions from largest to smallest.
+    fraction_of = {run_key(r, fields): r.get("fraction") or 0.0 for r in kept}
+    first = {k[:-1]: i for i, k in reversed(list(enumerate(fraction_of)))}
+    keys = sorted(fraction_of, key=lambda k: (first[k[:-1]], -fraction_of[k]))
+    labels, note = column_labels(cols, chosen)
+    value_columns = [f"{label} {kind}" for label in labels for kind in ("single", "mixed")]
+    table = Table("Fraction × ability, single vs mixed sources (final stage, mean ± std over seeds)",
+                  list(fields), value_columns, note=note)
+    for key in keys:
+        table.keys.append(key)
+        table.cells.append([agg.get((*key, a, b, kind)) for a, b in cols for kind in ("single", "mixed")])
+    return table
+
+
+def json_rows(rows: list[dict]) -> list[dict[str, Any]]:
+    """Score rows as plain dicts with the report's JSON keys (every metric, every stage and step)."""
+    return [{k: r.get(k) for k in JSON_KEYS} for r in rows]

@@ -1,0 +1,179 @@
+"""Shared training mechanics: threads and seeds, optimizer, schedules (cosine, WSD, ...), bf16 autocast, atomic
+checkpoints with optimizer/scheduler/RNG/data position, resume, and the NaN guard.
+
+The loops themselves live in the stage files (pretrain.py, sft.py); this module holds only what they share.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from transformers.optimization import (
+    get_constant_schedule_with_warmup,
+    get_cosine_with_min_lr_schedule_with_warmup,
+    get_linear_schedule_with_warmup,
+    get_wsd_schedule,
+)
+
+from mixtune.config import TrainConfig
+from mixtune.runs import atomic_write_json
+
+CHECKPOINTS = "checkpoints"
+KEEP_CHECKPOINTS = 2
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
+
+
+def setup_torch(cfg: TrainConfig) -> None:
+    """Threads and seeds. One thread per run is fastest on small shared machines (DESIGN.md)."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+
+
+def autocast(cfg: TrainConfig, device: torch.device | str = "cpu"):
+    device_type = torch.device(device).type
+    return torch.autocast(device_type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on vectors (norms, biases)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    """Warm-up then cosine (to min_lr_ratio), WSD (stable then a 1-sqrt cooldown over decay_ratio; MiniCPM,
+    Hägele et al. 2024), linear or constant. The transformers implementations are used."""
+    warmup = round(cfg.warmup_ratio * total_steps)
+    if cfg.schedule == "cosine":
+        return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total_steps,
+                                                           min_lr_rate=cfg.min_lr_ratio)
+    if cfg.schedule == "wsd":
+        decay = max(1, round(cfg.decay_ratio * total_steps))
+        return get_wsd_schedule(optimizer, warmup, decay, num_training_steps=total_steps,
+                                decay_type="1-sqrt", min_lr_ratio=cfg.min_lr_ratio)
+    if cfg.schedule == "linear":
+        return get_linear_schedule_with_warmup(optimizer, warmup, total_steps)
+    return get_constant_schedule_with_warmup(optimizer, warmup)
+
+
+def check_finite(loss: float, step: int, run_dir: Path) -> None:
+    if math.isfinite(loss):
+        return
+    last = latest_checkpoint(run_dir)
+    where = f"the last good checkpoint is {last}" if last else "no checkpoint was written yet"
+    raise TrainingDiverged(f"loss is {loss} at step {step}; stopping ({where}). Lower train.lr or check the data.")
+
+
+def clip_and_step(model, optimizer, scheduler, cfg: TrainConfig) -> float:
+    """Clip, step, zero grads; returns the pre-clip gradient norm (0 when clipping is off)."""
+    norm = 0.0
+    if cfg.max_grad_norm > 0:
+        params = [p for p in model.parameters() if p.requires_grad]
+        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm
+
+
+# ------------------------------------------------------------------------------------------------- checkpoints
+@dataclass
+class TrainState:
+    """What a resumed run needs besides weights: progress, data position and RNG."""
+
+    step: int = 0
+    data: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def trainable_state_dict(model: torch.nn.Module, full: bool) -> dict[str, torch.Tensor]:
+    if full:
+        # Tied weights (embeddings = lm_head) are stored once; load_state_dict(strict=False) re-ties them.
+        seen: set[int] = set()
+        out = {}
+        for name, t in model.state_dict().items():
+            if t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
+            out[name] = t.detach().contiguous()
+        return out
+    return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    pointer = Path(run_dir) / CHECKPOINTS / "latest.json"
+    if not pointer.exists():
+        return None
+    path = Path(run_dir) / CHECKPOINTS / json.loads(pointer.read_text())["name"]
+    return path if path.exists() else None
+
+
+def save_checkpoint(run_dir: str | Path, model, optimizer, scheduler, state: TrainState, full: bool) -> Path:
+    """Write `checkpoints/step-N/` atomically (temp folder, fsync'd files, rename), then move `latest.json`."""
+    root = Path(run_dir) / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state.step:07d}"
+    tmp = root / f".tmp-{name}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_file(trainable_state_dict(model, full), str(tmp / "weights.safetensors"))
+    torch.save({
+        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "step": state.step, "data": state.data, "extra": state.extra,
+        "torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
+        "python_rng_pos": random.getstate()[2], "full": full,
+    }, tmp / "trainer_state.pt")
+    for f in tmp.iterdir():
+        with f.open("rb") as fh:
+            os.fsync(fh.fileno())
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write_json(root / "latest.json", {"name": name, "step": state.step})
+    _prune(root, keep=KEEP_CHECKPOINTS)
+    return final
+
+
+def _prune(root: Path, keep: int) -> None:
+    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
+    for old in steps[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint_into(path: Path, model, optimizer, scheduler) -> TrainState:
+    """Restore weights, optimizer, scheduler and RNG from `path`; never unpickles arbitrary objects."""
+    blob = torch.load(path / "trainer_state.pt", weights_only=True)
+    weights = load_file(str(path / "weights.safetensors"))
+    _missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected:
+        raise ValueError(f"{path}: checkpoint has weights the model lacks: {unexpected[:5]}")
+    optimizer.load_state_dict(blob["optimizer"])
+    scheduler.load_state_dict(blob["scheduler"])
+    torch.set_rng_state(blob["torch_rng"])
+    random.setstate((3, tuple(blob["python_rng"]), blob["python_rng_pos"]))
+    return TrainState(step=int(blob["step"]), data=dict(blob["data"]), extra=dict(blob["extra"]))
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The seeded permutation of `n` items for `epoch`: reshuffled every epoch, reproducible on resume."""
+    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=gen).tolist()

@@ -1,0 +1,219 @@
+"""Losses and RL math as small pure tensor functions (no model, no config).
+
+Each function states its shapes and the paper/equation it implements; tests/test_losses.py checks every one against
+numbers worked out by hand. Ours, not a library's: TRL/OpenRLHF bury these inside trainer methods.
+
+Contents: token cross-entropy with masks (SFT / pre-training), the LoRAMoE localized balancing constraint
+(METHODS.md §3), reward-model pairwise loss, DPO / IPO / hinge (SPIN), PPO clipped policy and value losses, GAE and
+the k1 KL estimator (METHODS.md §5–§6).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+LBC_EPS = 1e-10
+"""Added to the denominator of the balancing loss, as in the official LoRAMoE `cv_squared`."""
+
+
+# ------------------------------------------------------------------------------------------------ cross-entropy
+def masked_token_ce(logits: Tensor, labels: Tensor, ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+    """Summed next-token cross-entropy and the number of predicted tokens.
+
+    HF-style shift: logits[:, t] predicts labels[:, t + 1]. Labels equal to `ignore_index` (prompt tokens, padding,
+    and in packed rows the first token of every example, Flan packing §4) carry no loss.
+    logits (B, T, V), labels (B, T) → (loss_sum scalar fp32, n_tokens scalar int64).
+    Return the sum, not the mean, so micro-batches and packed rows combine by `token_weighted_mean`.
+    """
+    shift_logits = logits[:, :-1, :]  # (B, T-1, V)
+    shift_labels = labels[:, 1:]  # (B, T-1)
+    loss_sum = F.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.size(-1)).float(),
+        shift_labels.reshape(-1),
+        ignore_index=ignore_index,
+        reduction="sum",
+    )
+    n_tokens = (shift_labels != ignore_index).sum()
+    return loss_sum, n_tokens
+
+
+def token_weighted_mean(loss_sums: Tensor | list[Tensor], n_tokens: Tensor | list[Tensor]) -> Tensor:
+    """Σ loss_sum / Σ n_tokens over micro-batches: every token weighs the same (0 when there are no tokens)."""
+    total = torch.stack([torch.as_tensor(x) for x in loss_sums]).sum() if isinstance(loss_sums, list) else loss_sums
+    count = torch.stack([torch.as_tensor(x) for x in n_tokens]).sum() if isinstance(n_tokens, list) else n_tokens
+    return total / count.clamp(min=1)
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over positions where mask is 1 (token-level mean over the whole batch)."""
+    mask = mask.to(x.dtype)
+    return (x * mask).sum() / mask.sum().clamp(min=1)
+
+
+def masked_whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """(x − mean) / std over valid positions (population variance), masked positions set to 0 (PPO advantages)."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    return (x - mean) * torch.rsqrt(var + eps) * mask.to(x.dtype)
+
+
+# ------------------------------------------------------------------------------------- LoRAMoE balancing (§3)
+def lbc_importance(gates: Tensor, sample_index: Tensor, num_samples: int, token_mask: Tensor | None = None) -> Tensor:
+    """Q[m, n] = Σ_{tokens j of sample m} g_n(x_j): per-sample expert importance (LoRAMoE §3.2).
+
+    gates (N, E) router probabilities; sample_index (N,) the sample each token belongs to (packed rows hold several
+    samples; a negative index means "no sample", e.g. padding at the end of a packed row); token_mask (N,) 1 for real
+    tokens, 0 for padding (None: every token counts, the official code's behaviour). → (M, E) with M = num_samples.
+    """
+    keep = sample_index >= 0  # (N,)
+    if token_mask is not None:
+        keep = keep & token_mask.bool()
+    weights = gates * keep.unsqueeze(-1).to(gates.dtype)  # (N, E)
+    index = sample_index.clamp(min=0).long()  # masked rows add zeros, any valid slot will do
+    importance = gates.new_zeros(num_samples, gates.size(-1))  # (M, E)
+    return importance.index_add(0, index, weights)
+
+
+def lbc_coefficients(task_type: Tensor, num_experts: int, delta: float) -> Tensor:
+    """I[m, n] = 1 + δ if expert n's group matches the type of sample m, else 1 − δ (LoRAMoE §3.2).
+
+    The first E // 2 experts form the world-knowledge group (type 1), the rest the downstream group (type 0), as in
+    the official code (`lora_num // 2`; for odd E the extra expert joins the downstream group). task_type (M,) → (M, E).
+    """
+    knowledge_expert = torch.arange(num_experts, device=task_type.device) < num_experts // 2  # (E,)
+    knowledge_sample = (task_type == 1).unsqueeze(-1)  # (M, 1)
+    match = knowledge_expert.unsqueeze(0) == knowledge_sample  # (M, E)
+    return torch.where(match, 1.0 + delta, 1.0 - delta)
+
+
+def lbc_from_importance(
+    importance: Tensor, task_type: Tensor, delta: float, form: Literal["cv2", "var_mean"] = "cv2"
+) -> Tensor:
+    """L_lbc from per-sample importance Q (M, E): Z = I ∘ Q flattened, then Var(Z)/Mean(Z)² or Var(Z)/Mean(Z).
+
+    Var is the unbiased sample variance (÷(n−1)), because the official code calls `Tensor.var()` with its default
+    correction=1; ε = 1e-10 is added to the denominator as there. A single element gives 0 (as the official code).
+    `cv2` is the official code's squared coefficient of variation (default); `var_mean` the paper's printed formula.
+    """
+    coeff = lbc_coefficients(task_type, importance.size(-1), delta).to(importance.dtype)  # (M, E)
+    z = (coeff * importance).flatten().float()  # (M·E,)
+    if z.numel() < 2:
+        return z.new_zeros(())
+    var, mean = z.var(), z.mean()
+    if form == "cv2":
+        return var / (mean**2 + LBC_EPS)
+    if form == "var_mean":
+        return var / (mean + LBC_EPS)
+    raise ValueError(f"unknown lbc form {form!r}; valid: ['cv2', 'var_mean']")
+
+
+def lbc_loss(
+    gates: Tensor,
+    sample_index: Tensor,
+    task_type: Tensor,
+    delta: float,
+    form: Literal["cv2", "var_mean"] = "cv2",
+    token_mask: Tensor | None = None,
+) -> Tensor:
+    """Localized balancing constraint of one LoRAMoE linear (LoRAMoE eq. 6–8; METHODS.md §3).
+
+    gates (N, E) fp32 router probabilities of N tokens; sample_index (N,) → index into task_type (M,) (1 world
+    knowledge, 0 other); token_mask (N,) masks padding. Returns a scalar; the total loss adds β · Σ_layers of it.
+    """
+    importance = lbc_importance(gates, sample_index, task_type.numel(), token_mask)  # (M, E)
+    return lbc_from_importance(importance, task_type, delta, form)
+
+
+# ------------------------------------------------------------------------------------------ reward model (§5)
+def reward_pairwise_loss(r_chosen: Tensor, r_rejected: Tensor, margin: float | Tensor = 0.0) -> Tensor:
+    """−log σ(r_w − r_l − m) per pair (InstructGPT eq. 1, optional margin as Llama-2). (P,) → (P,).
+
+    Per-pair losses: the caller weights them (1/C(K,2) for K ranked answers of one prompt) and averages.
+    """
+    return -F.logsigmoid(r_chosen - r_rejected - margin)
+
+
+# ---------------------------------------------------------------------------------------------- DPO & co (§6)
+def dpo_loss(
+    policy_chosen_logps: Tensor,
+    policy_rejected_logps: Tensor,
+    ref_chosen_logps: Tensor,
+    ref_rejected_logps: Tensor,
+    beta: float,
+    label_smoothing: float = 0.0,
+    ipo: bool = False,
+    hinge: bool = False,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """DPO (Rafailov et al. 2023 eq. 7), its conservative label-smoothed form, IPO, or the hinge form (SPIN).
+
+    Inputs (B,) sequence log-probs (sums over completion tokens; for IPO the caller may pass per-token means).
+    h = [log π(y_w) − log π_ref(y_w)] − [log π(y_l) − log π_ref(y_l)];
+    sigmoid: −(1−ε) log σ(βh) − ε log σ(−βh);  IPO: (h − 1/(2β))²;  hinge: max(0, 1 − βh).
+    Returns (losses (B,), chosen_rewards (B,), rejected_rewards (B,)); implicit rewards β(log π − log π_ref), detached.
+    """
+    if ipo and hinge:
+        raise ValueError("choose at most one of ipo / hinge")
+    chosen_logratio = policy_chosen_logps - ref_chosen_logps  # (B,)
+    rejected_logratio = policy_rejected_logps - ref_rejected_logps  # (B,)
+    h = chosen_logratio - rejected_logratio  # (B,)
+    if ipo:
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    elif hinge:
+        losses = torch.relu(1.0 - beta * h)
+    else:
+        losses = -(1.0 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
+    return losses, beta * chosen_logratio.detach(), beta * rejected_logratio.detach()
+
+
+# --------------------------------------------------------------------------------------------------- PPO (§5)
+def kl_k1(logp: Tensor, logp_ref: Tensor) -> Tensor:
+    """Per-token k1 estimator of KL(π‖π_ref): log π(a_t) − log π_ref(a_t) (InstructGPT eq. 2). Shapes kept."""
+    return logp - logp_ref
+
+
+def ppo_policy_loss(
+    logp_new: Tensor, logp_old: Tensor, advantages: Tensor, mask: Tensor, clip_eps: float = 0.2
+) -> tuple[Tensor, Tensor]:
+    """Clipped surrogate (Schulman et al. 2017 eq. 7): mean_t max(−A ρ, −A clip(ρ, 1−ε, 1+ε)), ρ = e^{new − old}.
+
+    All inputs (B, T); the mean runs over valid tokens of the whole batch. Returns (loss, clip_fraction).
+    """
+    ratio = torch.exp(logp_new - logp_old)  # (B, T)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    loss = masked_mean(torch.maximum(unclipped, clipped), mask)
+    clip_fraction = masked_mean((clipped > unclipped).float(), mask)
+    return loss, clip_fraction.detach()
+
+
+def ppo_value_loss(values: Tensor, values_old: Tensor, returns: Tensor, mask: Tensor, clip_eps_v: float) -> Tensor:
+    """Clipped value loss: 0.5 mean_t max((v − R)², (v_clip − R)²), v_clip = v_old + clip(v − v_old, ±ε_v). (B, T)."""
+    values_clipped = values_old + (values - values_old).clamp(-clip_eps_v, clip_eps_v)  # (B, T)
+    loss = torch.maximum((values - returns) ** 2, (values_clipped - returns) ** 2)
+    return 0.5 * masked_mean(loss, mask)
+
+
+@torch.no_grad()
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016 eq. 16) over response tokens.
+
+    rewards, values, mask (B, T); valid tokens of a row are contiguous and V after the last valid token is 0.
+    δ_t = r_t + γ V_{t+1} − V_t,  A_t = δ_t + γλ A_{t+1},  returns = A + V. → (advantages, returns), both (B, T),
+    0 at masked positions; not whitened (see `masked_whiten`).
+    """
+    mask = mask.to(values.dtype)
+    advantages = torch.zeros_like(values)  # (B, T)
+    last = torch.zeros_like(values[:, 0])  # (B,)
+    T = values.size(1)
+    for t in reversed(range(T)):
+        next_mask = mask[:, t + 1] if t + 1 < T else torch.zeros_like(last)
+        next_value = values[:, t + 1] * next_mask if t + 1 < T else torch.zeros_like(last)
+        delta = rewards[:, t] + gamma * next_value - values[:, t]
+        last = delta + gamma * lam * next_mask * last
+        advantages[:, t] = last * mask[:, t]
+    returns = (advantages + values) * mask
+    return advantages, returns

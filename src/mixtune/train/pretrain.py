@@ -1,0 +1,157 @@
+"""Pre-training and continued pre-training: next-token prediction on a text corpus.
+
+`mixtune pretrain -c recipe.yaml [--resume]`. The corpus is concatenated (documents separated by the tokenizer's
+end-of-text token) and cut into rows of `train.seq_len` tokens; the last rows are held out for the eval loss. Each
+epoch visits the rows in a seeded permutation, so a step number fixes the data position and a resumed run continues
+to the same next loss. Schedules: cosine or WSD (continue from a stable-phase checkpoint with `model.path` and
+`train.warmup_ratio=0`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mixtune.cliutil import recipe_parser
+from mixtune.config import Recipe, load_recipe
+from mixtune.model.load import count_parameters, load_model_and_tokenizer
+from mixtune.runs import MetricsLog, prepare_run_dir
+from mixtune.train import engine
+from mixtune.train.losses import masked_token_ce
+from mixtune.train.save import save_final
+
+
+def read_corpus(paths: list[Path]) -> list[str]:
+    """Documents from JSONL files with a `text` field, or plain-text files (one document per blank-line block)."""
+    texts: list[str] = []
+    for path in paths:
+        if path.suffix == ".jsonl":
+            for i, line in enumerate(path.open(), 1):
+                if not line.strip():
+                    continue
+                try:
+                    texts.append(json.loads(line)["text"])
+                except (json.JSONDecodeError, KeyError, TypeError) as e:
+                    raise ValueError(f"{path}:{i}: text: {type(e).__name__}: {e}") from None
+        else:
+            texts.extend(block for block in path.read_text().split("\n\n") if block.strip())
+    if not texts:
+        raise ValueError(f"empty corpus: {[str(p) for p in paths]}")
+    return texts
+
+
+def tokenize_rows(texts: list[str], tokenizer, seq_len: int) -> torch.Tensor:
+    """(N, seq_len) token rows of the concatenated corpus; the tail shorter than a row is dropped."""
+    eos = tokenizer.eos_token_id
+    ids: list[int] = []
+    for start in tqdm(range(0, len(texts), 2048), desc="tokenize", unit="batch", leave=False):
+        for doc in tokenizer(texts[start:start + 2048], add_special_tokens=False)["input_ids"]:
+            ids.extend(doc)
+            ids.append(eos)
+    n_rows = len(ids) // seq_len
+    if n_rows == 0:
+        raise ValueError(f"corpus has {len(ids)} tokens, fewer than one row of {seq_len}")
+    return torch.tensor(ids[: n_rows * seq_len], dtype=torch.long).view(n_rows, seq_len)
+
+
+def corpus_paths(recipe: Recipe) -> list[Path]:
+    if recipe.pretrain_corpus:
+        return [Path(p) for p in recipe.pretrain_corpus]
+    return [Path(recipe.world.out_dir) / "corpus" / "pretrain.jsonl"]
+
+
+def lm_loss_sum(model, rows: torch.Tensor, cfg) -> tuple[torch.Tensor, int]:
+    with engine.autocast(cfg):
+        logits = model(input_ids=rows, use_cache=False).logits  # (B, T, V)
+    return masked_token_ce(logits.float(), rows)
+
+
+@torch.no_grad()
+def eval_loss(model, rows: torch.Tensor, cfg) -> float:
+    model.eval()
+    total, n = 0.0, 0
+    for start in range(0, min(len(rows), cfg.eval_batches * cfg.batch_size), cfg.batch_size):
+        loss_sum, count = lm_loss_sum(model, rows[start:start + cfg.batch_size], cfg)
+        total, n = total + float(loss_sum), n + int(count)
+    model.train()
+    return total / max(n, 1)
+
+
+def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None) -> dict:
+    """Run (or resume) pre-training; returns a summary. `stop_at_step` simulates a kill (tests)."""
+    cfg = recipe.train
+    engine.setup_torch(cfg)
+    run_dir = prepare_run_dir(recipe, verb="pretrain")
+    model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir, seed=cfg.seed)
+    rows = tokenize_rows(read_corpus(corpus_paths(recipe)), tokenizer, cfg.seq_len)
+    n_eval = min(max(cfg.batch_size, len(rows) // 100), cfg.eval_batches * cfg.batch_size, len(rows) // 2)
+    train_rows, eval_rows = rows[:-n_eval], rows[-n_eval:]
+    steps_per_epoch = max(1, len(train_rows) // cfg.batch_size)
+    total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+
+    optimizer = engine.make_optimizer(model, cfg)
+    scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
+    state = engine.TrainState()
+    if resume and (ckpt := engine.latest_checkpoint(run_dir)):
+        state = engine.load_checkpoint_into(ckpt, model, optimizer, scheduler)
+        print(f"resumed from {ckpt} at step {state.step}")
+    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard)
+    trainable, total = count_parameters(model)
+    print(f"pretrain {recipe.name}: {total / 1e6:.2f}M params, {len(train_rows)} rows x {cfg.seq_len} tokens, "
+          f"{total_steps} steps ({steps_per_epoch}/epoch), schedule {cfg.schedule}")
+
+    model.train()
+    order, order_epoch = [], -1
+    window, t_window, tokens_window = [], time.perf_counter(), 0
+    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc="pretrain", unit="step")
+    for step in bar:
+        if stop_at_step is not None and step >= stop_at_step:
+            break
+        epoch, pos = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:
+            order, order_epoch = engine.epoch_order(len(train_rows), cfg.seed, epoch), epoch
+        batch = train_rows[order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]  # (B, T)
+        n_targets = batch.shape[0] * (batch.shape[1] - 1)
+        step_loss = 0.0
+        for micro in batch.chunk(cfg.grad_accum):
+            loss_sum, _ = lm_loss_sum(model, micro, cfg)
+            (loss_sum / n_targets).backward()  # normalise by the whole step: accumulation is exact
+            step_loss += float(loss_sum.detach()) / n_targets
+        engine.check_finite(step_loss, step + 1, run_dir)
+        grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
+        state.step = step + 1
+        window.append(step_loss)
+        tokens_window += batch.numel()
+        if state.step % cfg.log_every == 0 or state.step == total_steps:
+            dt = time.perf_counter() - t_window
+            log.log(state.step, loss=sum(window) / len(window), lr=scheduler.get_last_lr()[0],
+                    grad_norm=grad_norm, tokens_per_s=tokens_window / dt, epoch=epoch)
+            bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", tok_s=f"{tokens_window / dt:.0f}")
+            window, t_window, tokens_window = [], time.perf_counter(), 0
+        if cfg.eval_every and state.step % cfg.eval_every == 0:
+            log.log(state.step, eval_loss=eval_loss(model, eval_rows, cfg))
+        if cfg.save_every and state.step % cfg.save_every == 0:
+            engine.save_checkpoint(run_dir, model, optimizer, scheduler, state, full=True)
+    bar.close()
+    if state.step < total_steps:  # simulated kill: nothing more is written
+        return {"step": state.step, "stopped": True}
+    final_eval = eval_loss(model, eval_rows, cfg)
+    log.log(state.step, eval_loss=final_eval)
+    log.close()
+    save_final(model, tokenizer, run_dir / "final", adapter="none", base=None)
+    summary = {"step": state.step, "eval_loss": final_eval, "params": total, "trainable": trainable,
+               "final": str(run_dir / "final")}
+    print(f"pretrain done: step {state.step}, eval loss {final_eval:.4f}, model in {run_dir / 'final'}")
+    return summary
+
+
+def main(argv: list[str]) -> int:
+    parser = recipe_parser("pretrain", __doc__.split("\n")[0], sections=["model", "train", "tokenizer", "world"])
+    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    args = parser.parse_args(argv)
+    pretrain(load_recipe(args.config, args.overrides), resume=args.resume)
+    return 0

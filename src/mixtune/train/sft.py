@@ -1,0 +1,163 @@
+"""One SFT stage: response-only loss on chat examples, packed without cross-example attention.
+
+Skeleton shared with every stage file: setup (tokenise, optimizer, schedule, resume), loop, evaluate, save.
+Each optimizer step draws `batch_size` examples from the epoch's seeded permutation, splits them into `grad_accum`
+micro-batches and packs each into rows ≤ max_seq_len (best-fit decreasing). The loss is the sum over the step's
+target tokens divided by their count, so accumulation 4×2 equals 8×1 exactly. LoRAMoE adds β·L_lbc (Dou et al. 2023)
+from the per-sample task types the rows carry.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from mixtune.config import Recipe
+from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
+from mixtune.runs import MetricsLog, atomic_write_json
+from mixtune.train import engine
+from mixtune.train.losses import masked_token_ce
+
+EvalHook = Callable[[torch.nn.Module, str, int], dict]
+
+
+@dataclass
+class StageResult:
+    """What a finished (or interrupted) stage reports."""
+
+    name: str
+    steps: int
+    finished: bool
+    n_examples: int = 0
+    n_tokens: int = 0
+    train_loss: float | None = None
+    eval_loss: dict[str, float] = field(default_factory=dict)
+    wall_s: float = 0.0
+    tokens_per_s: float = 0.0
+
+
+def _forward_loss(model, micro: dict, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sum of target-token CE, auxiliary loss) of one micro-batch."""
+    inputs = {k: micro[k] for k in ("input_ids", "position_ids", "attention_mask") if k in micro}
+    adapter = recipe.adapter
+    if adapter.type == "loramoe" and adapter.lbc_weight > 0 and model.training:
+        from mixtune.model.loramoe import loramoe_balance_loss, loramoe_batch
+
+        # L_lbc from per-sample task types (LoRAMoE §3.2): example_index maps each packed token to its sample.
+        with loramoe_batch(model, micro["task_type"], micro["example_index"], micro["example_index"] >= 0):
+            loss_sum = _ce_sum(model, inputs, micro, recipe)
+            aux = adapter.lbc_weight * loramoe_balance_loss(model)
+        return loss_sum, aux
+    return _ce_sum(model, inputs, micro, recipe), torch.zeros(())
+
+
+def _ce_sum(model, inputs: dict, micro: dict, recipe: Recipe) -> torch.Tensor:
+    with engine.autocast(recipe.train):
+        logits = model(**inputs, use_cache=False).logits  # (B, T, V)
+    return masked_token_ce(logits.float(), micro["labels"])[0]
+
+
+@torch.no_grad()
+def eval_losses(model, eval_sets: dict[str, list[dict]], recipe: Recipe) -> dict[str, float]:
+    """Mean target-token loss per held-out source."""
+    model.eval()
+    out = {}
+    for name, rows in eval_sets.items():
+        total, n = 0.0, 0
+        for start in range(0, len(rows), recipe.train.batch_size):
+            indices = list(range(start, min(start + recipe.train.batch_size, len(rows))))
+            for micro in _micro_batches(rows, indices, 1, recipe, _pad_id(model)):
+                loss_sum, _ = _forward_loss(model, micro, recipe)
+                total, n = total + float(loss_sum), n + int(micro["n_target_tokens"])
+        out[name] = total / max(n, 1)
+    model.train()
+    return out
+
+
+def _micro_batches(rows, indices: list[int], grad_accum: int, recipe: Recipe, pad_id: int) -> list[dict]:
+    return batches_for_step(rows, indices, grad_accum, recipe.data.max_seq_len, pad_id, packing=recipe.data.packing)
+
+
+def _pad_id(model) -> int:
+    pad = getattr(model.config, "pad_token_id", None)
+    return 0 if pad is None else int(pad)
+
+
+def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stage_dir: Path, *,
+              eval_examples: dict[str, list[dict]] | None = None, stage: str = "sft", resume: bool = False,
+              evaluate: EvalHook | None = None, stop_at_step: int | None = None) -> StageResult:
+    """Train one stage in place on `model`; checkpoints and metrics go to `stage_dir`."""
+    cfg = recipe.train
+    t0 = time.perf_counter()
+    rows = build_sft_rows(train_examples, tokenizer, recipe.data)
+    eval_sets = {k: build_sft_rows(v, tokenizer, recipe.data) for k, v in (eval_examples or {}).items()}
+    stats = rows.summary()
+    n_tokens = sum(v["tokens"] for v in stats["per_source"].values())
+    print(f"stage {stage}: {len(rows)} examples, {n_tokens} tokens, {len(rows.truncated)} truncated to "
+          f"{recipe.data.max_seq_len}, {len(rows.no_target)} dropped with no target token left")
+    steps_per_epoch = max(1, math.ceil(len(rows) / cfg.batch_size))
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    optimizer = engine.make_optimizer(model, cfg)
+    scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
+    state = engine.TrainState()
+    full = recipe.adapter.type == "none"
+    if resume and (ckpt := engine.latest_checkpoint(stage_dir)):
+        state = engine.load_checkpoint_into(ckpt, model, optimizer, scheduler)
+        print(f"stage {stage}: resumed from {ckpt} at step {state.step}")
+    log = MetricsLog(stage_dir, tensorboard=cfg.tensorboard)
+    model.train()
+    pad_id = _pad_id(model)
+    order, order_epoch, window, tokens_done = [], -1, [], 0
+    t_loop = time.perf_counter()
+    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=stage, unit="step")
+    for step in bar:
+        if stop_at_step is not None and step >= stop_at_step:
+            break
+        epoch, pos = divmod(step, steps_per_epoch)
+        if epoch != order_epoch:  # reshuffled every epoch from (seed, epoch): logged, reproducible on resume
+            order, order_epoch = engine.epoch_order(len(rows), cfg.seed, epoch), epoch
+            log.log(step, epoch=epoch, shuffle_seed=cfg.seed * 1_000_003 + epoch)
+        picked = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+        micros = _micro_batches(rows, picked, cfg.grad_accum, recipe, pad_id)
+        n_targets = micros[0]["n_step_target_tokens"]
+        step_loss = 0.0
+        for micro in micros:
+            loss_sum, aux = _forward_loss(model, micro, recipe)
+            share = len(micro["task_type"]) / len(picked)  # aux losses are means: weight by sample share
+            (loss_sum / max(n_targets, 1) + aux * share).backward()
+            step_loss += float(loss_sum.detach()) / max(n_targets, 1)
+            tokens_done += int((micro["example_index"] >= 0).sum())  # real tokens, not padding
+        engine.check_finite(step_loss, step + 1, stage_dir)
+        grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
+        state.step = step + 1
+        window.append(step_loss)
+        if state.step % cfg.log_every == 0 or state.step == total_steps:
+            rate = tokens_done / (time.perf_counter() - t_loop)
+            log.log(state.step, loss=sum(window) / len(window), lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                    tokens_per_s=rate, epoch=epoch)
+            bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", tok_s=f"{rate:.0f}")
+            window = []
+        if cfg.eval_every and state.step % cfg.eval_every == 0 and eval_sets:
+            log.log(state.step, **{f"eval_loss/{k}": v for k, v in eval_losses(model, eval_sets, recipe).items()})
+        if recipe.eval.every_n_steps and evaluate and state.step % recipe.eval.every_n_steps == 0:
+            evaluate(model, stage, state.step)
+        if cfg.save_every and state.step % cfg.save_every == 0:
+            engine.save_checkpoint(stage_dir, model, optimizer, scheduler, state, full=full)
+    bar.close()
+    result = StageResult(stage, state.step, state.step >= total_steps, len(rows), n_tokens,
+                         train_loss=window[-1] if window else None)
+    if not result.finished:
+        return result
+    result.eval_loss = eval_losses(model, eval_sets, recipe) if eval_sets else {}
+    result.wall_s = time.perf_counter() - t0
+    result.tokens_per_s = tokens_done / max(time.perf_counter() - t_loop, 1e-9)
+    log.log(state.step, **{f"eval_loss/{k}": v for k, v in result.eval_loss.items()}, stage_done=stage)
+    log.close()
+    atomic_write_json(stage_dir / "stage.json", result.__dict__)
+    return result

@@ -1,0 +1,61 @@
+"""Shared fixtures: a tiny tokenizer trained here, tiny Llama recipes, chat examples. Everything offline."""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+WORDS = ("the a of to and in is was for on with as by at from name born city university works major "
+         "answer question total apples books cost each how many what which def return list sum if else "
+         "for while print write note about short please reply yes no").split()
+
+
+def chat_examples(n: int, seed: int = 0, ability: str = "general", source: str = "toy") -> list[dict]:
+    """Data-contract records: `n` single-turn chats with short random questions and answers."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        q = " ".join(rng.choices(WORDS, k=rng.randint(3, 12))) + f" {rng.randint(0, 999)}?"
+        a = " ".join(rng.choices(WORDS, k=rng.randint(2, 20))) + f" #### {rng.randint(0, 99)}"
+        out.append({"id": f"{source}/{i}", "source": source, "ability": ability, "task_type": int(i % 3 == 0),
+                    "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory):
+    from mixtune.data.tokenizer_train import train_tokenizer
+
+    root = tmp_path_factory.mktemp("tok")
+    rng = random.Random(0)
+    lines = [" ".join(rng.choices(WORDS, k=12)) + f" {rng.randint(0, 99999)}." for _ in range(3000)]
+    lines += ["def f(x):\n    return x + 1\n"] * 50
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(lines))
+    train_tokenizer([corpus], vocab_size=400, min_frequency=2, out_dir=root / "tokenizer")
+    return root / "tokenizer"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    import json
+
+    rng = random.Random(1)
+    path = tmp_path_factory.mktemp("corpus") / "pretrain.jsonl"
+    with path.open("w") as f:
+        for _ in range(400):
+            f.write(json.dumps({"text": " ".join(rng.choices(WORDS, k=40)) + f" {rng.randint(0, 9999)}."}) + "\n")
+    return path
+
+
+def tiny_model_section(tokenizer_dir) -> dict:
+    return {"tokenizer": str(tokenizer_dir), "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+            "num_heads": 2, "max_position_embeddings": 256}

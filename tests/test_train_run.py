@@ -1,0 +1,117 @@
+"""`mixtune train`: final checkpoints load with plain transformers / peft, strategies run their stages, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import chat_examples, tiny_model_section
+from mixtune.config import Recipe, load_recipe
+from mixtune.model.load import build_llama, load_checkpoint, load_tokenizer
+from mixtune.train.run import train
+from mixtune.train.save import save_final
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory, tiny_tokenizer_dir):
+    root = tmp_path_factory.mktemp("base")
+    recipe = Recipe.model_validate({"name": "b", "model": tiny_model_section(tiny_tokenizer_dir)})
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    save_final(build_llama(recipe.model, tok), tok, root / "final", adapter="none", base=None)
+    return root / "final"
+
+
+@pytest.fixture(scope="module")
+def data_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    files = {}
+    for ability, seed in (("code", 1), ("math", 2), ("general", 3)):
+        path = root / f"{ability}.jsonl"
+        with path.open("w") as f:
+            for ex in chat_examples(24, seed=seed, ability=ability, source=ability):
+                f.write(json.dumps({"messages": ex["messages"]}) + "\n")
+        files[ability] = str(path)
+    return files
+
+
+def recipe_for(tmp_path, base_dir, data_files, **extra) -> Recipe:
+    tree = {"name": "r", "out_dir": str(tmp_path / "run"), "model": {"path": str(base_dir)},
+            "data": {"sources": [{"name": a, "path": p, "ability": a} for a, p in data_files.items()]},
+            "train": {"lr": 5e-3, "batch_size": 8, "bf16": False, "epochs": 1, "warmup_ratio": 0.0, "log_every": 1}}
+    tree.update(extra)
+    return Recipe.model_validate(tree)
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_full_finetune_final_loads_with_transformers(tmp_path, base_dir, data_files):
+    recipe = recipe_for(tmp_path, base_dir, data_files)
+    train(recipe)
+    final = recipe.run_dir / "final"
+    plain = AutoModelForCausalLM.from_pretrained(final)
+    ours = load_checkpoint(final)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert torch.allclose(logits(plain, ids), logits(ours, ids))
+    assert not torch.allclose(logits(plain, ids), logits(AutoModelForCausalLM.from_pretrained(base_dir), ids))
+    manifest = json.loads((recipe.run_dir / "manifest.json").read_text())
+    assert {k: v["drawn"] for k, v in manifest["sources"].items()} == {"code": 24, "math": 24, "general": 24}
+
+
+def test_lora_final_loads_with_peft(tmp_path, base_dir, data_files):
+    from peft import PeftModel
+
+    recipe = recipe_for(tmp_path, base_dir, data_files, adapter={"type": "lora", "r": 4, "alpha": 8})
+    train(recipe)
+    final = recipe.run_dir / "final"
+    peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), final / "adapter")
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert torch.allclose(logits(peft_model, ids), logits(load_checkpoint(final), ids))
+    assert not (final / "model.safetensors").exists()  # only the adapter is saved
+
+
+def test_dmt_runs_two_stages_with_replay(tmp_path, base_dir, data_files):
+    recipe = recipe_for(tmp_path, base_dir, data_files, strategy={"name": "dmt", "k": 0.25})
+    summary = train(recipe)
+    assert [s["name"] for s in summary["stages"]] == ["specialized", "general"]
+    stage2 = json.loads((recipe.run_dir / "stages" / "1-general" / "manifest.json").read_text())
+    assert stage2["general"]["drawn"] == 24
+    assert stage2["code (replay)"]["drawn"] == 6 and stage2["math (replay)"]["drawn"] == 6
+    assert summary["stages"][0]["n_examples"] == 48 and summary["stages"][1]["n_examples"] == 36
+
+
+def test_resume_skips_finished_stages(tmp_path, base_dir, data_files):
+    recipe = recipe_for(tmp_path, base_dir, data_files, strategy={"name": "sequential"})
+    first = train(recipe, stop_at_step=2)  # stage 1 (code, 3 steps) is interrupted
+    assert first.get("stopped")
+    done = train(recipe, resume=True)
+    assert [s["name"] for s in done["stages"]] == ["code", "math", "general"]
+    again = train(recipe, resume=True)  # everything finished: nothing retrained, same final weights
+    assert [s["steps"] for s in again["stages"]] == [s["steps"] for s in done["stages"]]
+
+
+def test_every_shipped_recipe_loads():
+    from pathlib import Path
+
+    recipes = sorted(Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml"))
+    assert recipes, "no recipes shipped"
+    for path in recipes:
+        load_recipe(path)
+
+
+def test_malformed_recipe_names_the_key_path(tmp_path):
+    from mixtune.config import RecipeError
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\ntrain:\n  lr: -1\n  batch_sise: 4\ndata:\n  sources:\n    - {name: a, path: f, count: 0}\n")
+    with pytest.raises(RecipeError) as err:
+        load_recipe(bad, ["model.hidden_size=abc"])
+    text = str(err.value)
+    for expected in ("bad.yaml: train.lr:", "bad.yaml: train.batch_sise: Extra inputs",
+                     "bad.yaml: data.sources.0.count:", "bad.yaml: model.hidden_size:"):
+        assert expected in text, text
