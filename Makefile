@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test install bench clean
+.PHONY: demo test install bench clean chromium
 
 install: $(STAMP)
 
@@ -22,7 +22,15 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/mixtune demo
 
-test: $(STAMP)
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+# The report's browser test needs Chromium (Debian's package); CI machines start without one.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing chromium (browser test of the HTML report)"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
+
+test: $(STAMP) chromium
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)

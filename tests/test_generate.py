@@ -113,6 +113,22 @@ def test_sampling_is_seeded(tok_model):
     assert a != greedy
 
 
+def test_checkpoint_generation_config_does_not_leak_in(tok_model):
+    """A checkpoint's generation_config.json (repetition penalty, top-k, sampling on) must not change decoding."""
+    tok, model = tok_model
+    kw = {"max_new_tokens": 10, "progress": False}
+    greedy = generate(model, tok, PROMPTS, **kw)
+    sampled = generate(model, tok, PROMPTS, temperature=1.0, seed=3, **kw)
+    saved = model.generation_config
+    model.generation_config = saved.__class__(do_sample=True, temperature=0.01, repetition_penalty=5.0, top_k=1,
+                                              no_repeat_ngram_size=1)
+    try:
+        assert generate(model, tok, PROMPTS, **kw) == greedy
+        assert generate(model, tok, PROMPTS, temperature=1.0, seed=3, **kw) == sampled
+    finally:
+        model.generation_config = saved
+
+
 def test_end_tokens_include_im_end(tok_model):
     tok, model = tok_model
     ids = end_token_ids(model, tok)

@@ -36,11 +36,11 @@ FRACTIONS = {1.0: [(0.8, 0.7), (0.6, 0.5)], 0.25: [(0.4, 0.45), (0.2, 0.35)], 1 
 
 
 def _scores(db: ResultsDB, run_id: str, stage: str, values: tuple[float, float, float]) -> None:
-    for (ability, bench), metric, v in zip((MATH, CODE, GEN), ("accuracy", "pass@1", "prompt_level_strict"), values):
+    for (ability, bench), metric, v in zip((MATH, CODE, GEN), ("strict", "pass@1", "prompt_level_strict"), values):
         # A second metric per benchmark that the tables must NOT pick, and a text summary they must skip.
         db.add_scores(run_id, stage, bench, ability, {metric: v, "n_examples": 100, "note": "synthetic"})
     # A mid-stage evaluation that the end-of-stage tables must ignore.
-    db.add_scores(run_id, stage, "minilab_math", "math", {"accuracy": 0.99}, step=7)
+    db.add_scores(run_id, stage, "minilab_math", "math", {"strict": 0.99}, step=7)
 
 
 def make_study(study_dir) -> None:
@@ -91,7 +91,7 @@ def test_strategy_table_is_final_stage_mean_and_sample_std(study):
     table = strategy_table(rows)
     assert table.key_columns == ["strategy", "setup", "fraction"]  # adapter is never set: column dropped
     assert table.value_columns == ["math", "code", "general"]
-    assert table.note == ("metrics: math = minilab_math accuracy, code = minilab_code pass@1, "
+    assert table.note == ("metrics: math = minilab_math strict, code = minilab_code pass@1, "
                           "general = minilab_instruct prompt_level_strict")
     cols = {c: c for c in table.value_columns}
     # multi_task math: 0.5, 0.6, 0.7 -> mean 0.6, sample std 0.1; code: 0.2, 0.2, 0.5 -> 0.3 ± sqrt(0.03)
@@ -122,27 +122,35 @@ def test_stage_table_shows_forgetting_in_training_order(study):
 def test_fraction_table_single_vs_mixed(study):
     _, rows = study
     table = fraction_table(rows)
-    assert table.keys == [("1",), ("1/4",), ("1/16",)]
-    single, mixed = "math single", "math mixed"
+    assert table.key_columns == ["fraction", "sources"]
+    assert table.keys == [(f, src) for f in ("1", "1/4", "1/16") for src in ("single", "mixed")]
     # single:math at 1: 0.8, 0.6 -> 0.7 ± sqrt(0.02); the single:code runs (math 0.9) must not count for math
-    assert _close(table.cell(("1",), single), 0.7, math.sqrt(0.02), 2)
-    assert _close(table.cell(("1",), mixed), 0.6, math.sqrt(0.02), 2)
-    assert _close(table.cell(("1/4",), single), 0.3, math.sqrt(0.02), 2)
-    assert _close(table.cell(("1/16",), mixed), 0.3, 0.0, 2)
+    assert _close(table.cell(("1", "single"), "math"), 0.7, math.sqrt(0.02), 2)
+    assert _close(table.cell(("1", "mixed"), "math"), 0.6, math.sqrt(0.02), 2)
+    assert _close(table.cell(("1/4", "single"), "math"), 0.3, math.sqrt(0.02), 2)
+    assert _close(table.cell(("1/16", "mixed"), "math"), 0.3, 0.0, 2)
     # code single comes only from single:code runs (0.3 * fraction), general single from none
-    assert _close(table.cell(("1/4",), "code single"), 0.075, 0.0, 2)
-    assert table.cell(("1",), "general single") is None
+    assert _close(table.cell(("1/4", "single"), "code"), 0.075, 0.0, 2)
+    assert table.cell(("1", "single"), "general") is None
 
 
-def test_fraction_table_splits_by_strategy_when_the_grid_has_several(study):
+def test_fraction_table_splits_mixed_sources_by_strategy(study):
     _, rows = study
-    grid = [r for r in rows if r["setup"] != "strategy"]
-    other = [{**r, "strategy": "dmt", "run_id": r["run_id"] + "-dmt", "value": r["value"] / 2} for r in grid]
-    table = fraction_table(grid + other)
-    assert table.key_columns == ["strategy", "fraction"]
-    assert table.keys == [("multi_task", "1"), ("multi_task", "1/4"), ("multi_task", "1/16"),
-                          ("dmt", "1"), ("dmt", "1/4"), ("dmt", "1/16")]
-    assert _close(table.cell(("dmt", "1"), "math single"), 0.35, math.sqrt(0.02) / 2, 2)
+    mixed = [r for r in rows if r["setup"] == "mixed"]
+    dmt = [{**r, "strategy": "dmt", "run_id": r["run_id"] + "-dmt", "value": r["value"] / 2} for r in mixed]
+    table = fraction_table(rows + dmt)
+    assert table.keys[:3] == [("1", "single"), ("1", "mixed: multi_task"), ("1", "mixed: dmt")]
+    # dmt mixed math at 1: 0.7/2, 0.5/2 -> 0.3 ± sqrt(0.005); the single cell is unchanged
+    assert _close(table.cell(("1", "mixed: dmt"), "math"), 0.3, math.sqrt(0.005), 2)
+    assert _close(table.cell(("1", "single"), "math"), 0.7, math.sqrt(0.02), 2)
+
+
+def test_metric_falls_back_by_ability():
+    rows = [{"run_id": "r", "stage": "s", "step": -1, "benchmark": "my_math", "ability": "math", "metric": m,
+             "value": v} for m, v in (("n", 50.0), ("accuracy", 0.4))]
+    table = strategy_table(rows)
+    assert table.note == "metrics: math = my_math accuracy"
+    assert _close(table.cells[0][0], 0.4, None, 1)
 
 
 def test_metric_map_override_and_source_kinds(study):
@@ -158,6 +166,10 @@ def test_metric_map_override_and_source_kinds(study):
     assert source_kind("mixed", "sequential") == ("mixed", None)
     assert source_kind("single", "math_only") == ("single", "math")
     assert source_kind("single", "multi_task") == ("single", None)
+    assert source_kind("single", "math only") == ("single", "math")  # what the study grid writes
+    assert source_kind("mixed", "mixed sequential") == ("mixed", None)
+    assert source_kind(None, "mixed_sequential") == (None, None)
+    assert source_kind("ratio:general full", "general full + mixed (k=1)") == (None, None)
 
 
 def test_json_rows_keys_and_values(study):
@@ -167,9 +179,9 @@ def test_json_rows_keys_and_values(study):
     required = {"strategy", "fraction", "seed", "stage", "ability", "benchmark", "metric", "value"}
     assert all(required <= set(r) for r in out)
     one = next(r for r in out if r["run_id"] == "multi_task-s0" and r["stage"] == "all"
-               and r["benchmark"] == "minilab_math" and r["metric"] == "accuracy" and r["value"] != 0.99)
+               and r["benchmark"] == "minilab_math" and r["metric"] == "strict" and r["value"] != 0.99)
     assert {k: one[k] for k in sorted(required)} == {
-        "ability": "math", "benchmark": "minilab_math", "fraction": 1.0, "metric": "accuracy", "seed": 0,
+        "ability": "math", "benchmark": "minilab_math", "fraction": 1.0, "metric": "strict", "seed": 0,
         "stage": "all", "strategy": "multi_task", "value": 0.5}
     assert one["setup"] == "strategy"
 
@@ -199,8 +211,11 @@ def test_no_scaling_plot_with_a_single_fraction(study, tmp_path):
 def test_html_page_is_self_contained(study, tmp_path):
     _, rows = study
     images = make_plots(rows, tmp_path / "report")
-    page = render_page("synth", [strategy_table(rows)], images, {"protocol": "fixed epochs"})
-    assert "data-fraction protocol: fixed epochs" in page
+    meta = {"protocol": "matched_steps", "seeds": [0, 1, 2], "runs": [f"r{i}" for i in range(50)], "failed": ["r7"]}
+    page = render_page("synth", [strategy_table(rows)], images, meta)
+    assert "data-fraction protocol: matched steps" in page
+    assert "<dd>0, 1, 2</dd>" in page and "r49" not in page  # short lists shown, the list of every run is not
+    assert "failed runs (not in the tables): r7" in page
     assert page.count("<img ") == 2 and page.count("src='data:image/png;base64,") == 2
     assert "<script" not in page
     # nothing fetched from elsewhere: every src/href is a data URI

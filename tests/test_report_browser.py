@@ -126,7 +126,7 @@ class DevTools:
         try:
             while True:
                 self.events.append(self._recv())
-        except (TimeoutError, socket.timeout):
+        except TimeoutError:  # socket.timeout is TimeoutError since 3.10
             pass
         finally:
             self.sock.settimeout(self.timeout_s)
@@ -183,23 +183,30 @@ def browser(chromium_path, tmp_path):
 
 
 def make_study(study_dir: Path) -> None:
-    """Two strategies x two fractions x two seeds, two stages each, four abilities."""
+    """What the study grid writes: single-source runs ("math only", setup "single", one stage) and two mixed
+    strategies (setup "mixed", two stages), at two fractions, two seeds, four abilities."""
+    benches = {"math": ("minilab_math", "strict"), "code": ("minilab_code", "pass@1"),
+               "general": ("minilab_instruct", "prompt_level_strict"), "knowledge": ("minilab_knowledge", "exact_match")}
     with ResultsDB(study_dir / "results.sqlite") as db:
-        for strategy, forget in (("sequential", 0.8), ("dmt", 0.1)):
-            for setup, fraction in (("single:math", 0.25), ("mixed", 0.25), ("single:math", 1.0), ("mixed", 1.0)):
-                for seed in (0, 1):
-                    run_id = f"{strategy}-{setup}-{fraction}-{seed}"
+        for fraction in (1.0, 0.25):
+            for seed in (0, 1):
+                runs = [(f"{a} only", "single", ["sft"], {a: 1.0}) for a in ("math", "code")]
+                runs += [("sequential", "mixed", ["stage1", "stage2"], {"math": 0.2, "code": 0.2}),
+                         ("dmt", "mixed", ["stage1", "stage2"], {"math": 0.9, "code": 0.9})]
+                for strategy, setup, stages, kept in runs:
+                    run_id = f"{strategy}-f{fraction}-s{seed}".replace(" ", "_")
                     db.upsert_run(run_id, study="browser", strategy=strategy, fraction=fraction, seed=seed,
-                                  setup=setup)
-                    for i, stage in enumerate(("stage1", "stage2")):
+                                  setup=setup, status="finished")
+                    for i, stage in enumerate(stages):
                         db.add_stage(run_id, i, stage)
-                        m = fraction * (0.6 + 0.05 * seed) * (1 - forget * i)
-                        db.add_scores(run_id, stage, "minilab_math", "math", {"accuracy": m})
-                        db.add_scores(run_id, stage, "minilab_code", "code", {"pass@1": 0.5 * m})
-                        db.add_scores(run_id, stage, "minilab_instruct", "general",
-                                      {"prompt_level_strict": 0.2 + 0.3 * i})
-                        db.add_scores(run_id, stage, "minilab_knowledge", "knowledge", {"exact_match": 0.3})
-    (study_dir / "study.json").write_text(json.dumps({"name": "browser-study", "protocol": "fixed epochs"}))
+                        last = i == len(stages) - 1
+                        for ability, (bench, metric) in benches.items():
+                            value = fraction * (0.6 + 0.05 * seed) * (kept.get(ability, 0.1) if last else 1.0)
+                            if ability == "general":
+                                value = 0.2 + 0.3 * last
+                            db.add_scores(run_id, stage, bench, ability, {metric: value, "n": 100, "rule": "x"})
+    (study_dir / "study.json").write_text(json.dumps({"study": "browser-study", "protocol": "fixed_epochs",
+                                                      "seeds": [0, 1], "fractions": [1.0, 0.25]}))
 
 
 def test_detector_catches_console_errors(browser, tmp_path):
@@ -224,12 +231,14 @@ def test_report_page_loads_cleanly_and_shows_tables_and_plots(browser, tmp_path)
     assert browser.console_errors() == []
     assert browser.evaluate("document.title") == "mixtune report: browser-study"
     assert browser.evaluate("document.querySelectorAll('table').length") == 3
-    # fraction table: 2 strategies x 2 fractions, and the mixed-source cells of the sequential strategy are filled
+    assert browser.evaluate("document.querySelector('.protocol').textContent") == "data-fraction protocol: fixed epochs"
+    # fraction table: per fraction, single-source runs then each mixed strategy; single math and code cells come
+    # from the "math only" / "code only" runs, and there is no general-only run
     fraction_rows = browser.evaluate("Array.from(document.querySelectorAll('table')[1].tBodies[0].rows)"
                                      ".map(r => Array.from(r.cells).map(c => c.textContent))")
-    assert [r[:2] for r in fraction_rows] == [["sequential", "1"], ["sequential", "1/4"], ["dmt", "1"], ["dmt", "1/4"]]
-    assert all("n=2" in r[2] and "n=2" in r[3] for r in fraction_rows), fraction_rows
-    assert "fixed epochs" in browser.evaluate("document.querySelector('.protocol').textContent")
+    assert [r[:2] for r in fraction_rows] == [[f, src] for f in ("1", "1/4")
+                                              for src in ("single", "mixed: sequential", "mixed: dmt")]
+    assert fraction_rows[0][2:] == ["0.625 ± 0.035 (n=2)", "0.625 ± 0.035 (n=2)", "–", "–"]
     images = browser.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.height])")
     assert len(images) == 2 and all(ok and w > 300 and h > 100 for ok, w, h in images), images
 

@@ -15,9 +15,9 @@ from mixtune.world.build import generate_world
 from mixtune.world.cli import main as world_main
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "world-mini.yaml"
-SMALL = dict(n_people=40, bio_exposures=3, math_train=400, math_test=80, code_train=300, code_test=60,
-             instruct_train=400, instruct_test=100, knowledge_test=50, pretrain_math=300, pretrain_code=150,
-             pretrain_text=150)
+SMALL = {"n_people": 40, "bio_exposures": 3, "math_train": 400, "math_test": 80, "code_train": 300, "code_test": 60,
+         "instruct_train": 400, "instruct_test": 100, "knowledge_test": 50, "pretrain_math": 300,
+         "pretrain_code": 150, "pretrain_text": 150}
 # IFEval kwargs names per instruction id (google-research instruction_following_eval/instructions.py).
 IFEVAL_KWARGS = {
     "change_case:english_lowercase": set(), "change_case:english_capital": set(), "punctuation:no_comma": set(),
@@ -158,13 +158,12 @@ def test_instruction_responses_pass_the_ifeval_scorer(world):
 
 
 def test_case_instruction_responses_are_detected_as_english(world):
-    langdetect = pytest.importorskip("langdetect")
-    langdetect.DetectorFactory.seed = 0
     rows = [r for r in read_jsonl(world / "sft/general.jsonl") if any(i.startswith("change_case") for i in
                                                                       r["instruction_ids"])]
     assert rows
-    for r in rows[:40]:
-        assert langdetect.detect(r["messages"][1]["content"]) == "en"
+    for r in rows:
+        assert ifcheck.is_english(r["messages"][1]["content"])
+    assert not ifcheck.is_english("DER SOMMER IST SEHR SONNIG UND WARM IN DER WOCHE.")
 
 
 def test_instruction_benchmark_is_ifeval_format_and_disjoint(world):

@@ -51,7 +51,7 @@ class WorldConfig(Section):
     instruct_test: int = Field(300, ge=0)
     """Held-out verifiable-instruction prompts (IFEval format)."""
     knowledge_test: int = Field(300, ge=0)
-    """Held-out knowledge questions, drawn from the questions about the held-out people (SFT asks about all others)."""
+    """Held-out knowledge questions, drawn from the questions about the held-out people (1 - qa_train_fraction)."""
     pretrain_math: int = Field(20000, ge=0)
     """Arithmetic statements in the pre-training corpus."""
     pretrain_code: int = Field(6000, ge=0)

@@ -44,10 +44,12 @@ def prepare_base(base: Recipe, log=print) -> Path:
     if _fresh(tok_dir, tok_cfg, "tokenizer.json"):
         log(f"[demo] tokenizer: cached in {tok_dir}")
     else:
-        from mixtune.data.tokenizer_train import train_from_recipe
+        from mixtune.data.tokenizer_train import default_files, train_tokenizer
 
         t0 = time.perf_counter()
-        train_from_recipe(base)
+        cfg = base.tokenizer
+        files = [Path(f) for f in cfg.files] if cfg.files else default_files(base.world.out_dir)
+        train_tokenizer(files, cfg.vocab_size, cfg.min_frequency, cfg.out_dir)
         _stamp(tok_dir, tok_cfg)
         log(f"[demo] tokenizer: trained in {time.perf_counter() - t0:.0f} s")
     base_cfg = {**tok_cfg, "model": base.model.model_dump(mode="json"), "train": base.train.model_dump(mode="json")}

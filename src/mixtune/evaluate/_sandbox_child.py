@@ -208,17 +208,17 @@ def _run_program(source: str) -> tuple[str, str]:
         del sys.path[0]  # the runner's folder is no business of the program
     try:
         code = compile(source, "program.py", "exec")
-        exec(code, {"__name__": "__main__", "__builtins__": builtins})
+        exec(code, {"__name__": "__main__", "__builtins__": builtins})  # noqa: S102 - running it is the point
     except SystemExit as exc:
         return "failed", f"SystemExit({exc.code!r}) before the tests finished"
-    except BaseException as exc:  # the program's own failure, whatever it raised
+    except BaseException as exc:  # noqa: BLE001 - the program's own failure, whatever it raised
         traceback.print_exc()
         return "failed", f"{type(exc).__name__}: {exc}"[:500]
     return "passed", ""
 
 
-def main() -> None:
-    cfg = json.loads(sys.argv[1])
+def run_child(cfg: dict) -> None:
+    """Isolate, run the program described by `cfg`, report, exit. Never returns."""
     token = os.read(cfg["token_fd"], 256).decode()
     os.close(cfg["token_fd"])
     with open(cfg["program"], encoding="utf-8") as f:  # read before privileges drop and /tmp is hidden
@@ -242,7 +242,7 @@ def main() -> None:
             raise RuntimeError(f"required isolation not available: {missing}")
         memory = cfg["limits"]["memory_mb"] << 20
         resource.setrlimit(resource.RLIMIT_AS, (memory, memory))  # last: the runner itself needs little
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any setup failure must be reported, not raised
         _status(cfg, token, stage="setup-error", detail=f"{type(exc).__name__}: {exc}")
         _exit(3)
     _status(cfg, token, stage="setup", isolation=layers)
@@ -250,10 +250,88 @@ def main() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - the program may have replaced or broken its streams
             pass
     _status(cfg, token, stage="done", outcome=outcome, detail=detail)
     _exit(0 if outcome == "passed" else 1)
+
+
+def _serve_spawn(sock, children: dict, sel) -> bool:
+    """Handle one request from the parent: spawn a program, or kill one. False when the parent has gone."""
+    import socket
+
+    try:
+        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
+    except OSError:
+        return False
+    if not msg:
+        return False
+    req = json.loads(msg)
+    if "kill" in req:
+        pid = next((p for p, (rid, _) in children.items() if rid == req["kill"]), None)
+        if pid is not None:
+            os.killpg(pid, signal.SIGKILL)  # not reaped yet, so the group id is still this program's
+        return True
+    pid = os.fork()
+    if pid == 0:
+        sock.close()  # first of all: the control channel must never reach the program
+        os.setsid()
+        out, err, status_fd, token_fd = fds
+        os.dup2(out, 1)
+        os.dup2(err, 2)
+        null = os.open(os.devnull, os.O_RDONLY)
+        os.dup2(null, 0)
+        cfg = req["cfg"]
+        cfg.update(status_fd=status_fd, token_fd=token_fd)
+        try:
+            run_child(cfg)
+        finally:
+            _exit(4)
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    children[pid] = (req["id"], pidfd)
+    sel.register(pidfd, 1, pid)
+    sock.send(json.dumps({"id": req["id"], "pid": pid}).encode())
+    return True
+
+
+def serve(sock_fd: int) -> None:
+    """Fork server: one per sandbox user, started with a clean environment. Forking a warm interpreter saves the
+    interpreter start-up per program. Ends (killing its programs) when the parent closes the socket."""
+    import selectors
+    import socket
+
+    _preimport()  # shared, copy-on-write, by every program forked from here
+    sock = socket.socket(fileno=sock_fd)
+    sel = selectors.DefaultSelector()
+    sel.register(sock, selectors.EVENT_READ, None)
+    children: dict[int, tuple[int, int]] = {}
+    while True:
+        for key, _ in sel.select():
+            if key.data is None:
+                if not _serve_spawn(sock, children, sel):
+                    for pid in children:
+                        os.killpg(pid, signal.SIGKILL)
+                    _exit(0)
+                continue
+            pid = key.data
+            rid, pidfd = children.pop(pid)
+            sel.unregister(pidfd)
+            os.close(pidfd)
+            try:
+                os.killpg(pid, signal.SIGKILL)  # leftovers of the group, before the leader is reaped
+            except ProcessLookupError:
+                pass
+            _, status = os.waitpid(pid, 0)
+            sock.send(json.dumps({"id": rid, "exit": os.waitstatus_to_exitcode(status)}).encode())
+
+
+def main() -> None:
+    if sys.argv[1] == "--serve":
+        serve(int(sys.argv[2]))
+    else:
+        run_child(json.loads(sys.argv[1]))
 
 
 if __name__ == "__main__":

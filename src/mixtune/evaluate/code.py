@@ -25,7 +25,7 @@ from collections import defaultdict
 
 from mixtune.evaluate.sandbox import Limits, isolation_available, run_many
 
-_FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.S)
+_FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -43,7 +43,7 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 def extract_code(completion: str, entry_point: str) -> tuple[str, bool]:
     """(code, is_full_solution) from a raw or chat completion; see the module docstring for the rule."""
     blocks = _FENCE.findall(completion)
-    defines = re.compile(rf"^def\s+{re.escape(entry_point)}\s*\(", re.M)
+    defines = re.compile(rf"^def\s+{re.escape(entry_point)}\s*\(", re.MULTILINE)
     if blocks:
         code = next((b for b in blocks if defines.search(b)), blocks[0])
     else:
@@ -199,6 +199,7 @@ class CodeTask:
     ability = "code"
     default_path = ""
     default_timeout_s = 10.0
+    default_memory_mb = 1024
 
     def __init__(self, data_dir: str = "../shared/data", world_dir: str | None = None, path: str | None = None,
                  timeout_s: float | None = None, ks: tuple[int, ...] = (1, 10), workers: int | None = None) -> None:
@@ -206,7 +207,7 @@ class CodeTask:
         self.path = path or self._default_path()
         self.timeout_s = timeout_s or self.default_timeout_s
         self.ks, self.workers = tuple(ks), workers
-        self.limits = Limits(wall_s=self.timeout_s, cpu_s=self.timeout_s)
+        self.limits = Limits(wall_s=self.timeout_s, cpu_s=self.timeout_s, memory_mb=self.default_memory_mb)
 
     def _default_path(self) -> str:
         return os.path.join(self.data_dir, self.default_path)
@@ -266,6 +267,7 @@ class HumanEvalPlus(CodeTask):
     name = "humaneval_plus"
     default_path = "humaneval/HumanEvalPlus-v0.1.10.jsonl.gz"
     default_timeout_s = 60.0
+    default_memory_mb = 4096  # as evalplus: some plus inputs are large
 
     def _records(self) -> list[dict]:
         out = []
@@ -293,7 +295,7 @@ class MBPP(CodeTask):
             raw = json.load(f)
         out = []
         for r in raw:
-            names = re.findall(r"^def\s+(\w+)", r["code"], re.M)
+            names = re.findall(r"^def\s+(\w+)", r["code"], re.MULTILINE)
             entry = next((n for n in names if re.search(rf"\b{n}\s*\(", r["test_list"][0])), names[-1])
             prompt = _mbpp_prompt(r["prompt"], r["test_list"][0])
             out.append({"task_id": f"Mbpp/{r['task_id']}", "messages": [{"role": "user", "content": prompt}],
@@ -309,6 +311,7 @@ class MBPPPlus(CodeTask):
     name = "mbpp_plus"
     default_path = "mbpp/MbppPlus-v0.2.0.jsonl.gz"
     default_timeout_s = 60.0
+    default_memory_mb = 4096  # as evalplus: some plus inputs are large
 
     def _records(self) -> list[dict]:
         out = []

@@ -160,11 +160,18 @@ def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, temperat
     if not end_ids:
         raise ValueError("generation needs an end token: the tokenizer has no eos_token and no <|im_end|>")
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else end_ids[0]
+    # transformers fills every field left unset from the checkpoint's generation_config.json (Qwen2.5 ships
+    # repetition_penalty 1.05, top_k 20, ...): spell out neutral values so decoding is exactly what the recipe says.
+    # (Sampling-only fields are set only when sampling: greedy ignores them, and transformers warns about them.)
+    neutral: dict[str, Any] = {"num_beams": 1, "repetition_penalty": 1.0, "no_repeat_ngram_size": 0,
+                               "min_new_tokens": 0}
     sampling: dict[str, Any] = {"do_sample": False}
     if temperature > 0:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "min_p": 0.0,
+                    "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
     return GenerationConfig(
-        max_new_tokens=max_new_tokens, eos_token_id=end_ids, pad_token_id=pad_id, use_cache=True, **sampling,
+        max_new_tokens=max_new_tokens, eos_token_id=end_ids, pad_token_id=pad_id, use_cache=True,
+        **neutral, **sampling,
     )
 
 

@@ -126,7 +126,7 @@ def evaluate_model(model: Any, tokenizer: Any, recipe: Recipe, run_dir: str | Pa
 
     `subset` (else `eval.limit`) keeps the first N examples of each benchmark. Scores are written to `db_path`
     (default `<run_dir>/../results.sqlite`) as (run_dir name, stage, benchmark, ability, metrics, step).
-    `backend` replaces the HF backend built from `model` (the OpenAI backend passes `model=None`).
+    `backend` replaces the backend built by `make_backend` (HF on `model`; OpenAI when `model` is None).
     """
     from mixtune.study.db import ResultsDB
 
@@ -134,31 +134,40 @@ def evaluate_model(model: Any, tokenizer: Any, recipe: Recipe, run_dir: str | Pa
     if out_dir is None:
         out_dir = run_dir / "eval" / stage / (f"step-{step}" if step is not None else "")
     out_dir = Path(out_dir)
-    if backend is None:
+    own_backend = backend is None
+    if own_backend:
         backend = make_backend(recipe, model, tokenizer)
     limit = subset or recipe.eval.limit
     results: dict[str, dict[str, Any]] = {}
-    with ResultsDB(db_path or run_dir.parent / DB_NAME) as db:
-        for name in recipe.eval.benchmarks:
-            record = run_benchmark(name, backend, recipe, out_dir, limit)
-            metrics = {k: v for k, v in record.items() if k not in ("benchmark", "ability", "backend", "template")}
-            db.add_scores(run_dir.name, stage, name, record["ability"], metrics, step=step)
-            results[name] = record
-            if log:
-                where = stage if step is None else f"{stage} step {step}"
-                log(f"[{where}] {name}: {record['primary_metric']}={_fmt(record.get(record['primary_metric']))}")
+    try:
+        with ResultsDB(db_path or run_dir.parent / DB_NAME) as db:
+            for name in recipe.eval.benchmarks:
+                record = run_benchmark(name, backend, recipe, out_dir, limit)
+                metrics = {k: v for k, v in record.items() if k not in ("benchmark", "ability", "backend", "template")}
+                db.add_scores(run_dir.name, stage, name, record["ability"], metrics, step=step)
+                results[name] = record
+                if log:
+                    where = stage if step is None else f"{stage} step {step}"
+                    log(f"[{where}] {name}: {record['primary_metric']}={_fmt(record.get(record['primary_metric']))}")
+    finally:
+        if own_backend and hasattr(backend, "close"):
+            backend.close()
     return results
 
 
 def make_backend(recipe: Recipe, model: Any, tokenizer: Any) -> Any:
-    """HF backend on the given model, or the OpenAI backend when `eval.backend` is `openai`."""
+    """HF backend on the given model; without a model, the OpenAI backend (`eval.backend: openai`).
+
+    A model in hand always wins, so a training run with `eval.backend: openai` still scores the model it trains.
+    """
     ev = recipe.eval
-    if ev.backend == "openai":
+    if model is None:
         from mixtune.evaluate.generate import OpenAIBackend
 
         if not ev.base_url or not ev.served_model:
             raise ValueError("eval.backend openai needs eval.base_url and eval.served_model")
-        return OpenAIBackend(ev.base_url, ev.served_model, api_key_env=ev.judge.api_key_env)
+        # batch_size doubles as the number of requests in flight; the key, if any, comes from OPENAI_API_KEY.
+        return OpenAIBackend(ev.base_url, ev.served_model, concurrency=ev.batch_size)
     from mixtune.evaluate.generate import HFBackend
 
     return HFBackend(model, tokenizer, recipe.data.template, batch_size=ev.batch_size)

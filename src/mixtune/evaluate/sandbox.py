@@ -25,9 +25,11 @@ probes them once. docs/sandbox.md says what is and is not isolated under which c
 
 import json
 import os
+import queue
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +37,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
+from functools import cache
 from secrets import token_hex
 
 _CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
@@ -69,6 +71,8 @@ class Limits:
     """When running as root, run the program as an unprivileged sandbox uid."""
     site_packages: bool = False
     """Let the program import installed third-party packages (default: standard library only, `python -S`)."""
+    fork_server: bool = True
+    """Fork programs from a warm runner process (saves an interpreter start each) instead of starting each one."""
     require: tuple[str, ...] = ()
     """Isolation layers that must be active (prefixes of `ExecResult.isolation` names) or the run is an error."""
 
@@ -84,6 +88,8 @@ class ExecResult:
     detail: str
     isolation: list[str] = field(default_factory=list)
     wall_s: float = 0.0
+    pgid: int | None = None
+    """The program's process group (killed as a whole before this result was returned)."""
 
     @property
     def passed(self) -> bool:
@@ -138,47 +144,30 @@ class _Tail:
         return prefix + self.buf.decode("utf-8", "replace")
 
 
-def _drain(proc: subprocess.Popen, status_fd: int, deadline: float, cap: int) -> tuple[_Tail, _Tail, _Tail, bool]:
-    """Read stdout, stderr and status until the runner exits or the deadline; never reaps the process.
+def _drain(pidfd: int | None, fds: list[int], deadline: float, cap: int) -> tuple[_Tail, _Tail, _Tail, bool]:
+    """Read stdout, stderr and status until the runner exits (pidfd readable) or the deadline; never reaps it.
 
-    Returns (stdout, stderr, status, timed_out). Exit is seen through a pidfd (no polling) where available.
+    Returns (stdout, stderr, status, timed_out). Without a pidfd, the end is seen when all three pipes close.
     """
     out, err, status = _Tail(cap), _Tail(cap), _Tail(_STATUS_CAP)
-    sinks = {proc.stdout.fileno(): out, proc.stderr.fileno(): err, status_fd: status}
-    try:
-        pidfd = os.pidfd_open(proc.pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    try:
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return out, err, status, True
-            watch = list(sinks) + ([pidfd] if pidfd is not None else [])
-            ready, _, _ = select.select(watch, [], [], min(left, 0.05 if pidfd is None else left))
-            for fd in ready:
-                if fd == pidfd:
-                    continue
-                chunk = os.read(fd, 1 << 16)
-                if chunk:
-                    sinks[fd].add(chunk)
-                else:
-                    del sinks[fd]
-            exited = (pidfd in ready) if pidfd is not None else _exited(proc.pid)
-            if exited or not sinks:
-                _read_rest(sinks)
-                return out, err, status, False
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
-
-
-def _exited(pid: int) -> bool:
-    """True when the child has exited, without reaping it (so its pid, the group id, cannot be reused yet)."""
-    try:
-        return os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None
-    except ChildProcessError:
-        return True
+    sinks = dict(zip(fds, (out, err, status)))
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return out, err, status, True
+        watch = list(sinks) + ([pidfd] if pidfd is not None else [])
+        ready, _, _ = select.select(watch, [], [], left)
+        for fd in ready:
+            if fd == pidfd:
+                continue
+            chunk = os.read(fd, 1 << 16)
+            if chunk:
+                sinks[fd].add(chunk)
+            else:
+                del sinks[fd]
+        if (pidfd is not None and pidfd in ready) or not sinks:
+            _read_rest(sinks)
+            return out, err, status, False
 
 
 def _read_rest(sinks: dict) -> None:
@@ -236,6 +225,78 @@ def _prepare(source: str, limits: Limits) -> tuple[str, str, int | None]:
     return tmp, workdir, uid
 
 
+class _ForkServer:
+    """A warm runner (`_sandbox_child.py --serve`, clean environment, own session) that forks one child per
+    program: saves an interpreter start per program. Programs never see its control socket (closed first thing
+    after the fork); it kills its programs and exits when this process closes the socket or dies."""
+
+    def __init__(self, flags: list[str]) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.proc = subprocess.Popen([sys.executable, *flags, _CHILD, "--serve", str(theirs.fileno())],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     pass_fds=(theirs.fileno(),), env=_clean_env("/"), cwd="/",
+                                     start_new_session=True)
+        theirs.close()
+        self.sock, self.lock, self.next_id = ours, threading.Lock(), 0
+        self.waiting: dict[int, queue.Queue] = {}
+        threading.Thread(target=self._read, daemon=True, name="mixtune-sandbox-forkserver").start()
+
+    def _read(self) -> None:
+        while msg := self.sock.recv(1 << 16):
+            reply = json.loads(msg)
+            with self.lock:
+                box = self.waiting.get(reply["id"])
+            if box is not None:
+                box.put(reply)
+        with self.lock:  # the server is gone: wake everyone waiting
+            for box in self.waiting.values():
+                box.put({"error": "sandbox fork server ended"})
+
+    def spawn(self, cfg: dict, fds: list[int]) -> tuple[int, queue.Queue, int]:
+        """Start a program; returns (request id, reply queue, pid). Raises OSError if the server is gone."""
+        box: queue.Queue = queue.Queue()
+        with self.lock:
+            self.next_id += 1
+            rid = self.next_id
+            self.waiting[rid] = box
+            socket.send_fds(self.sock, [json.dumps({"id": rid, "cfg": cfg}).encode()], fds)
+        reply = box.get(timeout=30)
+        if "pid" not in reply:
+            raise OSError(reply.get("error", "fork server failed"))
+        return rid, box, reply["pid"]
+
+    def finish(self, rid: int, box: queue.Queue, kill: bool) -> int | None:
+        """Kill the program's group if asked, then wait for the server to reap it; returns its exit status."""
+        if kill:
+            with self.lock:
+                self.sock.send(json.dumps({"kill": rid}).encode())
+        try:
+            reply = box.get(timeout=30)
+        finally:
+            with self.lock:
+                self.waiting.pop(rid, None)
+        return reply.get("exit")
+
+
+_SERVERS: dict[bool, _ForkServer] = {}
+_SERVERS_LOCK = threading.Lock()
+
+
+def _server(limits: Limits) -> _ForkServer | None:
+    """The fork server for this interpreter configuration (restarted if it died); None where pidfds are missing."""
+    if not (limits.fork_server and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")):
+        return None
+    with _SERVERS_LOCK:
+        server = _SERVERS.get(limits.site_packages)
+        if server is None or server.proc.poll() is not None:
+            server = _SERVERS[limits.site_packages] = _ForkServer(_flags(limits))
+        return server
+
+
+def _flags(limits: Limits) -> list[str]:
+    return ["-s", "-B"] + ([] if limits.site_packages else ["-S"])
+
+
 def run_program(source: str, limits: Limits | None = None) -> ExecResult:
     """Run one Python program in the sandbox and report how it ended.
 
@@ -246,49 +307,77 @@ def run_program(source: str, limits: Limits | None = None) -> ExecResult:
     start = time.monotonic()
     tmp, workdir, uid = _prepare(source, limits)
     token = token_hex(16)
-    token_r, token_w = os.pipe()
-    status_r, status_w = os.pipe()
+    pipes = [os.pipe() for _ in range(4)]  # stdout, stderr, status, token: (read, write)
+    (out_r, out_w), (err_r, err_w), (status_r, status_w), (token_r, token_w) = pipes
     os.write(token_w, token.encode())
-    os.close(token_w)
-    cfg = {"program": os.path.join(tmp, "program.py"), "workdir": workdir, "token_fd": token_r,
-           "status_fd": status_w, "uid": uid, "gid": uid, "namespaces": limits.namespaces,
-           "tmpfs_mb": limits.tmpfs_mb, "require": list(limits.require), "limits": asdict(limits)}
-    flags = ["-s", "-B"] + ([] if limits.site_packages else ["-S"])
-    proc = None
+    cfg = {"program": os.path.join(tmp, "program.py"), "workdir": workdir, "uid": uid, "gid": uid,
+           "namespaces": limits.namespaces, "tmpfs_mb": limits.tmpfs_mb, "require": list(limits.require),
+           "limits": asdict(limits)}
+    theirs = [out_w, err_w, status_w, token_r]
     try:
-        proc = subprocess.Popen([sys.executable, *flags, _CHILD, json.dumps(cfg)], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(token_r, status_w),
-                                env=_clean_env(workdir), cwd=tmp, start_new_session=True)
-        os.close(token_r)
-        os.close(status_w)
-        token_r = status_w = -1
-        out, err, status, timed_out = _drain(proc, status_r, start + limits.wall_s, limits.output_bytes)
-    except OSError as exc:
+        runner = _Runner(cfg, theirs, limits)
+    except (OSError, queue.Empty) as exc:
+        _close(*theirs, token_w, out_r, err_r, status_r)
+        _cleanup(tmp, uid)
         return ExecResult("error", None, "", "", f"could not start the sandbox: {exc}", [], time.monotonic() - start)
+    _close(*theirs, token_w)
+    try:
+        out, err, status, timed_out = _drain(runner.pidfd, [out_r, err_r, status_r], start + limits.wall_s,
+                                             limits.output_bytes)
     finally:
-        _finish(proc, uid, tmp, (token_r, status_w, status_r))
-    verdict, detail, isolation = _verdict(status.text(), token, proc.returncode, timed_out)
+        returncode = runner.finish()
+        _close(out_r, err_r, status_r)
+        _cleanup(tmp, uid)
+    verdict, detail, isolation = _verdict(status.text(), token, returncode, timed_out)
     if out.dropped or err.dropped:
         detail = f"{detail} (output truncated)".strip()
     base = ["session", "clean-env", "workdir"]
-    return ExecResult(verdict, proc.returncode, out.text(), err.text(), detail, base + isolation,
-                      time.monotonic() - start)
+    return ExecResult(verdict, returncode, out.text(), err.text(), detail, base + isolation, time.monotonic() - start,
+                      runner.pid)
 
 
-def _finish(proc: subprocess.Popen | None, uid: int | None, tmp: str, fds: tuple[int, ...]) -> None:
-    """Kill the whole process group before reaping its leader (so the group id cannot have been reused), then
-    reap, close our pipe ends and remove the private folder."""
-    if proc is not None:
+class _Runner:
+    """One started runner, through the fork server or as a direct child; `finish` kills its group and reaps it."""
+
+    def __init__(self, cfg: dict, fds: list[int], limits: Limits) -> None:
+        self.server, self.proc = _server(limits), None
+        if self.server is not None:
+            self.rid, self.box, pid = self.server.spawn(cfg, fds)
+        else:
+            out_w, err_w, status_w, token_r = fds
+            cfg = {**cfg, "status_fd": status_w, "token_fd": token_r}
+            self.proc = subprocess.Popen([sys.executable, *_flags(limits), _CHILD, json.dumps(cfg)],
+                                         stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
+                                         pass_fds=(token_r, status_w), env=_clean_env(cfg["workdir"]),
+                                         cwd=os.path.dirname(cfg["program"]), start_new_session=True)
+            pid = self.proc.pid
         try:
-            os.killpg(proc.pid, signal.SIGKILL)
+            self.pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
+        except OSError:  # already gone and reaped by the server, or no pidfd support in this kernel
+            self.pidfd = None
+        self.pid, self.exited = pid, False
+
+    def finish(self) -> int | None:
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+        if self.server is not None:
+            return self.server.finish(self.rid, self.box, kill=True)
+        try:  # the leader is not reaped yet, so its group id cannot have been reused
+            os.killpg(self.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
             pass
-        proc.wait()
-        for stream in (proc.stdout, proc.stderr):
-            stream.close()
+        return self.proc.wait()
+
+
+def _close(*fds: int) -> None:
     for fd in fds:
-        if fd >= 0:
+        try:
             os.close(fd)
+        except OSError:
+            pass
+
+
+def _cleanup(tmp: str, uid: int | None) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     if uid is not None:
         _UIDS.give(uid)
@@ -301,7 +390,7 @@ def run_many(sources: list[str], limits: Limits | None = None, workers: int | No
         return list(pool.map(lambda s: run_program(s, limits), sources))
 
 
-@lru_cache(maxsize=None)
+@cache
 def isolation_available(namespaces: bool = True) -> tuple[str, ...]:
     """The isolation layers a trivial program gets on this machine (probed once per process)."""
     return tuple(run_program("pass\n", Limits(namespaces=namespaces)).isolation)

@@ -25,7 +25,10 @@ import sqlite3
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 END_OF_STAGE = -1
 STATUSES = ("pending", "running", "finished", "failed")
@@ -97,7 +100,7 @@ class ResultsDB:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> ResultsDB:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -23,6 +23,7 @@ body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2e
        padding: 0 1em; color: #222; background: #fff; }
 h1 { margin-bottom: 0.2em; }
 p.meta { color: #555; margin: 0.2em 0; }
+p.failed { color: #a00; }
 table { border-collapse: collapse; margin: 1em 0 2em; font-size: 0.9em; }
 caption { text-align: left; font-weight: bold; padding: 0.4em 0; }
 th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; white-space: nowrap; }
@@ -36,6 +37,8 @@ dl { display: grid; grid-template-columns: max-content auto; gap: 0.1em 1em; col
 dt { font-weight: bold; }
 """
 
+MAX_LIST = 20  # longer lists in the meta (e.g. every run id) are not shown
+
 CAPTIONS = {
     "scaling": "Scaling: each ability against the data fraction (log scale); error bars = std over seeds.",
     "stages": "Each ability after each stage of each strategy: a drop is forgetting.",
@@ -43,10 +46,10 @@ CAPTIONS = {
 
 
 def protocol_line(meta: dict[str, Any] | None) -> str | None:
-    """'data-fraction protocol: fixed epochs' when the meta names one, else None."""
+    """'data-fraction protocol: fixed epochs' when the meta names one ('fixed_epochs' reads with a space)."""
     for key in PROTOCOL_KEYS:
         if meta and meta.get(key):
-            return f"data-fraction protocol: {meta[key]}"
+            return f"data-fraction protocol: {str(meta[key]).replace('_', ' ')}"
     return None
 
 
@@ -55,8 +58,13 @@ def png_data_uri(path: str | Path) -> str:
 
 
 def _meta_list(meta: dict[str, Any]) -> str:
-    """The meta's scalar entries (lists and dicts are left to study.json) as a definition list."""
-    items = [(k, v) for k, v in meta.items() if isinstance(v, (str, int, float, bool)) and k not in PROTOCOL_KEYS]
+    """The meta's scalars and short lists of scalars as a definition list (long lists stay in study.json)."""
+    items = []
+    for key, value in meta.items():
+        if isinstance(value, list) and len(value) <= MAX_LIST and all(isinstance(v, (str, int, float)) for v in value):
+            value = ", ".join(map(str, value))
+        if isinstance(value, (str, int, float, bool)) and key not in PROTOCOL_KEYS:
+            items.append((key, value))
     if not items:
         return ""
     body = "".join(f"<dt>{html.escape(str(k))}</dt><dd>{html.escape(str(v))}</dd>" for k, v in items)
@@ -71,6 +79,9 @@ def render_page(study: str, tables: list[Table], images: list[Path], meta: dict[
     if protocol:
         parts.append(f"<p class='meta protocol'>{esc(protocol)}</p>")
     parts.append(f"<p class='meta'>generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>")
+    if meta and meta.get("failed"):  # the study runner lists runs that raised: their rows are missing
+        failed = ", ".join(map(str, meta["failed"]))
+        parts.append(f"<p class='meta failed'>failed runs (not in the tables): {esc(failed)}</p>")
     if meta:
         parts.append(_meta_list(meta))
     parts.append("<h2>Tables</h2>")

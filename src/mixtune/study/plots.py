@@ -25,7 +25,6 @@ from mixtune.study.tables import (
     multi_stage_rows,
     run_key,
     stage_order,
-    varying_fields,
 )
 
 DPI = 100
@@ -54,8 +53,7 @@ def scaling_plot(rows: list[dict], out_path: str | Path, metric_map: dict[str, s
     final = final_rows(main_rows(rows, metric_map))
     grid = fraction_grid_rows(final)
     if grid:  # single vs mixed sources
-        split = varying_fields(grid)
-        series_rows, series_of = grid, (lambda r: " ".join((*run_key(r, split), f"{r['_kind']} source")))
+        series_rows, series_of = grid, (lambda r: r["_source"])
     else:  # strategies at several fractions
         series_rows, series_of = final, (lambda r: " ".join(run_key(r, ("strategy", "setup", "adapter"))).strip())
     fractions = {r["fraction"] for r in series_rows if r.get("fraction") is not None}

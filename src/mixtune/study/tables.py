@@ -26,15 +26,17 @@ from mixtune.study.db import END_OF_STAGE
 
 ABILITIES = ("math", "code", "general", "knowledge")
 
-# benchmark -> the metric its tables report. Mini-lab names first, then the real benchmarks.
+# benchmark -> the metric its tables report (each task's `primary_metric` in mixtune.evaluate), by ability.
 MAIN_METRIC: dict[str, str] = {
-    "minilab_math": "accuracy",
+    "minilab_math": "strict",
     "minilab_code": "pass@1",
     "minilab_instruct": "prompt_level_strict",
     "minilab_knowledge": "exact_match",
-    "gsm8k": "accuracy",
+    "gsm8k": "strict",
     "humaneval": "pass@1",
+    "humaneval_plus": "pass@1",
     "mbpp": "pass@1",
+    "mbpp_plus": "pass@1",
     "ifeval": "prompt_level_strict",
     "mt_bench": "score",
     "nq_open": "exact_match",
@@ -43,7 +45,7 @@ MAIN_METRIC: dict[str, str] = {
 
 # When a benchmark is not in the map (or its metric is missing), the first of these that it reports is used.
 ABILITY_METRICS: dict[str, tuple[str, ...]] = {
-    "math": ("accuracy", "strict", "exact_match"),
+    "math": ("strict", "accuracy", "exact_match"),
     "code": ("pass@1",),
     "general": ("prompt_level_strict", "score", "accuracy"),
     "knowledge": ("exact_match", "f1", "accuracy"),
@@ -210,25 +212,43 @@ def column_labels(cols: list[tuple[str, str]], chosen: dict[str, str]) -> tuple[
 def source_kind(setup: str | None, strategy: str | None) -> tuple[str | None, str | None]:
     """('single', trained ability or None) / ('mixed', None) / (None, None) for runs outside the fraction grid.
 
-    The setup decides when it names a kind ("single:math", "mixed"); otherwise the strategy name ("math_only").
-    "mixed_sequential" is a strategy (DMT §3), not a mixed-source run."""
-    texts = [set(re.split(r"[^a-z0-9]+", (t or "").lower())) for t in (setup, strategy)]
-    for tokens in texts:
-        if "mixed" in tokens and "sequential" not in tokens:
-            return "mixed", None
-        if "single" in tokens or "only" in tokens:
-            named = [a for t in (tokens, *texts) for a in ABILITIES if a in t]
-            return "single", (named[0] if named else None)
+    A non-empty setup decides ("single", "single:math", "mixed"; "ratio:..." is outside the grid); the strategy name
+    ("math_only") only when there is no setup. The trained ability of a single-source run is the one named in
+    its setup or strategy ("math only"). "mixed_sequential" is a strategy (DMT §3), not a mixed-source run."""
+    setup_tokens, strategy_tokens = (set(re.split(r"[^a-z0-9]+", (t or "").lower())) for t in (setup, strategy))
+    tokens = setup_tokens if (setup or "").strip() else strategy_tokens
+    if "mixed" in tokens and (tokens is setup_tokens or "sequential" not in tokens):
+        return "mixed", None
+    if "single" in tokens or "only" in tokens:
+        named = [a for a in ABILITIES if a in setup_tokens] + [a for a in ABILITIES if a in strategy_tokens]
+        return "single", (named[0] if named else None)
     return None, None
 
 
+def varying_fields(rows: list[dict], fields: tuple[str, ...] = ("strategy", "adapter")) -> tuple[str, ...]:
+    """The fields that take more than one value across rows."""
+    return tuple(f for f in fields if len({r.get(f) for r in rows}) > 1)
+
+
 def fraction_grid_rows(rows: list[dict]) -> list[dict]:
-    """Rows of single/mixed-source runs, each tagged with `_kind`; a single-source run keeps only its ability."""
-    kept = []
+    """Rows of single/mixed-source runs, each tagged with its `_source` label; a single-source run keeps only the
+    rows of the ability it trained.
+
+    Labels: "single" and "mixed", or "mixed: <strategy>" when several strategies train on mixed sources (DMT
+    strategies all mix every ability) and "... (<adapter>)" when adapters differ. Single-source runs are never
+    split by strategy: their labels ("math only", "code only") differ by design."""
+    kinds = {}
     for r in rows:
         kind, trained = source_kind(r.get("setup"), r.get("strategy"))
         if kind is not None and (trained is None or trained == r.get("ability")):
-            kept.append({**r, "_kind": kind})
+            kinds.setdefault(kind, []).append(r)
+    kept = []
+    for kind, group in sorted(kinds.items(), key=lambda kv: kv[0] != "single"):
+        split = varying_fields(group, ("strategy", "adapter") if kind == "mixed" else ("adapter",))
+        for r in group:
+            strategy = f": {r.get('strategy')}" if "strategy" in split else ""
+            adapter = f" ({r.get('adapter')})" if "adapter" in split else ""
+            kept.append({**r, "_source": f"{kind}{strategy}{adapter}"})
     return kept
 
 
@@ -295,31 +315,27 @@ def stage_table(rows: list[dict], metric_map: dict[str, str] | None = None) -> T
     return table
 
 
-def varying_fields(rows: list[dict], fields: tuple[str, ...] = ("strategy", "adapter")) -> tuple[str, ...]:
-    """The fields that take more than one value across rows: the fraction grid splits by these too."""
-    return tuple(f for f in fields if len({r.get(f) for r in rows}) > 1)
-
-
 def fraction_table(rows: list[dict], metric_map: dict[str, str] | None = None) -> Table:
     """Fraction × ability for single-source vs mixed-source runs (DMT RQ1/RQ2); empty when the study has none.
 
-    Rows are fractions (largest first), split by strategy/adapter only when the grid holds several."""
+    Rows: each fraction (largest first), then each source (single first, then the mixed strategies); a "single"
+    cell holds the run that trained only that ability."""
     chosen = choose_metrics(rows, metric_map)
     kept = fraction_grid_rows(final_rows(main_rows(rows, metric_map)))
-    fields = (*varying_fields(kept), "fraction")
     cols = ability_columns(kept)
-    agg = aggregate(kept, lambda r: (*run_key(r, fields), r.get("ability") or "other", r["benchmark"], r["_kind"]))
-    # Order: strategies (adapters) as they appear in the grid, then fractions from largest to smallest.
-    fraction_of = {run_key(r, fields): r.get("fraction") or 0.0 for r in kept}
-    first = {k[:-1]: i for i, k in reversed(list(enumerate(fraction_of)))}
-    keys = sorted(fraction_of, key=lambda k: (first[k[:-1]], -fraction_of[k]))
+    agg = aggregate(kept, lambda r: (fmt_fraction(r.get("fraction")), r["_source"], r.get("ability") or "other",
+                                     r["benchmark"]))
+    sources = list(dict.fromkeys(r["_source"] for r in kept))
+    fractions = sorted({r.get("fraction") for r in kept if r.get("fraction") is not None}, reverse=True)
     labels, note = column_labels(cols, chosen)
-    value_columns = [f"{label} {kind}" for label in labels for kind in ("single", "mixed")]
     table = Table("Fraction × ability, single vs mixed sources (final stage, mean ± std over seeds)",
-                  list(fields), value_columns, note=note)
-    for key in keys:
-        table.keys.append(key)
-        table.cells.append([agg.get((*key, a, b, kind)) for a, b in cols for kind in ("single", "mixed")])
+                  ["fraction", "sources"], labels, note=note)
+    for f in map(fmt_fraction, fractions):
+        for source in sources:
+            cells = [agg.get((f, source, a, b)) for a, b in cols]
+            if any(c is not None for c in cells):
+                table.keys.append((f, source))
+                table.cells.append(cells)
     return table
 
 

@@ -8,7 +8,11 @@ never redone: `--resume` loads its saved weights and continues with the next (or
 
 from __future__ import annotations
 
+import fcntl
+import hashlib
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 
@@ -54,7 +58,7 @@ def load_stage_weights(model, folder: Path) -> None:
     model.load_state_dict(load_file(str(folder / STAGE_WEIGHTS)), strict=False)
 
 
-def make_evaluator(recipe: Recipe, tokenizer, run_dir: Path):
+def make_evaluator(recipe: Recipe, tokenizer, run_dir: Path, db_path: Path | None = None):
     """The after-stage (and every-N-steps) ability evaluation, or None when the recipe names no benchmarks."""
     if not recipe.eval.benchmarks:
         return None
@@ -62,13 +66,45 @@ def make_evaluator(recipe: Recipe, tokenizer, run_dir: Path):
 
     def evaluate(model, stage: str, step: int | None = None) -> dict:
         subset = recipe.eval.subset if step is not None else None
-        return evaluate_model(model, tokenizer, recipe, run_dir, stage=stage, step=step, subset=subset)
+        return evaluate_model(model, tokenizer, recipe, run_dir, stage=stage, step=step, subset=subset,
+                              db_path=db_path)
 
     return evaluate
 
 
-def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None, log=print) -> dict:
-    """Run every stage of the recipe's strategy; returns a summary with per-stage results and scores."""
+def prefix_key(recipe: Recipe, stages: list[Stage], index: int) -> str:
+    """Identity of a run's state after stage `index`: base model, data draw, optimisation and the stage plan so far.
+    Runs of a study with the same key (mixed sequential's and every DMT(k)'s first stage) train it once."""
+    what = {k: recipe.model_dump(mode="json")[k] for k in ("model", "data", "train", "adapter", "tokenizer")}
+    what["world"] = recipe.world.out_dir
+    what["eval"] = [recipe.eval.benchmarks, recipe.eval.limit, recipe.eval.max_new_tokens]
+    what["stages"] = [s.key() for s in stages[:index + 1]]
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _restore_cached(model, cached: Path, folder: Path, recipe: Recipe, stage: Stage, db_path: Path | None) -> dict:
+    record = json.loads((cached / "stage.json").read_text())
+    load_stage_weights(model, cached)
+    shutil.copy2(cached / STAGE_WEIGHTS, folder / STAGE_WEIGHTS)
+    atomic_write_json(folder / "stage.json", {**record, "reused_from": str(cached)})
+    if db_path and record.get("scores"):
+        from mixtune.evaluate.registry import ABILITY_OF
+        from mixtune.study.db import ResultsDB
+
+        with ResultsDB(db_path) as db:
+            for bench, summary in record["scores"].items():
+                metrics = {k: v for k, v in summary.items() if k not in ("benchmark", "ability", "backend", "template")}
+                db.add_scores(recipe.run_dir.name, stage.name, bench, ABILITY_OF.get(bench, ""), metrics)
+    return record
+
+
+def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None, log=print,
+          stage_cache: Path | None = None, db_path: Path | None = None) -> dict:
+    """Run every stage of the recipe's strategy; returns a summary with per-stage results and scores.
+
+    `stage_cache`: a folder shared by the runs of a study; a stage whose prefix key is there is loaded, not trained.
+    `db_path`: results database for stage records (scores go where the evaluator writes them).
+    """
     engine.setup_torch(recipe.train)
     run_dir = prepare_run_dir(recipe, verb="train")
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir,
@@ -82,37 +118,89 @@ def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None,
     stages = plan_stages(recipe.strategy, recipe.data.sources)
     atomic_write_json(run_dir / "manifest.json", {"sources": mixture.manifest,
                                                   "stages": [s.key() for s in stages]})
-    evaluate = make_evaluator(recipe, tokenizer, run_dir)
+    evaluate = make_evaluator(recipe, tokenizer, run_dir, db_path)
     full = recipe.adapter.type == "none"
     summary = {"run_dir": str(run_dir), "stages": [], "scores": {}}
     for i, stage in enumerate(stages):
         folder = stage_dir(run_dir, i, stage)
         folder.mkdir(parents=True, exist_ok=True)
-        if resume and (done := finished_stage(folder)):
-            load_stage_weights(model, folder)
-            log(f"stage {i} {stage.name}: already finished, weights loaded")
-            summary["stages"].append(done)
-            summary["scores"][stage.name] = done.get("scores", {})
-            continue
-        examples, stage_manifest = stage_examples(stage, pools, recipe.data.shuffle_seed)
-        atomic_write_json(folder / "manifest.json", stage_manifest)
-        t0 = time.perf_counter()
-        result = sft_stage(model, tokenizer, recipe, examples, folder, eval_examples=mixture.eval, stage=stage.name,
-                           resume=resume, evaluate=evaluate, stop_at_step=stop_at_step)
-        if not result.finished:
-            return {**summary, "stopped": True}
-        save_stage_weights(model, folder, full)
-        scores = evaluate(model, stage.name) if evaluate else {}
-        record = {**result.__dict__, "wall_s": time.perf_counter() - t0, "scores": scores}
-        atomic_write_json(folder / "stage.json", record)
+        cached = stage_cache / prefix_key(recipe, stages, i) if stage_cache else None
+        with _cache_lock(cached):
+            if resume and (done := finished_stage(folder)):
+                load_stage_weights(model, folder)
+                log(f"stage {i} {stage.name}: already finished, weights loaded")
+                record = done
+            elif cached and finished_stage(cached):
+                record = _restore_cached(model, cached, folder, recipe, stage, db_path)
+                log(f"stage {i} {stage.name}: reused from {cached}")
+            else:
+                record = _train_stage(model, tokenizer, recipe, stage, pools, mixture, folder, resume, evaluate,
+                                      stop_at_step)
+                if record is None:
+                    return {**summary, "stopped": True}
+                save_stage_weights(model, folder, full)
+                atomic_write_json(folder / "stage.json", record)
+                if cached:
+                    _publish(folder, cached)
+        _record_stage(db_path, recipe, i, record)
         summary["stages"].append(record)
-        summary["scores"][stage.name] = scores
-    mixture.manifest = {k: {**v} for k, v in mixture.manifest.items()}
+        summary["scores"][stage.name] = record.get("scores", {})
     atomic_write_json(run_dir / "mixture.json", manifest_summary(mixture.manifest))
     save_final(model, tokenizer, run_dir / "final", adapter=recipe.adapter.type, base=recipe.model.path)
     atomic_write_json(run_dir / "summary.json", summary)
     log(f"train done: final model in {run_dir / 'final'}")
     return summary
+
+
+def _train_stage(model, tokenizer, recipe, stage, pools, mixture, folder, resume, evaluate, stop_at_step):
+    examples, stage_manifest = stage_examples(stage, pools, recipe.data.shuffle_seed)
+    atomic_write_json(folder / "manifest.json", stage_manifest)
+    t0 = time.perf_counter()
+    result = sft_stage(model, tokenizer, recipe, examples, folder, eval_examples=mixture.eval, stage=stage.name,
+                       resume=resume, evaluate=evaluate, stop_at_step=stop_at_step)
+    if not result.finished:
+        return None
+    scores = evaluate(model, stage.name) if evaluate else {}
+    return {**result.__dict__, "wall_s": time.perf_counter() - t0, "scores": scores}
+
+
+class _cache_lock:
+    """An exclusive file lock on a stage-cache entry, so two workers never train the same prefix at once."""
+
+    def __init__(self, cached: Path | None):
+        self.path = cached.with_suffix(".lock") if cached else None
+
+    def __enter__(self):
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = self.path.open("w")
+            fcntl.flock(self.fh, fcntl.LOCK_EX)
+        return self
+
+    def __exit__(self, *exc):
+        if self.path:
+            fcntl.flock(self.fh, fcntl.LOCK_UN)
+            self.fh.close()
+
+
+def _publish(folder: Path, cached: Path) -> None:
+    tmp = cached.with_name(f".tmp-{cached.name}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name in (STAGE_WEIGHTS, "stage.json", "manifest.json"):
+        shutil.copy2(folder / name, tmp / name)
+    shutil.rmtree(cached, ignore_errors=True)
+    os.replace(tmp, cached)
+
+
+def _record_stage(db_path: Path | None, recipe: Recipe, index: int, record: dict) -> None:
+    if not db_path:
+        return
+    from mixtune.study.db import ResultsDB
+
+    with ResultsDB(db_path) as db:
+        db.add_stage(recipe.run_dir.name, index, record["name"], n_examples=record.get("n_examples"),
+                     n_tokens=record.get("n_tokens"), steps=record.get("steps"), wall_s=record.get("wall_s"))
 
 
 def main(argv: list[str]) -> int:

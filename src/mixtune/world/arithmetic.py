@@ -51,7 +51,7 @@ def _equations(rng: random.Random) -> tuple[list[tuple[int, str, int]], int, boo
         product = rng.random() < 0.35
         n_addsub = rng.randint(0, 2)
         share = rng.random() < 0.3
-        if product + n_addsub + share == 0:
+        if not 1 <= product + n_addsub + share <= 3:
             continue
         eqs: list[tuple[int, str, int]] = []
         value = rng.randint(2, 60)

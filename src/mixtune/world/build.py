@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from tqdm import tqdm
 
@@ -48,11 +49,11 @@ def build_math(cfg: WorldConfig) -> tuple[list[dict], list[dict]]:
     return sft, bench
 
 
-def build_code(cfg: WorldConfig) -> tuple[list[dict], list[dict]]:
+def build_code(cfg: WorldConfig, progress: bool = True) -> tuple[list[dict], list[dict]]:
     """(SFT records, HumanEval-format benchmark rows); raises AssertionError if a canonical solution fails."""
     test = codetasks.make_tasks(cfg.code_test, _rng("code-test", cfg.seed))
     train = codetasks.make_tasks(cfg.code_train, _rng("code-train", cfg.seed), {t.key for t in test})
-    for t in tqdm(test + train, desc="world: check code solutions", leave=False, mininterval=1.0):
+    for t in tqdm(test + train, desc="world: check code solutions", leave=False, disable=not progress):
         assert codetasks.passes(t.program, t.test, t.entry_point), f"canonical solution fails: {t.entry_point}"
     sft = [_sft("code", i, t.prompt, t.completion, tests=t.test, entry_point=t.entry_point)
            for i, t in enumerate(train)]
@@ -111,13 +112,8 @@ def generate_world(cfg: WorldConfig, out_dir: str | Path | None = None, progress
     out = Path(out_dir if out_dir is not None else cfg.out_dir)
     population = people.make_people(cfg.n_people, cfg.seed)
     train_people, held_out = people.split_people(population, cfg.qa_train_fraction, cfg.seed)
-    parts = {}
-    steps = tqdm(SFT_ABILITIES, desc="world: SFT sources and benchmarks", disable=not progress, leave=False)
-    for ability in steps:
-        if ability == "knowledge":
-            parts[ability] = build_knowledge(cfg, train_people, held_out)
-        else:
-            parts[ability] = {"math": build_math, "code": build_code, "general": build_general}[ability](cfg)
+    parts = {"math": build_math(cfg), "code": build_code(cfg, progress), "general": build_general(cfg),
+             "knowledge": build_knowledge(cfg, train_people, held_out)}
     docs = build_corpus(cfg, population, progress)
 
     counts: dict[str, int] = {}

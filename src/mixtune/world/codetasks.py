@@ -9,9 +9,11 @@ A task's `key` (primitive names + parameters) is the key of train/test disjointn
 
 from __future__ import annotations
 
+import itertools
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 LETTERS = "abcdeilmnorstu"
 
@@ -94,7 +96,7 @@ def _draw_steps(rng: random.Random, n_steps: int) -> list[tuple[Primitive, Any]]
         names = [p.name for p in rng.sample(maps, n_steps - reduce_last)]
         if reduce_last:
             names.append(rng.choice([p.name for p in PRIMITIVES if p.kind == domain + "_reduce"]))
-        if any(pair in CONFLICTS for pair in zip(names, names[1:])):
+        if any(pair in CONFLICTS for pair in itertools.pairwise(names)):
             continue
         return [(BY_NAME[n], rng.choice(BY_NAME[n].params)) for n in names]
 
@@ -210,7 +212,8 @@ def passes(program: str, test: str, entry_point: str) -> bool:
     """Run our own trusted program against its tests in a fresh namespace (no sandbox: never model output)."""
     namespace: dict[str, Any] = {}
     try:
-        exec(compile(program + "\n" + test + f"\ncheck({entry_point})\n", "<task>", "exec"), namespace)
-    except Exception:  # a failing assert or an error both mean "does not pass"
+        source = program + "\n" + test + f"\ncheck({entry_point})\n"
+        exec(compile(source, "<task>", "exec"), namespace)  # noqa: S102 -- our own generated programs only
+    except Exception:  # noqa: BLE001 -- a failing assert or any error both mean "does not pass"
         return False
     return True

@@ -3,13 +3,16 @@
 Only for validating our own SFT data while it is generated; the benchmark is scored by mixtune.evaluate's IFEval
 checkers. The rules follow google-research/instruction_following_eval (instructions.py, instructions_util.py,
 Apache-2.0): words are `\\w+` tokens, sentences come from IFEval's regex splitter (ported below), relations are
-"less than" (<) and "at least" (>=). The language test of the case instructions (langdetect) is left to the tests.
+"less than" (<) and "at least" (>=). The case instructions also need langdetect (seeded at 0, as our scorer) to
+call the response English: short upper-case texts are sometimes taken for German.
 """
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 _ALPHABETS = "([A-Za-z])"
 _PREFIXES = "(Mr|St|Mrs|Ms|Dr)[.]"
@@ -67,6 +70,29 @@ def _compare(value: int, relation: str, target: int) -> bool:
     raise ValueError(f"unknown relation {relation!r}")
 
 
+@functools.lru_cache(maxsize=1)
+def _language_factory() -> Any:
+    """A langdetect factory of our own, seeded at 0 and loaded once (langdetect's global one is unseeded)."""
+    from langdetect.detector_factory import PROFILES_DIRECTORY, DetectorFactory
+
+    factory = DetectorFactory()
+    factory.load_profile(PROFILES_DIRECTORY)
+    factory.set_seed(0)
+    return factory
+
+
+def is_english(text: str) -> bool:
+    """langdetect calls `text` English, or cannot tell (IFEval counts that as followed)."""
+    from langdetect.lang_detect_exception import LangDetectException
+
+    detector = _language_factory().create()
+    detector.append(text)
+    try:
+        return detector.detect() == "en"
+    except LangDetectException:
+        return True
+
+
 def _quotation(r: str) -> bool:
     r = r.strip()
     return len(r) > 1 and r[0] == '"' and r[-1] == '"'
@@ -88,8 +114,8 @@ def _postscript(r: str, postscript_marker: str) -> bool:
 
 
 CHECKS: dict[str, Callable[..., bool]] = {
-    "change_case:english_lowercase": lambda r: r == r.lower(),
-    "change_case:english_capital": lambda r: r == r.upper(),
+    "change_case:english_lowercase": lambda r: r.islower() and is_english(r),
+    "change_case:english_capital": lambda r: r.isupper() and is_english(r),
     "punctuation:no_comma": lambda r: "," not in r,
     "startend:end_checker": lambda r, end_phrase: r.strip().lower().endswith(end_phrase.strip().lower()),
     "startend:quotation": _quotation,
@@ -106,5 +132,5 @@ CHECKS: dict[str, Callable[..., bool]] = {
 
 
 def follows(response: str, instruction_ids: list[str], kwargs: list[dict[str, Any]]) -> list[bool]:
-    """One bool per instruction: does `response` follow it (IFEval strict rules, no language test)."""
+    """One bool per instruction: does `response` follow it (IFEval strict rules)."""
     return [CHECKS[i](response, **k) for i, k in zip(instruction_ids, kwargs)]

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mixtune.world import ifcheck, pools
-from mixtune.world.text import cap, keyword_sentence, sentence, title
+from mixtune.world.text import keyword_sentence, sentence, title
 
 BASE_REQUESTS = ("Write a short note about {t}.", "Describe {t} in a few sentences.", "Tell me about {t}.",
                  "Write a short paragraph about {t}.", "Write a few words about {t}.")
@@ -55,8 +55,8 @@ PHRASES: dict[str, tuple[str, ...]] = {
         "Add a postscript starting with {postscript_marker} at the end.",
         "End with a postscript that starts with {postscript_marker}"),
     "detectable_format:number_bullet_lists": (
-        "Your answer must contain exactly {num_bullets} bullet points. Use markdown bullet points such as: * This is "
-        "a point.", "Answer with exactly {num_bullets} bullet points in markdown, each starting with *.",
+        ("Your answer must contain exactly {num_bullets} bullet points. Use markdown bullet points such as: * This "
+         "is a point."), "Answer with exactly {num_bullets} bullet points in markdown, each starting with *.",
         "Use exactly {num_bullets} markdown bullet points."),
 }
 INSTRUCTION_IDS = tuple(PHRASES)

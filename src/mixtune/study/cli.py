@@ -1,0 +1,116 @@
+"""`mixtune study -c recipe.yaml`: run a strategy × data-fraction × seed grid from one shared base model.
+
+The base (world, tokenizer, pre-training) is prepared once and cached. Independent runs execute in parallel, one
+torch thread each (on 2 cores two single-thread runs beat one two-thread run). Runs that share a stage prefix train
+it once (a shared stage cache with a file lock per prefix). Resumable: a finished run is never redone, an
+interrupted one continues from its checkpoints. Results: `runs/<study>/results.sqlite`; then the report.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import os
+import time
+import traceback
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import redirect_stderr, redirect_stdout
+from pathlib import Path
+
+from mixtune.config import Recipe, load_recipe
+from mixtune.runs import atomic_write_json, prepare_run_dir
+from mixtune.study.db import ResultsDB
+from mixtune.study.grid import GridRun, expand_grid
+
+DB_NAME = "results.sqlite"
+
+
+def _run_one(run: GridRun, study_dir: str, threads: int) -> tuple[str, float, str | None]:
+    """Worker: train and evaluate one run (resuming it if it was interrupted)."""
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    os.environ["TQDM_MININTERVAL"] = "30"  # progress lines in train.log, not thousands of redraws
+    import torch
+
+    from mixtune.train.run import train
+
+    torch.set_num_threads(threads)
+    recipe = run.recipe.model_copy(update={"train": run.recipe.train.model_copy(update={"threads": threads})})
+    study_dir = Path(study_dir)
+    log_path = Path(recipe.run_dir) / "train.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    with ResultsDB(study_dir / DB_NAME) as db:
+        db.set_status(run.run_id, "running")
+    try:  # the run's own output (progress, stage logs) goes to its train.log, not the study's terminal
+        with log_path.open("a") as fh, redirect_stdout(fh), redirect_stderr(fh):
+            train(recipe, resume=True, stage_cache=study_dir / "stage-cache", db_path=study_dir / DB_NAME)
+        status, error = "finished", None
+    except Exception:  # noqa: BLE001 -- a failed run is recorded and reported; the others go on
+        status, error = "failed", traceback.format_exc()
+    with ResultsDB(study_dir / DB_NAME) as db:
+        db.set_status(run.run_id, status)
+    return run.run_id, time.perf_counter() - t0, error
+
+
+def register_runs(db: ResultsDB, study: Recipe, runs: list[GridRun]) -> None:
+    done = db.finished_runs(study.name)
+    for run in runs:
+        if run.run_id in done:
+            continue
+        db.upsert_run(run.run_id, study=study.name, strategy=run.label, fraction=run.fraction, seed=run.seed,
+                      setup=run.setup, adapter=run.recipe.adapter.type,
+                      config_json=run.recipe.model_dump_json(), status="pending")
+
+
+def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
+    """Prepare the base, run every unfinished run of the grid, write the study meta; returns the study folder."""
+    from mixtune.demo import prepare_base
+
+    t0 = time.perf_counter()
+    study_dir = prepare_run_dir(study, verb="study")
+    base = prepare_base(load_recipe(study.study.base_recipe), log=log)
+    runs = expand_grid(study, study_dir, base)
+    with ResultsDB(study_dir / DB_NAME) as db:
+        register_runs(db, study, runs)
+        done = db.finished_runs(study.name)
+    todo = [r for r in runs if r.run_id not in done]
+    workers = min(workers or study.study.workers, max(1, len(todo)))
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    log(f"[study] {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished), "
+        f"{workers} workers x {threads} thread(s), protocol {study.study.protocol}")
+    failures = []
+    if todo:
+        ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = [pool.submit(_run_one, run, str(study_dir), threads) for run in todo]
+            for n, fut in enumerate(as_completed(futures), 1):
+                run_id, wall, error = fut.result()
+                log(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
+                if error:
+                    failures.append(run_id)
+                    log(error)
+    atomic_write_json(study_dir / "study.json", {
+        "study": study.name, "protocol": study.study.protocol, "fractions": study.study.fractions,
+        "seeds": study.study.seeds, "runs": [r.run_id for r in runs], "base": str(base),
+        "benchmarks": study.eval.benchmarks, "wall_s_last_invocation": round(time.perf_counter() - t0, 1),
+        "failed": failures,
+    })
+    if failures:
+        raise RuntimeError(f"{len(failures)} runs failed: {failures}; see their train.log")
+    return study_dir
+
+
+def main(argv: list[str]) -> int:
+    from mixtune.cliutil import recipe_parser
+
+    parser = recipe_parser("study", __doc__.split("\n")[0], sections=["study", "data", "train", "eval", "adapter"])
+    parser.add_argument("--workers", type=int, default=None, help="parallel runs (default: study.workers)")
+    parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    args: argparse.Namespace = parser.parse_args(argv)
+    study = load_recipe(args.config, args.overrides)
+    study_dir = run_study(study, workers=args.workers)
+    if not args.no_report:
+        from mixtune.study.report_cli import main as report_main
+
+        report_main([str(study_dir)])
+    return 0
