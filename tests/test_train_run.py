@@ -115,3 +115,16 @@ def test_malformed_recipe_names_the_key_path(tmp_path):
     for expected in ("bad.yaml: train.lr:", "bad.yaml: train.batch_sise: Extra inputs",
                      "bad.yaml: data.sources.0.count:", "bad.yaml: model.hidden_size:"):
         assert expected in text, text
+
+
+def test_fresh_optimizer_false_carries_adam_moments_across_stages(tmp_path, base_dir, data_files):
+    recipe = recipe_for(tmp_path, base_dir, data_files, strategy={"name": "sequential"})
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"fresh_optimizer": False})})
+    summary = train(recipe)
+    steps = [s["steps"] for s in summary["stages"]]
+    last = torch.load(recipe.run_dir / "stages" / "2-general" / "stage_optimizer.pt", weights_only=True)
+    adam_steps = {float(v["step"]) for v in last["state"].values()}
+    assert adam_steps == {float(sum(steps))}  # one AdamW step count across all three stages
+    fresh = recipe_for(tmp_path / "fresh", base_dir, data_files, strategy={"name": "sequential"})
+    train(fresh)
+    assert not (fresh.run_dir / "stages" / "2-general" / "stage_optimizer.pt").exists()

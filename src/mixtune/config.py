@@ -134,6 +134,9 @@ class SourceConfig(Section):
     """Sample with replacement (needed to draw more than the source holds)."""
     eval_count: int = Field(0, ge=0)
     """Examples held out of training for the per-source eval loss."""
+    skip_invalid: bool = False
+    """Skip records that fail validation instead of failing the run (each skip is counted, logged and recorded
+    in the manifest)."""
 
     @model_validator(mode="after")
     def _one_origin_one_amount(self) -> SourceConfig:
@@ -345,6 +348,8 @@ class StudyRun(Section):
     """The stage plan."""
     sources: list[str] = Field(default_factory=list)
     """Source names to use (empty: all); a single source makes a single-ability run."""
+    overrides: list[str] = Field(default_factory=list)
+    """key.sub=value overrides of this run's recipe (e.g. adapter.type=lora, train.lr=2e-3)."""
 
 
 class RatioSetup(Section):
@@ -429,15 +434,27 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_override(tree: dict, path: list[str], value: Any) -> None:
-    node = tree
-    for part in path[:-1]:
-        child = node.get(part)
-        if child is None:
-            child = node[part] = {}
-        if not isinstance(child, dict):
-            raise RecipeError(f"override {'.'.join(path)}: {part} is not a section")
-        node = child
-    node[path[-1]] = value
+    """Set `value` at the dotted `path` of a recipe tree; a numeric part indexes a list (`data.sources.0.count`)."""
+    node: Any = tree
+    for depth, part in enumerate(path):
+        last = depth == len(path) - 1
+        where = ".".join(path[: depth + 1])
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise RecipeError(f"override {'.'.join(path)}: {where} is not an index of a {len(node)}-item list")
+            if last:
+                node[int(part)] = value
+                return
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise RecipeError(f"override {'.'.join(path)}: {'.'.join(path[:depth])} is not a section")
+        if last:
+            node[part] = value
+            return
+        if node.get(part) is None:
+            node[part] = {}
+        node = node[part]
 
 
 def format_validation_error(source: str, err: ValidationError) -> str:

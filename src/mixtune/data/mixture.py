@@ -37,13 +37,18 @@ def source_path(src: SourceConfig, world_dir: str | Path) -> Path:
     return Path(world_dir) / "sft" / MINILAB_FILES[src.minilab]
 
 
-def load_source(src: SourceConfig, world_dir: str | Path, log=print) -> list[dict]:
-    """All examples of one source (validated; a reader error names file, record and field)."""
+def load_source(src: SourceConfig, world_dir: str | Path, log=print,
+                skipped: dict[str, int] | None = None) -> list[dict]:
+    """All examples of one source (validated; a reader error names file, record and field). With
+    `src.skip_invalid` bad records are skipped, logged and counted into `skipped[src.name]`."""
     fmt = "messages" if src.minilab and src.format == "auto" else src.format
     result = read_examples(source_path(src, world_dir), format=fmt, source=src.name,
-                           ability=src.ability or src.minilab, task_type=src.task_type)
+                           ability=src.ability or src.minilab, task_type=src.task_type,
+                           skip_invalid=src.skip_invalid)
     if result.skipped:
         log(f"source {src.name}: skipped {len(result.skipped)} invalid records (first: {result.skipped[0]})")
+    if skipped is not None:
+        skipped[src.name] = len(result.skipped)
     return result.examples
 
 
@@ -66,8 +71,9 @@ def draw_mixture(sources: list[SourceConfig], world_dir: str | Path, seed: int,
     stages, so DMT's replay is drawn from the same data stage 1 saw)."""
     mixture = Mixture(train=[])
     drawn: dict[str, int] = {}
+    skipped: dict[str, int] = {}
     for src in sources:
-        pool = list(pools[src.name]) if pools and src.name in pools else load_source(src, world_dir, log)
+        pool = list(pools[src.name]) if pools and src.name in pools else load_source(src, world_dir, log, skipped)
         rng = random.Random(f"{seed}:{src.name}")
         if src.eval_count:
             if src.eval_count >= len(pool):
@@ -87,11 +93,20 @@ def draw_mixture(sources: list[SourceConfig], world_dir: str | Path, seed: int,
         drawn[src.name] = len(picked)
         mixture.train.extend(picked)
         mixture.manifest[src.name] = {
-            "available": len(pool), "drawn": len(picked), "replace": src.replace,
+            "available": len(pool), "drawn": len(picked), "replace": src.replace, "skipped": skipped.get(src.name, 0),
             "ability": picked[0]["ability"] if picked else src.ability, "ids": [ex["id"] for ex in picked],
             "eval_ids": [ex["id"] for ex in mixture.eval.get(src.name, [])],
         }
     return mixture
+
+
+def add_token_counts(manifest: dict, per_source: dict[str, dict]) -> None:
+    """Write tokens and target tokens per source into `manifest` in place, from `TokenizedSet.summary()
+    ["per_source"]` of the drawn training examples (examples left without a target token count as 0)."""
+    for name, m in manifest.items():
+        counts = per_source.get(name, {})
+        m["tokens"] = counts.get("tokens", 0)
+        m["target_tokens"] = counts.get("target_tokens", 0)
 
 
 def manifest_summary(manifest: dict) -> dict[str, dict]:
@@ -99,7 +114,8 @@ def manifest_summary(manifest: dict) -> dict[str, dict]:
     per_source = {name: {k: v for k, v in m.items() if not k.endswith("ids")} for name, m in manifest.items()}
     per_ability: dict[str, dict] = {}
     for m in per_source.values():
-        agg = per_ability.setdefault(m["ability"], {"examples": 0, "tokens": 0})
+        agg = per_ability.setdefault(m["ability"], {"examples": 0, "tokens": 0, "target_tokens": 0})
         agg["examples"] += m["drawn"]
         agg["tokens"] += m.get("tokens", 0)
+        agg["target_tokens"] += m.get("target_tokens", 0)
     return {"sources": per_source, "abilities": per_ability}

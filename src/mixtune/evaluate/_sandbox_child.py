@@ -245,6 +245,8 @@ def run_child(cfg: dict) -> None:
     except Exception as exc:  # noqa: BLE001 - any setup failure must be reported, not raised
         _status(cfg, token, stage="setup-error", detail=f"{type(exc).__name__}: {exc}")
         _exit(3)
+    # the kernel's SIGXCPU is ignored by a pid-namespace init that has no handler: exit with 128 + SIGXCPU instead
+    signal.signal(signal.SIGXCPU, lambda *_: _exit(128 + signal.SIGXCPU))
     _status(cfg, token, stage="setup", isolation=layers)
     outcome, detail = _run_program(source)
     for stream in (sys.stdout, sys.stderr):

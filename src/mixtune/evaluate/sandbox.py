@@ -203,7 +203,7 @@ def _verdict(status_text: str, token: str, returncode: int | None, timed_out: bo
     if done is not None:
         outcome = "passed" if done.get("outcome") == "passed" and returncode == 0 else "failed"
         return outcome, str(done.get("detail", "")), isolation
-    if returncode == -signal.SIGXCPU:
+    if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
         return "timed out", "CPU-time limit", isolation
     if returncode == 0:
         return "failed", "exited with status 0 before its tests ran", isolation
@@ -358,15 +358,26 @@ class _Runner:
         self.pid, self.exited = pid, False
 
     def finish(self) -> int | None:
+        """Kill the group, reap the leader, then wait (at most 2 s) until every killed member is gone."""
         if self.pidfd is not None:
             os.close(self.pidfd)
         if self.server is not None:
-            return self.server.finish(self.rid, self.box, kill=True)
-        try:  # the leader is not reaped yet, so its group id cannot have been reused
-            os.killpg(self.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        return self.proc.wait()
+            returncode = self.server.finish(self.rid, self.box, kill=True)
+        else:
+            try:  # the leader is not reaped yet, so its group id cannot have been reused
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            returncode = self.proc.wait()
+        # SIGKILLed members may still be exiting (a pid-namespace init exits only after all its processes); signal
+        # 0 only probes: nothing is ever sent to a group id after its leader was reaped
+        for _ in range(200):
+            try:
+                os.killpg(self.pid, 0)
+            except (ProcessLookupError, PermissionError):
+                break
+            time.sleep(0.01)
+        return returncode
 
 
 def _close(*fds: int) -> None:

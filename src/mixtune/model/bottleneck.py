@@ -16,11 +16,10 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
-import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mixtune.config import AdapterConfig
+from mixtune.model.adapter_io import load_adapter_tensors, save_adapter_files
 
 BOTTLENECK_TARGETS = ("self_attn.o_proj", "mlp")
 """Dotted name suffixes of the wrapped modules: attention output projection and FFN of every Llama-style block."""
@@ -100,21 +99,9 @@ def bottleneck_state_dict(model: nn.Module) -> dict[str, Tensor]:
     return {name: p.detach() for name, p in model.named_parameters() if ".adapter." in name}
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_bottleneck(model: nn.Module, out_dir: str | os.PathLike) -> Path:
     """Write the adapter tensors (safetensors) and `bottleneck_config.json` atomically; returns the folder."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous().cpu() for k, v in bottleneck_state_dict(model).items()}
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    config = json.dumps(model.bottleneck_config, indent=2)
-    _atomic_write(out / CONFIG_NAME, lambda p: p.write_text(config))
-    return out
+    return save_adapter_files(out_dir, bottleneck_state_dict(model), model.bottleneck_config, WEIGHTS_NAME, CONFIG_NAME)
 
 
 def load_bottleneck(base_model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
@@ -123,15 +110,5 @@ def load_bottleneck(base_model: nn.Module, adapter_dir: str | os.PathLike) -> nn
     saved = json.loads((folder / CONFIG_NAME).read_text())
     cfg = AdapterConfig(type="bottleneck", bottleneck_size=saved["bottleneck_size"], dropout=saved["dropout"])
     model = apply_bottleneck(base_model, cfg, targets=saved["targets"], act=saved["act"])
-    tensors = load_file(str(folder / WEIGHTS_NAME))
-    expected = bottleneck_state_dict(model)
-    if set(tensors) != set(expected):
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        raise ValueError(
-            f"{folder}: adapter does not match the model: missing {missing[:4]}, unexpected {unexpected[:4]}"
-        )
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value)
+    load_adapter_tensors(model, folder, WEIGHTS_NAME, bottleneck_state_dict(model))
     return model

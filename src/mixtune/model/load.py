@@ -65,7 +65,8 @@ def load_checkpoint(path: str | Path, attn_implementation: str = "sdpa") -> torc
     if meta and meta.get("adapter", "none") != "none":
         from mixtune.model.adapters import load_adapter
 
-        base = load_checkpoint(meta["base"], attn_implementation)
+        base_path = Path(meta["base"])  # relative: inside this folder (a self-contained `mixtune export`)
+        base = load_checkpoint(base_path if base_path.is_absolute() else path / base_path, attn_implementation)
         return load_adapter(base, path / "adapter", meta["adapter"])
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path}: not a checkpoint folder (no config.json)")

@@ -29,10 +29,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from mixtune.config import AdapterConfig
+from mixtune.model.adapter_io import load_adapter_tensors, save_adapter_files
 
 LORAMOE_TARGETS = ("gate_proj", "up_proj", "down_proj")
 """Default target linears: the FFN projections of Llama-style blocks."""
@@ -187,21 +187,9 @@ def loramoe_balance_loss(
 
 
 # ------------------------------------------------------------------------------------------------ save / load
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def save_loramoe(model: nn.Module, out_dir: str | os.PathLike) -> Path:
     """Write routers + experts (safetensors) and `loramoe_config.json` to out_dir, atomically; returns the folder."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.contiguous().cpu() for k, v in loramoe_state_dict(model).items()}
-    _atomic_write(out / WEIGHTS_NAME, lambda p: save_file(tensors, str(p), metadata={"format": "pt"}))
-    config = json.dumps(model.loramoe_config, indent=2)
-    _atomic_write(out / CONFIG_NAME, lambda p: p.write_text(config))
-    return out
+    return save_adapter_files(out_dir, loramoe_state_dict(model), model.loramoe_config, WEIGHTS_NAME, CONFIG_NAME)
 
 
 def load_loramoe(base_model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Module:
@@ -210,15 +198,5 @@ def load_loramoe(base_model: nn.Module, adapter_dir: str | os.PathLike) -> nn.Mo
     saved = json.loads((folder / CONFIG_NAME).read_text())
     targets = saved.pop("target_modules")
     model = apply_loramoe(base_model, AdapterConfig(**saved), target_modules=targets)
-    tensors = load_file(str(folder / WEIGHTS_NAME))
-    expected = loramoe_state_dict(model)
-    if set(tensors) != set(expected):
-        missing, unexpected = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-        raise ValueError(
-            f"{folder}: adapter does not match the model: missing {missing[:4]}, unexpected {unexpected[:4]}"
-        )
-    params = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, value in tensors.items():
-            params[name].copy_(value)
+    load_adapter_tensors(model, folder, WEIGHTS_NAME, loramoe_state_dict(model))
     return model

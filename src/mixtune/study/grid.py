@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from mixtune.config import Recipe, SourceConfig, StrategyConfig
+from mixtune.config import Recipe, SourceConfig, StrategyConfig, apply_override, parse_override, validate
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,7 @@ def scaled_source(src: SourceConfig, fraction: float) -> SourceConfig:
 
 
 def _recipe(study: Recipe, study_dir: Path, run_id: str, sources: list[SourceConfig], strategy: StrategyConfig,
-            seed: int, base: Path, epochs_scale: float) -> Recipe:
+            seed: int, base: Path, epochs_scale: float, overrides: list[str] = ()) -> Recipe:
     tree = study.model_dump(mode="json")
     tree.update(name=run_id, out_dir=str(study_dir / run_id), seed=seed,
                 strategy=strategy.model_dump(mode="json"))
@@ -50,7 +50,10 @@ def _recipe(study: Recipe, study_dir: Path, run_id: str, sources: list[SourceCon
     tree["data"] = {**tree["data"], "sources": [s.model_dump(mode="json", exclude_none=True) for s in sources],
                     "shuffle_seed": seed}
     tree["train"] = {**tree["train"], "seed": seed, "epochs": tree["train"]["epochs"] * epochs_scale}
-    return Recipe.model_validate(tree)
+    for text in overrides:
+        keys, value = parse_override(text)
+        apply_override(tree, keys, value)
+    return validate(Recipe, tree, f"study run {run_id}")
 
 
 def _scale(study: Recipe, fraction: float) -> float:
@@ -72,7 +75,8 @@ def expand_grid(study: Recipe, study_dir: Path, base: Path) -> list[GridRun]:
                 sources = [scaled_source(s, fraction) for s in chosen]
                 run_id = f"{slug(run.label)}-f{fraction:g}-s{seed}".replace("/", "_")
                 setup = "single" if len(chosen) == 1 else "mixed"
-                recipe = _recipe(study, study_dir, run_id, sources, run.strategy, seed, base, _scale(study, fraction))
+                recipe = _recipe(study, study_dir, run_id, sources, run.strategy, seed, base, _scale(study, fraction),
+                                 run.overrides)
                 runs.append(GridRun(run_id, run.label, fraction, seed, setup, recipe))
             runs.extend(_ratio_runs(study, study_dir, base, fraction, seed))
     return runs

@@ -43,6 +43,20 @@ def setup_torch(cfg: TrainConfig) -> None:
     random.seed(cfg.seed)
 
 
+def pick_device() -> torch.device:
+    """The GPU when there is one, else the CPU (multi-GPU runs go through accelerate/torchrun: not yet wired)."""
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """Tensors of a micro-batch moved to `device` (other values untouched)."""
+    return {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
 def autocast(cfg: TrainConfig, device: torch.device | str = "cpu"):
     device_type = torch.device(device).type
     return torch.autocast(device_type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()

@@ -65,7 +65,9 @@ def corpus_paths(recipe: Recipe) -> list[Path]:
 
 
 def lm_loss_sum(model, rows: torch.Tensor, cfg) -> tuple[torch.Tensor, int]:
-    with engine.autocast(cfg):
+    device = engine.model_device(model)
+    rows = rows.to(device)
+    with engine.autocast(cfg, device):
         logits = model(input_ids=rows, use_cache=False).logits  # (B, T, V)
     return masked_token_ce(logits.float(), rows)
 
@@ -87,6 +89,7 @@ def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = No
     engine.setup_torch(cfg)
     run_dir = prepare_run_dir(recipe, verb="pretrain")
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir, seed=cfg.seed)
+    model.to(engine.pick_device())
     rows = tokenize_rows(read_corpus(corpus_paths(recipe)), tokenizer, cfg.seq_len)
     n_eval = min(max(cfg.batch_size, len(rows) // 100), cfg.eval_batches * cfg.batch_size, len(rows) // 2)
     train_rows, eval_rows = rows[:-n_eval], rows[-n_eval:]

@@ -16,11 +16,13 @@ import shutil
 import time
 from pathlib import Path
 
+import torch
 from safetensors.torch import load_file, save_file
 
 from mixtune.cliutil import recipe_parser
 from mixtune.config import Recipe, load_recipe
-from mixtune.data.mixture import draw_mixture, manifest_summary
+from mixtune.data.mixture import add_token_counts, draw_mixture, manifest_summary
+from mixtune.data.sft_dataset import build_sft_rows
 from mixtune.model.adapters import apply_adapter
 from mixtune.model.load import count_parameters, load_model_and_tokenizer
 from mixtune.runs import atomic_write_json, prepare_run_dir
@@ -30,6 +32,7 @@ from mixtune.train.sft import sft_stage
 from mixtune.train.strategies import Stage, plan_stages, stage_examples
 
 STAGE_WEIGHTS = "stage_weights.safetensors"
+STAGE_OPTIMIZER = "stage_optimizer.pt"  # only with train.fresh_optimizer: false
 
 
 def group_by_source(examples: list[dict]) -> dict[str, list[dict]]:
@@ -85,7 +88,9 @@ def prefix_key(recipe: Recipe, stages: list[Stage], index: int) -> str:
 def _restore_cached(model, cached: Path, folder: Path, recipe: Recipe, stage: Stage, db_path: Path | None) -> dict:
     record = json.loads((cached / "stage.json").read_text())
     load_stage_weights(model, cached)
-    shutil.copy2(cached / STAGE_WEIGHTS, folder / STAGE_WEIGHTS)
+    for name in (STAGE_WEIGHTS, STAGE_OPTIMIZER):
+        if (cached / name).exists():
+            shutil.copy2(cached / name, folder / name)
     atomic_write_json(folder / "stage.json", {**record, "reused_from": str(cached)})
     if db_path and record.get("scores"):
         from mixtune.evaluate.registry import ABILITY_OF
@@ -109,18 +114,21 @@ def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None,
     run_dir = prepare_run_dir(recipe, verb="train")
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir,
                                                 seed=recipe.train.seed)
-    model = apply_adapter(model, recipe.adapter)
+    model = apply_adapter(model, recipe.adapter).to(engine.pick_device())
     trainable, total = count_parameters(model)
     log(f"train {recipe.name}: {total / 1e6:.2f}M params, {trainable / 1e6:.3f}M trainable "
         f"(adapter {recipe.adapter.type}), strategy {recipe.strategy.name}")
     mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed, log=log)
     pools = group_by_source(mixture.train)
+    # token counts of the drawn data, per source (the stages tokenise their own example lists again)
+    add_token_counts(mixture.manifest, build_sft_rows(mixture.train, tokenizer, recipe.data).summary()["per_source"])
     stages = plan_stages(recipe.strategy, recipe.data.sources)
     atomic_write_json(run_dir / "manifest.json", {"sources": mixture.manifest,
                                                   "stages": [s.key() for s in stages]})
     evaluate = make_evaluator(recipe, tokenizer, run_dir, db_path)
     full = recipe.adapter.type == "none"
     summary = {"run_dir": str(run_dir), "stages": [], "scores": {}}
+    optimizer_state = None  # carried between stages only when train.fresh_optimizer is false
     for i, stage in enumerate(stages):
         folder = stage_dir(run_dir, i, stage)
         folder.mkdir(parents=True, exist_ok=True)
@@ -128,17 +136,21 @@ def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None,
         with _cache_lock(cached):
             if resume and (done := finished_stage(folder)):
                 load_stage_weights(model, folder)
+                optimizer_state = _load_optimizer(folder)
                 log(f"stage {i} {stage.name}: already finished, weights loaded")
                 record = done
             elif cached and finished_stage(cached):
                 record = _restore_cached(model, cached, folder, recipe, stage, db_path)
+                optimizer_state = _load_optimizer(cached)
                 log(f"stage {i} {stage.name}: reused from {cached}")
             else:
-                record = _train_stage(model, tokenizer, recipe, stage, pools, mixture, folder, resume, evaluate,
-                                      stop_at_step)
+                record, optimizer_state = _train_stage(model, tokenizer, recipe, stage, pools, mixture, folder,
+                                                       resume, evaluate, stop_at_step, optimizer_state)
                 if record is None:
                     return {**summary, "stopped": True}
                 save_stage_weights(model, folder, full)
+                if optimizer_state is not None:
+                    torch.save(optimizer_state, folder / STAGE_OPTIMIZER)
                 atomic_write_json(folder / "stage.json", record)
                 if cached:
                     _publish(folder, cached)
@@ -152,16 +164,23 @@ def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None,
     return summary
 
 
-def _train_stage(model, tokenizer, recipe, stage, pools, mixture, folder, resume, evaluate, stop_at_step):
+def _load_optimizer(folder: Path) -> dict | None:
+    path = folder / STAGE_OPTIMIZER
+    return torch.load(path, weights_only=True) if path.exists() else None
+
+
+def _train_stage(model, tokenizer, recipe, stage, pools, mixture, folder, resume, evaluate, stop_at_step,
+                 optimizer_state):
+    """Train one stage; returns (record, optimizer state for the next stage) or (None, None) when interrupted."""
     examples, stage_manifest = stage_examples(stage, pools, recipe.data.shuffle_seed)
     atomic_write_json(folder / "manifest.json", stage_manifest)
     t0 = time.perf_counter()
     result = sft_stage(model, tokenizer, recipe, examples, folder, eval_examples=mixture.eval, stage=stage.name,
-                       resume=resume, evaluate=evaluate, stop_at_step=stop_at_step)
+                       resume=resume, evaluate=evaluate, stop_at_step=stop_at_step, optimizer_state=optimizer_state)
     if not result.finished:
-        return None
+        return None, None
     scores = evaluate(model, stage.name) if evaluate else {}
-    return {**result.__dict__, "wall_s": time.perf_counter() - t0, "scores": scores}
+    return {**result.record(), "wall_s": time.perf_counter() - t0, "scores": scores}, result.optimizer_state
 
 
 class _cache_lock:
@@ -187,8 +206,9 @@ def _publish(folder: Path, cached: Path) -> None:
     tmp = cached.with_name(f".tmp-{cached.name}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    for name in (STAGE_WEIGHTS, "stage.json", "manifest.json"):
-        shutil.copy2(folder / name, tmp / name)
+    for name in (STAGE_WEIGHTS, "stage.json", "manifest.json", STAGE_OPTIMIZER):
+        if (folder / name).exists():
+            shutil.copy2(folder / name, tmp / name)
     shutil.rmtree(cached, ignore_errors=True)
     os.replace(tmp, cached)
 

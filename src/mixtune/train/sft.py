@@ -25,6 +25,9 @@ from mixtune.train import engine
 from mixtune.train.losses import masked_token_ce
 
 EvalHook = Callable[[torch.nn.Module, str, int], dict]
+PROMPT_LEARNING = ("prefix", "prompt")
+"""peft adapters that put virtual tokens (prompt) or virtual keys/values (prefix) before each row: they need one
+example per padded row with an attention mask, not packed rows whose position ids restart per example."""
 
 
 @dataclass
@@ -40,10 +43,16 @@ class StageResult:
     eval_loss: dict[str, float] = field(default_factory=dict)
     wall_s: float = 0.0
     tokens_per_s: float = 0.0
+    optimizer_state: dict | None = field(default=None, repr=False)
+
+    def record(self) -> dict:
+        """The JSON-able summary (without the optimizer state)."""
+        return {k: v for k, v in self.__dict__.items() if k != "optimizer_state"}
 
 
 def _forward_loss(model, micro: dict, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of target-token CE, auxiliary loss) of one micro-batch."""
+    micro = engine.to_device(micro, engine.model_device(model))
     inputs = {k: micro[k] for k in ("input_ids", "position_ids", "attention_mask") if k in micro}
     adapter = recipe.adapter
     if adapter.type == "loramoe" and adapter.lbc_weight > 0 and model.training:
@@ -58,8 +67,11 @@ def _forward_loss(model, micro: dict, recipe: Recipe) -> tuple[torch.Tensor, tor
 
 
 def _ce_sum(model, inputs: dict, micro: dict, recipe: Recipe) -> torch.Tensor:
-    with engine.autocast(recipe.train):
-        logits = model(**inputs, use_cache=False).logits  # (B, T, V)
+    if recipe.adapter.type in PROMPT_LEARNING:  # peft numbers the positions itself, after the virtual tokens
+        inputs = {k: v for k, v in inputs.items() if k != "position_ids"}
+    with engine.autocast(recipe.train, engine.model_device(model)):
+        logits = model(**inputs, use_cache=False).logits  # (B, T, V); prompt tuning: (B, P + T, V)
+    logits = logits[:, -micro["labels"].shape[1]:]  # drop prompt tuning's virtual-token positions
     return masked_token_ce(logits.float(), micro["labels"])[0]
 
 
@@ -81,7 +93,8 @@ def eval_losses(model, eval_sets: dict[str, list[dict]], recipe: Recipe) -> dict
 
 
 def _micro_batches(rows, indices: list[int], grad_accum: int, recipe: Recipe, pad_id: int) -> list[dict]:
-    return batches_for_step(rows, indices, grad_accum, recipe.data.max_seq_len, pad_id, packing=recipe.data.packing)
+    packing = recipe.data.packing and recipe.adapter.type not in PROMPT_LEARNING
+    return batches_for_step(rows, indices, grad_accum, recipe.data.max_seq_len, pad_id, packing=packing)
 
 
 def _pad_id(model) -> int:
@@ -91,8 +104,12 @@ def _pad_id(model) -> int:
 
 def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stage_dir: Path, *,
               eval_examples: dict[str, list[dict]] | None = None, stage: str = "sft", resume: bool = False,
-              evaluate: EvalHook | None = None, stop_at_step: int | None = None) -> StageResult:
-    """Train one stage in place on `model`; checkpoints and metrics go to `stage_dir`."""
+              evaluate: EvalHook | None = None, stop_at_step: int | None = None,
+              optimizer_state: dict | None = None) -> StageResult:
+    """Train one stage in place on `model`; checkpoints and metrics go to `stage_dir`.
+
+    `optimizer_state`: AdamW moments carried over from the previous stage (train.fresh_optimizer: false); the
+    schedule always starts anew. The finished result carries the optimizer state for the next stage."""
     cfg = recipe.train
     t0 = time.perf_counter()
     rows = build_sft_rows(train_examples, tokenizer, recipe.data)
@@ -101,9 +118,17 @@ def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stag
     n_tokens = sum(v["tokens"] for v in stats["per_source"].values())
     print(f"stage {stage}: {len(rows)} examples, {n_tokens} tokens, {len(rows.truncated)} truncated to "
           f"{recipe.data.max_seq_len}, {len(rows.no_target)} dropped with no target token left")
+    if recipe.data.packing and recipe.adapter.type in PROMPT_LEARNING:
+        print(f"stage {stage}: adapter {recipe.adapter.type} trains on padded rows (one example each), not packed")
     steps_per_epoch = max(1, math.ceil(len(rows) / cfg.batch_size))
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    # Rounded once over all epochs, so fractions of a dataset get proportional steps (matched-steps protocol).
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
     optimizer = engine.make_optimizer(model, cfg)
+    if optimizer_state is not None:  # before the scheduler exists, so it starts from the peak lr as usual
+        optimizer.load_state_dict(optimizer_state)
+        for group in optimizer.param_groups:  # moments carry over; the learning rate follows the new schedule
+            group["lr"] = cfg.lr
+            group.pop("initial_lr", None)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
     state = engine.TrainState()
     full = recipe.adapter.type == "none"
@@ -159,5 +184,7 @@ def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stag
     result.tokens_per_s = tokens_done / max(time.perf_counter() - t_loop, 1e-9)
     log.log(state.step, **{f"eval_loss/{k}": v for k, v in result.eval_loss.items()}, stage_done=stage)
     log.close()
-    atomic_write_json(stage_dir / "stage.json", result.__dict__)
+    atomic_write_json(stage_dir / "stage.json", result.record())
+    if not cfg.fresh_optimizer:
+        result.optimizer_state = optimizer.state_dict()
     return result

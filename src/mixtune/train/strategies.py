@@ -17,6 +17,7 @@ import random
 from dataclasses import dataclass, field
 
 from mixtune.config import SourceConfig, StrategyConfig
+from mixtune.data.formats import DEFAULT_ABILITY
 
 STRATEGIES = ("multi_task", "sequential", "mixed_sequential", "dmt", "stages")
 
@@ -42,7 +43,9 @@ class Stage:
 def _by_ability(sources: list[SourceConfig]) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for src in sources:
-        groups.setdefault(src.ability or src.minilab or "general", []).append(src.name)
+        # as the reader assigns it: explicit ability, mini-lab ability, the format's own (gsm8k -> math), general
+        ability = src.ability or src.minilab or DEFAULT_ABILITY.get(src.format, "general")
+        groups.setdefault(ability, []).append(src.name)
     return groups
 
 
@@ -51,6 +54,14 @@ def _names(groups: dict[str, list[str]], abilities: list[str], strategy: str) ->
     if missing:
         raise StrategyError(f"strategy {strategy}: no source with ability {missing} (sources by ability: {groups})")
     return [name for a in abilities for name in groups[a]]
+
+
+def _all_placed(groups: dict[str, list[str]], abilities: list[str], strategy: str, knob: str) -> None:
+    """A source no stage trains would be dropped silently: name it instead."""
+    left = {a: names for a, names in groups.items() if a not in abilities}
+    if left:
+        raise StrategyError(f"strategy {strategy}: sources {left} (by ability) are in no stage; add their abilities "
+                            f"to strategy.{knob} or leave the sources out of the run")
 
 
 def plan_stages(cfg: StrategyConfig, sources: list[SourceConfig]) -> list[Stage]:
@@ -62,10 +73,12 @@ def plan_stages(cfg: StrategyConfig, sources: list[SourceConfig]) -> list[Stage]
         present = [a for a in cfg.order if a in groups]
         if not present:
             raise StrategyError(f"strategy sequential: none of the abilities {cfg.order} has a source")
+        _all_placed(groups, cfg.order, cfg.name, "order")
         return [Stage(a, tuple(groups[a])) for a in present]
     if cfg.name in ("mixed_sequential", "dmt"):
         spec = _names(groups, cfg.specialized, cfg.name)
         gen = _names(groups, cfg.general, cfg.name)
+        _all_placed(groups, [*cfg.specialized, *cfg.general], cfg.name, "specialized/general")
         first = Stage("specialized", tuple(spec))
         k = cfg.k if cfg.name == "dmt" else 0.0
         replay = tuple((s, k) for s in spec) if k > 0 else ()

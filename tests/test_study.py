@@ -1,0 +1,212 @@
+"""`mixtune study` end to end on a tiny world and a tiny pre-trained base: results database rows, the shared stage
+prefix trained once, matched-steps vs fixed-epochs protocols, `mixtune report --json`, kill and resume, spawn
+workers."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mixtune.config import load_recipe
+
+REQUIRED_KEYS = {"strategy", "fraction", "seed", "stage", "ability", "benchmark", "metric", "value"}
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> dict:
+    """A tiny world (40 examples per ability), a tokenizer trained on it and a base pre-trained for 3 steps."""
+    from mixtune.demo import prepare_base
+
+    root = tmp_path_factory.mktemp("study-base")
+    tree = {
+        "name": "tiny-base", "out_dir": str(root / "base"),
+        "world": {"out_dir": str(root / "world"), "n_people": 20, "bio_exposures": 2, "math_train": 40,
+                  "math_test": 10, "code_train": 40, "code_test": 5, "instruct_train": 40, "instruct_test": 5,
+                  "knowledge_test": 5, "pretrain_math": 100, "pretrain_code": 30, "pretrain_text": 50},
+        "tokenizer": {"out_dir": str(root / "tok"), "vocab_size": 400},
+        "model": {"tokenizer": str(root / "tok"), "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                  "num_heads": 2, "max_position_embeddings": 512},
+        "train": {"max_steps": 3, "batch_size": 2, "seq_len": 64, "bf16": False, "threads": 1, "log_every": 1},
+    }
+    path = root / "base.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    final = prepare_base(load_recipe(path), log=lambda _: None)
+    return {"recipe": str(path), "world": tree["world"]["out_dir"], "final": final}
+
+
+def study_recipe(path: Path, base: dict, runs: list[dict], protocol: str, workers: int, benchmarks: list[str]):
+    tree = {
+        "name": path.stem, "out_dir": str(path.parent / path.stem),
+        "study": {"base_recipe": base["recipe"], "runs": runs, "fractions": [1.0, 0.5], "seeds": [0],
+                  "protocol": protocol, "workers": workers},
+        "world": {"out_dir": base["world"]},
+        # 16 per source and batch 4: every stage's size divides evenly at both fractions
+        "data": {"sources": [{"name": a, "minilab": a, "count": 16} for a in ("code", "math", "general")],
+                 "max_seq_len": 256},
+        "train": {"lr": 1e-3, "epochs": 1, "batch_size": 4, "bf16": False, "threads": 1, "log_every": 1,
+                  "warmup_ratio": 0.0},
+        "eval": {"benchmarks": benchmarks, "limit": 3, "max_new_tokens": 8, "batch_size": 3},
+    }
+    path.write_text(yaml.safe_dump(tree))
+    return path, Path(tree["out_dir"])
+
+
+def finished(db_path: Path) -> set[str]:
+    if not db_path.exists():
+        return set()
+    try:
+        with sqlite3.connect(f"file:{db_path}?mode=ro", uri=True, timeout=5) as conn:
+            return {r[0] for r in conn.execute("SELECT run_id FROM runs WHERE status = 'finished'")}
+    except sqlite3.OperationalError:  # the schema is being created
+        return set()
+
+
+def query(db_path: Path, sql: str) -> list[tuple]:
+    with sqlite3.connect(db_path) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def study_cmd(recipe: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "mixtune.cli", "study", "-c", str(recipe), *extra]
+
+
+def child_env() -> dict:
+    return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric(tmp_path, base):
+    runs = [{"label": "mixed sequential", "strategy": {"name": "mixed_sequential"}},
+            {"label": "DMT k=1/4", "strategy": {"name": "dmt", "k": 0.25}}]
+    recipe, study_dir = study_recipe(tmp_path / "kill.yaml", base, runs, "matched_steps", 1, ["minilab_math"])
+    db_path = study_dir / "results.sqlite"
+
+    # 1. start, SIGKILL the whole process group (study and its worker) once one run has finished
+    log = (tmp_path / "first.log").open("w")
+    proc = subprocess.Popen(study_cmd(recipe, "--no-report"), env=child_env(), start_new_session=True,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while not (done_before := finished(db_path)) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    mtimes = {p: p.stat().st_mtime_ns for run in done_before for p in (study_dir / run).glob("stages/*/stage.json")}
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    log.close()
+    assert done_before, f"no run finished before the study ended: {(tmp_path / 'first.log').read_text()[-2000:]}"
+    print(f"killed after {sorted(done_before)} finished")
+    assert len(done_before) < 4, "the whole study finished before it could be killed"
+    assert len(mtimes) == 2 * len(done_before)
+
+    # 2. restart: the finished runs are not retrained, the others finish
+    out = subprocess.run(study_cmd(recipe), env=child_env(), capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert f"({len(done_before)} already finished)" in out.stdout
+    assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
+    ids = ["mixed-sequential-f1-s0", "dmt-k-1-4-f1-s0", "mixed-sequential-f0.5-s0", "dmt-k-1-4-f0.5-s0"]
+    assert finished(db_path) == set(ids)
+    assert json.loads((study_dir / "study.json").read_text())["failed"] == []
+
+    # 3. the specialised stage is shared by mixed sequential and DMT: trained once per fraction, then reused
+    def stage(run: str, name: str) -> dict:
+        return json.loads(next((study_dir / run / "stages").glob(f"*-{name}/stage.json")).read_text())
+
+    for f in ("1", "0.5"):
+        ms, dmt = f"mixed-sequential-f{f}-s0", f"dmt-k-1-4-f{f}-s0"
+        assert "reused_from" not in stage(ms, "specialized")  # workers 1: mixed sequential runs first
+        assert stage(dmt, "specialized")["reused_from"].startswith(str(study_dir / "stage-cache"))
+        assert "reused_from" not in stage(dmt, "general")
+        weights = [(study_dir / r / "stages" / "0-specialized" / "stage_weights.safetensors").read_bytes()
+                   for r in (ms, dmt)]
+        assert weights[0] == weights[1]
+
+    # 4. one score row per (run, stage, benchmark, metric), for every run and stage
+    counts = query(db_path, "SELECT run_id, stage, benchmark, metric, COUNT(*) FROM scores GROUP BY 1, 2, 3, 4")
+    assert {c[-1] for c in counts} == {1}
+    assert {(c[0], c[1], c[2]) for c in counts} == {(r, s, "minilab_math") for r in ids
+                                                     for s in ("specialized", "general")}
+    assert {c[3] for c in counts} >= {"strict", "flexible", "n"}
+
+    # 5. matched steps: every fraction trains each stage for as many optimizer steps as the full data
+    rows = query(db_path, "SELECT run_id, stage_name, n_examples, steps FROM stages")
+    steps = {(r, s): (n, k) for r, s, n, k in rows}
+    assert steps == {
+        ("mixed-sequential-f1-s0", "specialized"): (32, 8), ("mixed-sequential-f0.5-s0", "specialized"): (16, 8),
+        ("dmt-k-1-4-f1-s0", "specialized"): (32, 8), ("dmt-k-1-4-f0.5-s0", "specialized"): (16, 8),
+        ("mixed-sequential-f1-s0", "general"): (16, 4), ("mixed-sequential-f0.5-s0", "general"): (8, 4),
+        ("dmt-k-1-4-f1-s0", "general"): (24, 6), ("dmt-k-1-4-f0.5-s0", "general"): (12, 6),  # 16|8 + 2 × 4|2
+    }
+
+    # 6. the report: JSON rows with the required keys; the page names the protocol
+    report = subprocess.run([sys.executable, "-m", "mixtune.cli", "report", str(study_dir), "--json"],
+                            env=child_env(), capture_output=True, text=True, timeout=120, check=True)
+    rows = json.loads(report.stdout)
+    assert len(rows) == len(query(db_path, "SELECT 1 FROM scores WHERE value IS NOT NULL"))
+    assert all(REQUIRED_KEYS <= set(row) for row in rows)
+    assert {(r["strategy"], r["fraction"], r["seed"], r["stage"]) for r in rows} == {
+        (label, f, 0, s) for label in ("mixed sequential", "DMT k=1/4") for f in (1.0, 0.5)
+        for s in ("specialized", "general")}
+    assert {(r["ability"], r["benchmark"]) for r in rows} == {("math", "minilab_math")}
+    assert "data-fraction protocol: matched steps" in (study_dir / "report" / "index.html").read_text()
+
+
+def test_fixed_epochs_halves_the_steps_and_workers_are_spawned_processes(tmp_path, base, monkeypatch):
+    from mixtune.study import cli
+
+    pools = []
+
+    class Recording(cli.ProcessPoolExecutor):
+        def __init__(self, max_workers, mp_context):
+            pools.append((max_workers, mp_context.get_start_method()))
+            super().__init__(max_workers=max_workers, mp_context=mp_context)
+
+    monkeypatch.setattr(cli, "ProcessPoolExecutor", Recording)
+    runs = [{"label": "multi-task", "strategy": {"name": "multi_task"}}]
+    recipe, study_dir = study_recipe(tmp_path / "epochs.yaml", base, runs, "fixed_epochs", 2, [])
+    lines = []
+    cli.run_study(load_recipe(recipe), log=lines.append)
+    assert pools == [(2, "spawn")]
+    assert "2 runs (0 already finished), 2 workers x" in "\n".join(lines)
+    steps = dict(query(study_dir / "results.sqlite", "SELECT run_id, steps FROM stages"))
+    assert steps == {"multi-task-f1-s0": 12, "multi-task-f0.5-s0": 6}  # 48 / 4 and 24 / 4 examples per step
+    assert json.loads((study_dir / "study.json").read_text())["protocol"] == "fixed_epochs"
+    # started again: nothing to do, nothing retrained
+    lines.clear()
+    cli.run_study(load_recipe(recipe), log=lines.append)
+    assert "2 runs (2 already finished)" in "\n".join(lines) and len(pools) == 1
+
+
+def test_grid_expands_runs_fractions_seeds_and_ratio_setups(tmp_path):
+    from mixtune.config import Recipe
+    from mixtune.study.grid import expand_grid
+
+    study = Recipe.model_validate({
+        "name": "g", "train": {"epochs": 3},
+        "data": {"sources": [{"name": "code", "minilab": "code", "count": 640},
+                             {"name": "math", "minilab": "math", "fraction": 0.5},
+                             {"name": "general", "minilab": "general", "count": 1280}]},
+        "study": {"runs": [{"label": "math only", "sources": ["math"]},
+                           {"label": "DMT k=1/64", "strategy": {"name": "dmt", "k": 1 / 64}}],
+                  "fractions": [1.0, 0.25], "seeds": [0, 1], "protocol": "matched_steps",
+                  "ratio_setups": [{"label": "full general", "vary": "specialized"},
+                                   {"label": "1/64 general", "vary": "specialized", "fixed_fraction": 1 / 64}]}})
+    runs = {r.run_id: r for r in expand_grid(study, tmp_path, tmp_path / "base")}
+    assert len(runs) == 2 * 2 * (2 + 2)  # seeds × fractions × (runs + ratio set-ups)
+    quarter = runs["dmt-k-1-64-f0.25-s1"].recipe
+    assert [(s.name, s.count, s.fraction) for s in quarter.data.sources] == [
+        ("code", 160, None), ("math", None, 0.125), ("general", 320, None)]
+    assert quarter.train.epochs == 12 and quarter.train.seed == quarter.data.shuffle_seed == 1  # matched steps
+    assert quarter.model.path == str(tmp_path / "base") and quarter.run_dir == tmp_path / "dmt-k-1-64-f0.25-s1"
+    assert [s.name for s in runs["math-only-f1-s0"].recipe.data.sources] == ["math"]
+    assert runs["math-only-f1-s0"].setup == "single" and runs["dmt-k-1-64-f1-s0"].setup == "mixed"
+    ratio = runs["ratio-1-64-general-f0.25-s0"]
+    assert [(s.count, s.fraction) for s in ratio.recipe.data.sources] == [(160, None), (None, 0.125), (20, None)]
+    assert ratio.label == "1/64 general (k=16)" and ratio.recipe.strategy.name == "multi_task"  # (1/4) / (1/64)
+    assert runs["ratio-full-general-f0.25-s0"].label == "full general (k=0.25)"
