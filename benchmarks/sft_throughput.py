@@ -15,20 +15,20 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import argparse  # noqa: E402
-import json  # noqa: E402
-import random  # noqa: E402
-import statistics  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import json
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
 
-import torch  # noqa: E402
-from transformers import LlamaConfig, LlamaForCausalLM  # noqa: E402
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
 
-from mixtune.config import Recipe  # noqa: E402
-from mixtune.data.tokenizer_train import train_tokenizer  # noqa: E402
-from mixtune.train.sft import sft_stage  # noqa: E402
+from mixtune.config import Recipe
+from mixtune.data.tokenizer_train import train_tokenizer
+from mixtune.train.sft import sft_stage
 
 THREADS = 2
 VOCAB = 8192
@@ -39,7 +39,7 @@ ROWS_PER_STEP = 4  # TRL: 4 packed rows of <= 512 tokens per step; mixtune: the 
 def make_examples(n: int, tokenizer, seed: int = 0) -> list[dict]:
     """Chat examples whose tokenised length is spread over 30-400 tokens."""
     rng = random.Random(seed)
-    words = [f"w{i}" for i in range(3000)] + "the of and to a in is for on that with".split()
+    words = [f"w{i}" for i in range(3000)] + ["the", "of", "and", "to", "a", "in", "is", "for", "on", "that", "with"]
     out = []
     for i in range(n):
         target = rng.randint(30, 400)

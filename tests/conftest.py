@@ -8,14 +8,12 @@ import random
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
 torch.set_num_threads(1)
 
-WORDS = ("the a of to and in is was for on with as by at from name born city university works major "
-         "answer question total apples books cost each how many what which def return list sum if else "
-         "for while print write note about short please reply yes no").split()
+WORDS = ["the", "a", "of", "to", "and", "in", "is", "was", "for", "on", "with", "as", "by", "at", "from", "name", "born", "city", "university", "works", "major", "answer", "question", "total", "apples", "books", "cost", "each", "how", "many", "what", "which", "def", "return", "list", "sum", "if", "else", "for", "while", "print", "write", "note", "about", "short", "please", "reply", "yes", "no"]
 
 
 def chat_examples(n: int, seed: int = 0, ability: str = "general", source: str = "toy") -> list[dict]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from mixtune.config import Recipe, RecipeError, apply_override, describe_fields, load_recipe, parse_override
 
@@ -29,7 +30,7 @@ def test_bad_overrides_name_the_key(text, message):
 
 def test_recipe_is_frozen_and_rejects_unknown_sections(tmp_path):
     recipe = Recipe(name="x")
-    with pytest.raises(Exception):
+    with pytest.raises(ValidationError, match="frozen"):
         recipe.train.lr = 1.0  # frozen: configs never change after load
     path = tmp_path / "r.yaml"
     path.write_text("name: x\ntrian: {lr: 1}\n")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 import torch
-
 from conftest import chat_examples, tiny_model_section
+
 from mixtune.config import Recipe
 from mixtune.model.adapters import apply_adapter
 from mixtune.model.load import load_model_and_tokenizer
@@ -107,7 +108,7 @@ def test_kill_and_resume_gives_same_next_loss(tmp_path, tiny_tokenizer_dir, tiny
 
 
 def test_nan_loss_stops_with_a_clear_message(tmp_path, tiny_tokenizer_dir, monkeypatch):
-    import mixtune.train.sft as sft
+    from mixtune.train import sft
 
     def nan_ce(logits, labels):
         return torch.tensor(float("nan"), requires_grad=True), torch.tensor(1)
@@ -144,4 +145,4 @@ def test_wsd_schedule_shape(tmp_path, tiny_tokenizer_dir):
         sched.step()
     assert lrs[0] == 0.0 and lrs[5] == pytest.approx(0.5)  # linear warm-up over 10 steps
     assert all(lr == pytest.approx(1.0) for lr in lrs[10:80])  # stable phase
-    assert lrs[99] < 0.3 and all(a >= b for a, b in zip(lrs[80:], lrs[81:]))  # cooldown
+    assert lrs[99] < 0.3 and all(a >= b for a, b in itertools.pairwise(lrs[80:]))  # cooldown

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from conftest import chat_examples, tiny_model_section
 from transformers import AutoModelForCausalLM
 
-from conftest import chat_examples, tiny_model_section
 from mixtune.config import Recipe, load_recipe
 from mixtune.model.load import build_llama, load_checkpoint, load_tokenizer
 from mixtune.train.run import train
