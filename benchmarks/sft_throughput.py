@@ -26,7 +26,8 @@ from pathlib import Path
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from mixtune.config import Recipe
+from mixtune.config import DataConfig, Recipe
+from mixtune.data.sft_dataset import build_sft_rows
 from mixtune.data.tokenizer_train import train_tokenizer
 from mixtune.train.sft import sft_stage
 
@@ -124,7 +125,7 @@ def main() -> None:
         corpus.write_text("\n".join(m["content"] for ex in draft for m in ex["messages"]))
         tokenizer = train_tokenizer([corpus], vocab_size=VOCAB, min_frequency=2, out_dir=tmp / "tok")
         examples = make_examples(args.examples, tokenizer)
-        lengths = [len(tokenizer.apply_chat_template(ex["messages"], tokenize=True)) for ex in examples]
+        lengths = [len(r["input_ids"]) for r in build_sft_rows(examples, tokenizer, DataConfig()).rows]
         mean_len = statistics.mean(lengths)
         batch_size = max(1, round(ROWS_PER_STEP * MAX_LEN / mean_len))
         print(f"{len(examples)} examples, tokens min/mean/max {min(lengths)}/{mean_len:.0f}/{max(lengths)}; "

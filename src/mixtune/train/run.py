@@ -76,17 +76,21 @@ def make_evaluator(recipe: Recipe, tokenizer, run_dir: Path, db_path: Path | Non
 
 
 def prefix_key(recipe: Recipe, stages: list[Stage], index: int) -> str:
-    """Identity of a run's state after stage `index`: base model, data draw, optimisation and the stage plan so far.
-    Runs of a study with the same key (mixed sequential's and every DMT(k)'s first stage) train it once."""
-    what = {k: recipe.model_dump(mode="json")[k] for k in ("model", "data", "train", "adapter", "tokenizer")}
+    """Identity of a run's state after stage `index`: base model, the sources those stages draw from, optimisation
+    and what each stage trains (not its name). Runs of a study with the same key train it once: mixed sequential's
+    and every DMT(k)'s first stage; a single-ability run and sequential's stage on that ability."""
+    tree = recipe.model_dump(mode="json")
+    used = {name for s in stages[:index + 1] for name in (*s.sources, *(n for n, _ in s.replay))}
+    what = {k: tree[k] for k in ("model", "train", "adapter", "tokenizer")}
+    what["data"] = {**tree["data"], "sources": [s for s in tree["data"]["sources"] if s["name"] in used]}
     what["world"] = recipe.world.out_dir
     what["eval"] = [recipe.eval.benchmarks, recipe.eval.limit, recipe.eval.max_new_tokens]
-    what["stages"] = [s.key() for s in stages[:index + 1]]
+    what["stages"] = [[sorted(s.sources), sorted(s.replay)] for s in stages[:index + 1]]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _restore_cached(model, cached: Path, folder: Path, recipe: Recipe, stage: Stage, db_path: Path | None) -> dict:
-    record = json.loads((cached / "stage.json").read_text())
+    record = {**json.loads((cached / "stage.json").read_text()), "name": stage.name}
     load_stage_weights(model, cached)
     for name in (STAGE_WEIGHTS, STAGE_OPTIMIZER):
         if (cached / name).exists():

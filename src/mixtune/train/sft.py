@@ -94,7 +94,10 @@ def eval_losses(model, eval_sets: dict[str, list[dict]], recipe: Recipe) -> dict
 
 def _micro_batches(rows, indices: list[int], grad_accum: int, recipe: Recipe, pad_id: int) -> list[dict]:
     packing = recipe.data.packing and recipe.adapter.type not in PROMPT_LEARNING
-    return batches_for_step(rows, indices, grad_accum, recipe.data.max_seq_len, pad_id, packing=packing)
+    capacity = recipe.data.max_seq_len
+    if packing and recipe.data.pack_len:
+        capacity = max(recipe.data.pack_len, *(len(rows.rows[i]["input_ids"]) for i in indices))
+    return batches_for_step(rows, indices, grad_accum, capacity, pad_id, packing=packing)
 
 
 def _pad_id(model) -> int:
@@ -138,7 +141,7 @@ def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stag
     log = MetricsLog(stage_dir, tensorboard=cfg.tensorboard)
     model.train()
     pad_id = _pad_id(model)
-    order, order_epoch, window, tokens_done = [], -1, [], 0
+    order, order_epoch, window, tokens_done, last_loss = [], -1, [], 0, None
     t_loop = time.perf_counter()
     bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=stage, unit="step")
     for step in bar:
@@ -167,7 +170,7 @@ def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stag
             log.log(state.step, loss=sum(window) / len(window), lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
                     tokens_per_s=rate, epoch=epoch)
             bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", tok_s=f"{rate:.0f}")
-            window = []
+            last_loss, window = sum(window) / len(window), []
         if cfg.eval_every and state.step % cfg.eval_every == 0 and eval_sets:
             log.log(state.step, **{f"eval_loss/{k}": v for k, v in eval_losses(model, eval_sets, recipe).items()})
         if recipe.eval.every_n_steps and evaluate and state.step % recipe.eval.every_n_steps == 0:
@@ -176,7 +179,7 @@ def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stag
             engine.save_checkpoint(stage_dir, model, optimizer, scheduler, state, full=full)
     bar.close()
     result = StageResult(stage, state.step, state.step >= total_steps, len(rows), n_tokens,
-                         train_loss=window[-1] if window else None)
+                         train_loss=last_loss)
     if not result.finished:
         return result
     result.eval_loss = eval_losses(model, eval_sets, recipe) if eval_sets else {}
