@@ -32,15 +32,13 @@ from pathlib import Path
 import psutil
 import torch
 
-from mixtune.config import DataConfig, Recipe
-from mixtune.data.sft_dataset import build_sft_rows
-from mixtune.data.tokenizer_train import train_tokenizer
+from mixtune.config import Recipe
 from mixtune.model.adapters import apply_adapter
 from mixtune.model.load import count_parameters, load_tokenizer
 from mixtune.train.sft import sft_stage
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_throughput import MAX_LEN, ROWS_PER_STEP, THREADS, VOCAB, build_model, make_examples
+from sft_throughput import MAX_LEN, THREADS, bench_setup, build_model, make_examples
 
 # adapter -> (adapter section, peak lr): the settings of recipes/adapters/*.yaml
 ADAPTERS: dict[str, tuple[dict, float]] = {
@@ -113,15 +111,8 @@ def main() -> None:
         parser.error(f"unknown adapters {unknown}; valid: {', '.join(ADAPTERS)}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        corpus = tmp / "corpus.txt"
-        draft = make_examples(args.examples, tokenizer=None)
-        corpus.write_text("\n".join(m["content"] for ex in draft for m in ex["messages"]))
-        tokenizer = train_tokenizer([corpus], vocab_size=VOCAB, min_frequency=2, out_dir=tmp / "tok")
-        examples = make_examples(args.examples, tokenizer)
-        # lengths as sft_stage tokenises them (transformers 5's apply_chat_template(tokenize=True) returns a dict)
-        rows = build_sft_rows(examples, tokenizer, DataConfig(max_seq_len=MAX_LEN))
-        mean_len = statistics.mean(len(r["input_ids"]) for r in rows.rows)
-        batch_size = max(1, round(ROWS_PER_STEP * MAX_LEN / mean_len))
+        _, examples, lengths, batch_size = bench_setup(tmp, args.examples)
+        mean_len = statistics.mean(lengths)
         print(f"{len(examples)} examples, mean {mean_len:.0f} tokens, {batch_size} examples/step, "
               f"bf16 autocast, {THREADS} threads")
         rows = []

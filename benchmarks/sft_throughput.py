@@ -51,6 +51,19 @@ def make_examples(n: int, tokenizer, seed: int = 0) -> list[dict]:
     return out
 
 
+def bench_setup(tmp: Path, n_examples: int):
+    """(tokenizer trained in `tmp`, examples, their tokenised lengths, mixtune examples per step): the shared data
+    of the throughput benchmarks. A step holds about ROWS_PER_STEP rows of MAX_LEN tokens, as TRL's does."""
+    corpus = tmp / "corpus.txt"
+    draft = make_examples(n_examples, tokenizer=None)
+    corpus.write_text("\n".join(m["content"] for ex in draft for m in ex["messages"]))
+    tokenizer = train_tokenizer([corpus], vocab_size=VOCAB, min_frequency=2, out_dir=tmp / "tok")
+    examples = make_examples(n_examples, tokenizer)
+    # lengths as sft_stage tokenises them (transformers 5's apply_chat_template(tokenize=True) returns a dict)
+    lengths = [len(r["input_ids"]) for r in build_sft_rows(examples, tokenizer, DataConfig(max_seq_len=MAX_LEN)).rows]
+    return tokenizer, examples, lengths, max(1, round(ROWS_PER_STEP * MAX_LEN / statistics.mean(lengths)))
+
+
 def build_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
     cfg = LlamaConfig(vocab_size=VOCAB, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
                       num_attention_heads=4, max_position_embeddings=MAX_LEN, tie_word_embeddings=True,
@@ -120,14 +133,8 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        corpus = tmp / "corpus.txt"
-        draft = make_examples(args.examples, tokenizer=None)
-        corpus.write_text("\n".join(m["content"] for ex in draft for m in ex["messages"]))
-        tokenizer = train_tokenizer([corpus], vocab_size=VOCAB, min_frequency=2, out_dir=tmp / "tok")
-        examples = make_examples(args.examples, tokenizer)
-        lengths = [len(r["input_ids"]) for r in build_sft_rows(examples, tokenizer, DataConfig()).rows]
+        tokenizer, examples, lengths, batch_size = bench_setup(tmp, args.examples)
         mean_len = statistics.mean(lengths)
-        batch_size = max(1, round(ROWS_PER_STEP * MAX_LEN / mean_len))
         print(f"{len(examples)} examples, tokens min/mean/max {min(lengths)}/{mean_len:.0f}/{max(lengths)}; "
               f"mixtune batch {batch_size} examples/step, TRL {ROWS_PER_STEP} rows x {MAX_LEN}/step")
         ours, theirs = [], []

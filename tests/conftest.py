@@ -57,3 +57,17 @@ def tiny_corpus(tmp_path_factory):
 def tiny_model_section(tokenizer_dir) -> dict:
     return {"tokenizer": str(tokenizer_dir), "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
             "num_heads": 2, "max_position_embeddings": 256}
+
+
+@pytest.fixture(scope="session")
+def base_dir(tmp_path_factory, tiny_tokenizer_dir):
+    """A freshly initialised tiny Llama saved as a plain checkpoint (`final/`), with the tiny tokenizer."""
+    from mixtune.config import Recipe
+    from mixtune.model.load import build_llama, load_tokenizer
+    from mixtune.train.save import save_final
+
+    root = tmp_path_factory.mktemp("base")
+    recipe = Recipe.model_validate({"name": "b", "model": tiny_model_section(tiny_tokenizer_dir)})
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    save_final(build_llama(recipe.model, tok), tok, root / "final", adapter="none", base=None)
+    return root / "final"

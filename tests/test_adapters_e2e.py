@@ -14,7 +14,6 @@ from mixtune.config import Recipe
 from mixtune.model.adapters import unwrap_base
 from mixtune.model.load import build_llama, load_checkpoint, load_tokenizer
 from mixtune.train import run as run_module
-from mixtune.train.save import save_final
 
 ADAPTERS = ("lora", "loramoe", "prefix", "prompt", "bottleneck")
 PEFT_FORMAT = ("lora", "prefix", "prompt")
@@ -22,15 +21,6 @@ ADAPTER_SECTION = {"lora": {"r": 4, "alpha": 8}, "loramoe": {"r": 2, "alpha": 4,
                    "prefix": {"num_virtual_tokens": 4}, "prompt": {"num_virtual_tokens": 4},
                    "bottleneck": {"bottleneck_size": 8}}
 WRAPPER_PARTS = {"base_layer", "inner", "base"}  # peft LoRA, bottleneck, LoRAMoE wrap the frozen module under these
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tiny_tokenizer_dir):
-    root = tmp_path_factory.mktemp("base")
-    recipe = Recipe.model_validate({"name": "b", "model": tiny_model_section(tiny_tokenizer_dir)})
-    tok = load_tokenizer(tiny_tokenizer_dir)
-    save_final(build_llama(recipe.model, tok), tok, root / "final", adapter="none", base=None)
-    return root / "final"
 
 
 @pytest.fixture(scope="module")

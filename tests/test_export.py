@@ -8,27 +8,17 @@ import shutil
 
 import pytest
 import torch
-from conftest import tiny_model_section
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from mixtune.config import Recipe
 from mixtune.model.adapters import apply_adapter
 from mixtune.model.export import main as export_main
-from mixtune.model.load import build_llama, load_checkpoint, load_tokenizer
+from mixtune.model.load import load_checkpoint, load_tokenizer
 from mixtune.train.save import save_final
 
 ADAPTER_SECTION = {"lora": {"r": 4, "alpha": 8}, "loramoe": {"r": 2, "alpha": 4, "num_experts": 4},
                    "prefix": {"num_virtual_tokens": 4}, "prompt": {"num_virtual_tokens": 4},
                    "bottleneck": {"bottleneck_size": 8}}
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tiny_tokenizer_dir):
-    root = tmp_path_factory.mktemp("base")
-    recipe = Recipe.model_validate({"name": "b", "model": tiny_model_section(tiny_tokenizer_dir)})
-    tok = load_tokenizer(tiny_tokenizer_dir)
-    save_final(build_llama(recipe.model, tok), tok, root / "final", adapter="none", base=None)
-    return root / "final"
 
 
 def adapted_run(tmp_path, base_dir, kind: str):

@@ -6,22 +6,12 @@ import json
 
 import pytest
 import torch
-from conftest import chat_examples, tiny_model_section
+from conftest import chat_examples
 from transformers import AutoModelForCausalLM
 
 from mixtune.config import Recipe, load_recipe
-from mixtune.model.load import build_llama, load_checkpoint, load_tokenizer
+from mixtune.model.load import load_checkpoint
 from mixtune.train.run import train
-from mixtune.train.save import save_final
-
-
-@pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tiny_tokenizer_dir):
-    root = tmp_path_factory.mktemp("base")
-    recipe = Recipe.model_validate({"name": "b", "model": tiny_model_section(tiny_tokenizer_dir)})
-    tok = load_tokenizer(tiny_tokenizer_dir)
-    save_final(build_llama(recipe.model, tok), tok, root / "final", adapter="none", base=None)
-    return root / "final"
 
 
 @pytest.fixture(scope="module")
