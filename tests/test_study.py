@@ -210,3 +210,20 @@ def test_grid_expands_runs_fractions_seeds_and_ratio_setups(tmp_path):
     assert [(s.count, s.fraction) for s in ratio.recipe.data.sources] == [(160, None), (None, 0.125), (20, None)]
     assert ratio.label == "1/64 general (k=16)" and ratio.recipe.strategy.name == "multi_task"  # (1/4) / (1/64)
     assert runs["ratio-full-general-f0.25-s0"].label == "full general (k=0.25)"
+
+
+def test_a_changed_recipe_does_not_reuse_the_old_runs(tmp_path):
+    from mixtune.config import Recipe
+    from mixtune.study.cli import StudyConfigError, register_runs
+    from mixtune.study.db import ResultsDB
+    from mixtune.study.grid import expand_grid
+
+    tree = {"name": "s", "out_dir": str(tmp_path / "s"), "data": {"sources": [{"name": "m", "minilab": "math"}]},
+            "study": {"runs": [{"label": "math only"}]}}
+    first = Recipe.model_validate(tree)
+    with ResultsDB(tmp_path / "db.sqlite") as db:
+        register_runs(db, first, expand_grid(first, tmp_path / "s", tmp_path / "base"))
+        register_runs(db, first, expand_grid(first, tmp_path / "s", tmp_path / "base"))  # same recipe: fine
+        changed = Recipe.model_validate({**tree, "train": {"lr": 5e-4}})
+        with pytest.raises(StudyConfigError, match="math-only-f1-s0 .* different recipe"):
+            register_runs(db, changed, expand_grid(changed, tmp_path / "s", tmp_path / "base"))

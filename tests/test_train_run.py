@@ -118,3 +118,23 @@ def test_fresh_optimizer_false_carries_adam_moments_across_stages(tmp_path, base
     fresh = recipe_for(tmp_path / "fresh", base_dir, data_files, strategy={"name": "sequential"})
     train(fresh)
     assert not (fresh.run_dir / "stages" / "2-general" / "stage_optimizer.pt").exists()
+
+
+def test_benchmarks_run_after_every_stage_and_every_n_steps(tmp_path, base_dir, data_files):
+    from mixtune.study.db import ResultsDB
+
+    bench = tmp_path / "world" / "bench"
+    bench.mkdir(parents=True)
+    bench.joinpath("math_test.jsonl").write_text("".join(
+        json.dumps({"task_id": f"minilab_math/{i}", "question": f"What is {i} + 1?", "answer": f"{i} + 1 = {i + 1}\n#### {i + 1}"})
+        + "\n" for i in range(3)))
+    recipe = recipe_for(tmp_path, base_dir, data_files, strategy={"name": "sequential", "order": ["code", "math"]},
+                        data={"sources": [{"name": a, "path": data_files[a], "ability": a} for a in ("code", "math")]},
+                        eval={"benchmarks": ["minilab_math"], "world_dir": str(tmp_path / "world"),
+                              "every_n_steps": 2, "subset": 2, "max_new_tokens": 8})
+    summary = train(recipe)
+    assert set(summary["scores"]) == {"code", "math"}  # forgetting is recorded stage by stage
+    with ResultsDB(recipe.run_dir.parent / "results.sqlite") as db:
+        rows = [r for r in db.rows() if r["run_id"] == recipe.run_dir.name and r["metric"] == "strict"]
+    steps = sorted({(r["stage"], r["step"]) for r in rows})
+    assert steps == [("code", -1), ("code", 2), ("math", -1), ("math", 2)]  # 3 steps per stage, eval at step 2

@@ -9,6 +9,7 @@ interrupted one continues from its checkpoints. Results: `runs/<study>/results.s
 from __future__ import annotations
 
 import argparse
+import json
 import multiprocessing as mp
 import os
 import time
@@ -52,14 +53,27 @@ def _run_one(run: GridRun, study_dir: str, threads: int) -> tuple[str, float, st
     return run.run_id, time.perf_counter() - t0, error
 
 
+class StudyConfigError(ValueError):
+    """The study folder holds runs made from a different configuration."""
+
+
 def register_runs(db: ResultsDB, study: Recipe, runs: list[GridRun]) -> None:
-    done = db.finished_runs(study.name)
+    """Record the grid's runs as pending; a run id already there must come from the same configuration, or a
+    resumed study would silently mix results (or resume checkpoints) of two different recipes."""
+    known = {r["run_id"]: r for r in db.runs(study.name)}
     for run in runs:
-        if run.run_id in done:
-            continue
+        config = json.loads(run.recipe.model_dump_json())
+        if run.run_id in known:
+            old = known[run.run_id]
+            if old["config_json"] and json.loads(old["config_json"]) != config:
+                raise StudyConfigError(
+                    f"study {study.name}: run {run.run_id} in {study.run_dir} was made from a different recipe; "
+                    f"use another study name (name=...) or delete {study.run_dir}")
+            if old["status"] == "finished":
+                continue
         db.upsert_run(run.run_id, study=study.name, strategy=run.label, fraction=run.fraction, seed=run.seed,
-                      setup=run.setup, adapter=run.recipe.adapter.type,
-                      config_json=run.recipe.model_dump_json(), status="pending")
+                      setup=run.setup, adapter=run.recipe.adapter.type, config_json=json.dumps(config),
+                      status="pending")
 
 
 def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
