@@ -37,15 +37,17 @@ MAX_LEN = 512
 ROWS_PER_STEP = 4  # TRL: 4 packed rows of <= 512 tokens per step; mixtune: the same tokens per step on average
 
 
-def make_examples(n: int, tokenizer, seed: int = 0) -> list[dict]:
-    """Chat examples whose tokenised length is spread over 30-400 tokens."""
+def make_examples(n: int, tokenizer=None, seed: int = 0) -> list[dict]:
+    """Chat examples of about 30-400 tokens: pseudo-words (one BPE token each once the tokenizer is trained on
+    them; digits would split into one token per digit), a third in the question, the rest in the answer."""
     rng = random.Random(seed)
-    words = [f"w{i}" for i in range(3000)] + ["the", "of", "and", "to", "a", "in", "is", "for", "on", "that", "with"]
+    syllables = [c + v for c in "bdfgklmnprstvz" for v in "aeiou"]
+    words = sorted({"".join(rng.choices(syllables, k=rng.randint(1, 3))) for _ in range(4000)})
     out = []
     for i in range(n):
-        target = rng.randint(30, 400)
-        q = " ".join(rng.choices(words, k=max(3, target // 6)))
-        a = " ".join(rng.choices(words, k=max(3, target // 3)))
+        target = rng.randint(30, 400) - 12  # the chat template adds about 12 tokens
+        q = " ".join(rng.choices(words, k=max(3, target // 3)))
+        a = " ".join(rng.choices(words, k=max(3, target - target // 3)))
         out.append({"id": f"bench/{i}", "source": "bench", "ability": "general", "task_type": 0,
                     "messages": [{"role": "user", "content": q}, {"role": "assistant", "content": a}]})
     return out
