@@ -110,10 +110,11 @@ def test_kill_and_resume_gives_same_next_loss(tmp_path, tiny_tokenizer_dir, tiny
 def test_nan_loss_stops_with_a_clear_message(tmp_path, tiny_tokenizer_dir, monkeypatch):
     from mixtune.train import sft
 
-    def nan_ce(logits, labels):
+    def nan_ce(*args, **kwargs):
         return torch.tensor(float("nan"), requires_grad=True), torch.tensor(1)
 
     monkeypatch.setattr(sft, "masked_token_ce", nan_ce)
+    monkeypatch.setattr(sft, "target_token_ce", nan_ce)
     recipe = make_recipe(tmp_path, tiny_tokenizer_dir)
     model, tok = load_model_and_tokenizer(recipe.model, seed=0)
     with pytest.raises(engine.TrainingDiverged, match="loss is nan at step 1"):

@@ -41,6 +41,19 @@ def masked_token_ce(logits: Tensor, labels: Tensor, ignore_index: int = -100) ->
     return loss_sum, n_tokens
 
 
+def target_token_ce(hidden: Tensor, labels: Tensor, head_weight: Tensor, head_bias: Tensor | None = None,
+                    ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+    """`masked_token_ce(F.linear(hidden, head_weight, head_bias), labels)` without the logits of positions that
+    have no target: hidden (B, T, H) -> only the N target rows go through the output layer, (N, V) logits.
+
+    With response-only labels about half the positions are prompt, and with a large vocabulary the output layer
+    is most of a small model's compute, so this halves it (the same value, summed in fp32)."""
+    shift = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+    mask = shift != ignore_index
+    logits = F.linear(hidden[:, :-1][mask], head_weight, head_bias)  # (N, V)
+    return F.cross_entropy(logits.float(), shift[mask], reduction="sum"), mask.sum()
+
+
 def token_weighted_mean(loss_sums: Tensor | list[Tensor], n_tokens: Tensor | list[Tensor]) -> Tensor:
     """Σ loss_sum / Σ n_tokens over micro-batches: every token weighs the same (0 when there are no tokens)."""
     total = torch.stack([torch.as_tensor(x) for x in loss_sums]).sum() if isinstance(loss_sums, list) else loss_sums

@@ -20,9 +20,10 @@ from tqdm import tqdm
 
 from mixtune.config import Recipe
 from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
+from mixtune.model.adapters import unwrap_base
 from mixtune.runs import MetricsLog, atomic_write_json
 from mixtune.train import engine
-from mixtune.train.losses import masked_token_ce
+from mixtune.train.losses import masked_token_ce, target_token_ce
 
 EvalHook = Callable[[torch.nn.Module, str, int], dict]
 PROMPT_LEARNING = ("prefix", "prompt")
@@ -67,12 +68,30 @@ def _forward_loss(model, micro: dict, recipe: Recipe) -> tuple[torch.Tensor, tor
 
 
 def _ce_sum(model, inputs: dict, micro: dict, recipe: Recipe) -> torch.Tensor:
+    """Sum of target-token cross-entropy of one micro-batch."""
+    device = engine.model_device(model)
     if recipe.adapter.type in PROMPT_LEARNING:  # peft numbers the positions itself, after the virtual tokens
         inputs = {k: v for k, v in inputs.items() if k != "position_ids"}
-    with engine.autocast(recipe.train, engine.model_device(model)):
-        logits = model(**inputs, use_cache=False).logits  # (B, T, V); prompt tuning: (B, P + T, V)
-    logits = logits[:, -micro["labels"].shape[1]:]  # drop prompt tuning's virtual-token positions
-    return masked_token_ce(logits.float(), micro["labels"])[0]
+        with engine.autocast(recipe.train, device):
+            logits = model(**inputs, use_cache=False).logits  # prompt tuning: (B, P + T, V)
+        logits = logits[:, -micro["labels"].shape[1]:]  # drop prompt tuning's virtual-token positions
+        return masked_token_ce(logits.float(), micro["labels"])[0]
+    base = unwrap_base(model)
+    head = base.get_output_embeddings()
+    if not _plain_head(base, head):
+        with engine.autocast(recipe.train, device):
+            logits = model(**inputs, use_cache=False).logits  # (B, T, V)
+        return masked_token_ce(logits.float(), micro["labels"])[0]
+    with engine.autocast(recipe.train, device):  # logits only where there is a target (most of a tiny model's FLOPs)
+        hidden = base.base_model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
+        return target_token_ce(hidden, micro["labels"], head.weight, head.bias)[0]
+
+
+def _plain_head(base, head) -> bool:
+    """An output layer that is a bare linear map (no logit scaling or soft-capping applied after it)."""
+    cfg = base.config
+    return (isinstance(head, torch.nn.Linear) and not getattr(cfg, "final_logit_softcapping", None)
+            and getattr(cfg, "logit_scale", None) in (None, 1.0) and base.base_model is not base)
 
 
 @torch.no_grad()
