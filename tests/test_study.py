@@ -227,3 +227,21 @@ def test_a_changed_recipe_does_not_reuse_the_old_runs(tmp_path):
         changed = Recipe.model_validate({**tree, "train": {"lr": 5e-4}})
         with pytest.raises(StudyConfigError, match="math-only-f1-s0 .* different recipe"):
             register_runs(db, changed, expand_grid(changed, tmp_path / "s", tmp_path / "base"))
+
+
+def test_adding_seeds_keeps_the_finished_runs(tmp_path):
+    from mixtune.config import Recipe
+    from mixtune.study.cli import register_runs
+    from mixtune.study.db import ResultsDB
+    from mixtune.study.grid import expand_grid
+
+    tree = {"name": "s", "out_dir": str(tmp_path / "s"), "data": {"sources": [{"name": "m", "minilab": "math"}]},
+            "study": {"runs": [{"label": "math only"}], "seeds": [0]}}
+    first = Recipe.model_validate(tree)
+    with ResultsDB(tmp_path / "db.sqlite") as db:
+        register_runs(db, first, expand_grid(first, tmp_path / "s", tmp_path / "base"))
+        db.set_status("math-only-f1-s0", "finished")
+        more = Recipe.model_validate({**tree, "study": {**tree["study"], "seeds": [0, 1]}})
+        register_runs(db, more, expand_grid(more, tmp_path / "s", tmp_path / "base"))
+        assert db.finished_runs("s") == {"math-only-f1-s0"}
+        assert {r["run_id"] for r in db.runs("s")} == {"math-only-f1-s0", "math-only-f1-s1"}

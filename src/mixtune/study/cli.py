@@ -57,6 +57,11 @@ class StudyConfigError(ValueError):
     """The study folder holds runs made from a different configuration."""
 
 
+def _identity(config: dict) -> dict:
+    """What makes a run the same run: its recipe without the study grid around it."""
+    return {k: v for k, v in config.items() if k != "study"}
+
+
 def register_runs(db: ResultsDB, study: Recipe, runs: list[GridRun]) -> None:
     """Record the grid's runs as pending; a run id already there must come from the same configuration, or a
     resumed study would silently mix results (or resume checkpoints) of two different recipes."""
@@ -65,7 +70,7 @@ def register_runs(db: ResultsDB, study: Recipe, runs: list[GridRun]) -> None:
         config = json.loads(run.recipe.model_dump_json())
         if run.run_id in known:
             old = known[run.run_id]
-            if old["config_json"] and json.loads(old["config_json"]) != config:
+            if old["config_json"] and _identity(json.loads(old["config_json"])) != _identity(config):
                 raise StudyConfigError(
                     f"study {study.name}: run {run.run_id} in {study.run_dir} was made from a different recipe; "
                     f"use another study name (name=...) or delete {study.run_dir}")

@@ -44,6 +44,7 @@ def scaled_source(src: SourceConfig, fraction: float) -> SourceConfig:
 def _recipe(study: Recipe, study_dir: Path, run_id: str, sources: list[SourceConfig], strategy: StrategyConfig,
             seed: int, base: Path, epochs_scale: float, overrides: list[str] = ()) -> Recipe:
     tree = study.model_dump(mode="json")
+    tree.pop("study")  # a run is defined by what it trains, not by the grid around it (seeds can be added later)
     tree.update(name=run_id, out_dir=str(study_dir / run_id), seed=seed,
                 strategy=strategy.model_dump(mode="json"))
     tree["model"] = {**tree["model"], "path": str(base), "tokenizer": None}
