@@ -111,7 +111,7 @@ def main() -> None:
         parser.error(f"unknown adapters {unknown}; valid: {', '.join(ADAPTERS)}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        _, examples, lengths, batch_size = bench_setup(tmp, args.examples)
+        _, examples, lengths, batch_size, _ = bench_setup(tmp, args.examples)
         mean_len = statistics.mean(lengths)
         print(f"{len(examples)} examples, mean {mean_len:.0f} tokens, {batch_size} examples/step, "
               f"bf16 autocast, {THREADS} threads")

@@ -54,16 +54,19 @@ def make_examples(n: int, tokenizer=None, seed: int = 0) -> list[dict]:
 
 
 def bench_setup(tmp: Path, n_examples: int):
-    """(tokenizer trained in `tmp`, examples, their tokenised lengths, mixtune examples per step): the shared data
-    of the throughput benchmarks. A step holds about ROWS_PER_STEP rows of MAX_LEN tokens, as TRL's does."""
+    """(tokenizer trained in `tmp`, examples, their tokenised lengths, mixtune examples per step, share of positions
+    with a target): the shared data of the throughput benchmarks. A step holds about ROWS_PER_STEP rows of MAX_LEN tokens, as TRL's does."""
     corpus = tmp / "corpus.txt"
     draft = make_examples(n_examples, tokenizer=None)
     corpus.write_text("\n".join(m["content"] for ex in draft for m in ex["messages"]))
     tokenizer = train_tokenizer([corpus], vocab_size=VOCAB, min_frequency=2, out_dir=tmp / "tok")
     examples = make_examples(n_examples, tokenizer)
     # lengths as sft_stage tokenises them (transformers 5's apply_chat_template(tokenize=True) returns a dict)
-    lengths = [len(r["input_ids"]) for r in build_sft_rows(examples, tokenizer, DataConfig(max_seq_len=MAX_LEN)).rows]
-    return tokenizer, examples, lengths, max(1, round(ROWS_PER_STEP * MAX_LEN / statistics.mean(lengths)))
+    rows = build_sft_rows(examples, tokenizer, DataConfig(max_seq_len=MAX_LEN)).rows
+    lengths = [len(r["input_ids"]) for r in rows]
+    target_fraction = sum(r["n_target_tokens"] for r in rows) / sum(lengths)
+    return tokenizer, examples, lengths, max(1, round(ROWS_PER_STEP * MAX_LEN / statistics.mean(lengths))), \
+        target_fraction
 
 
 def build_model(tokenizer, seed: int = 0) -> LlamaForCausalLM:
@@ -86,12 +89,13 @@ def bf16_peak_flops(size: int = 2048, repeats: int = 10) -> float:
     return 2 * size**3 * repeats / (time.perf_counter() - t0)
 
 
-def flops_per_token(model, mean_len: float) -> float:
-    """6·N for the dense weights (lm_head included, embedding lookup excluded) + causal attention 6·L·d·T."""
+def flops_per_token(model, mean_len: float, target_fraction: float) -> float:
+    """Training FLOPs per token the loss needs: 6·N for the blocks, causal attention 6·L·d·T, and the output layer
+    (6·V·d) only for the `target_fraction` of positions that carry a target (the rest have no logits to compute)."""
     cfg = model.config
-    n = sum(p.numel() for name, p in model.named_parameters() if "embed_tokens" not in name)
-    n += cfg.vocab_size * cfg.hidden_size if cfg.tie_word_embeddings else 0
-    return 6 * n + 6 * cfg.num_hidden_layers * cfg.hidden_size * mean_len
+    n_blocks = sum(p.numel() for name, p in model.named_parameters() if "layers." in name)
+    head = 6 * cfg.vocab_size * cfg.hidden_size * target_fraction
+    return 6 * n_blocks + head + 6 * cfg.num_hidden_layers * cfg.hidden_size * mean_len
 
 
 def run_mixtune(examples, tokenizer, batch_size: int, out: Path) -> dict:
@@ -135,7 +139,7 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        tokenizer, examples, lengths, batch_size = bench_setup(tmp, args.examples)
+        tokenizer, examples, lengths, batch_size, target_fraction = bench_setup(tmp, args.examples)
         mean_len = statistics.mean(lengths)
         print(f"{len(examples)} examples, tokens min/mean/max {min(lengths)}/{mean_len:.0f}/{max(lengths)}; "
               f"mixtune batch {batch_size} examples/step, TRL {ROWS_PER_STEP} rows x {MAX_LEN}/step")
@@ -148,7 +152,7 @@ def main() -> None:
         peak = bf16_peak_flops()
         m_tok = statistics.median(o["tok_s"] for o in ours)
         t_tok = statistics.median(o["tok_s"] for o in theirs)
-        mfu = m_tok * flops_per_token(build_model(tokenizer), mean_len) / peak
+        mfu = m_tok * flops_per_token(build_model(tokenizer), mean_len, target_fraction) / peak
         print(f"bf16 matmul peak {peak / 1e9:.1f} GFLOP/s on {THREADS} threads")
         print(f"mixtune {m_tok:.0f} tok/s, TRL {t_tok:.0f} tok/s, ratio {m_tok / t_tok:.2f}, mixtune MFU {mfu:.1%}")
         print(f"final loss: mixtune {ours[-1]['loss']:.4f}, TRL (mean over training) {theirs[-1]['loss']:.4f}")
