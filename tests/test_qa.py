@@ -85,3 +85,20 @@ def test_minilab_knowledge(tmp_path):
     ex = task.example("kn/0")
     assert task.score(ex, "Porthaven.")["passed"] is True
     assert task.score(ex, "Lisbon")["passed"] is False
+
+
+def test_minilab_facts_completes_biography_sentences_without_chat(tmp_path):
+    import json
+
+    from mixtune.evaluate.qa import MiniLabFacts
+
+    world = tmp_path / "world.json"
+    world.write_text(json.dumps({"people": [{"index": 0, "name": "Ada Lo", "birth_city": "Houston",
+                                             "university": "Yale University", "split": "held_out"}]}))
+    task = MiniLabFacts(world_dir=str(tmp_path))
+    examples = task.examples()
+    assert [e["task_id"] for e in examples] == ["minilab_facts/0/birth_city", "minilab_facts/0/university"]
+    assert examples[0]["prompt_text"] == "Ada Lo was born in" and task.completion_only
+    scored = task.score_all(examples, [" Houston", " Brown University"])
+    assert [s["passed"] for s in scored] == [True, False]
+    assert task.summarize(scored)["exact_match"] == 0.5

@@ -12,6 +12,7 @@ first non-empty line of the completion, stripped (a chat model may add an explan
 
 from __future__ import annotations
 
+import json
 import re
 import string
 from collections import Counter
@@ -119,3 +120,40 @@ def make_qa_example(task_id: str, obj: dict[str, Any], where: str) -> dict[str, 
         raise BenchmarkDataError(f"{where}: needs 'question' (string) and 'answer' (non-empty list of strings)")
     return {"task_id": task_id, "messages": user_messages(question), "prompt_text": f"Question: {question}\nAnswer:",
             "question": question, "answer": golds, "golds": golds}
+
+
+# Fact completion: the stored knowledge itself, read without a question format. Physics of LMs 3.1: a small model
+# can store every biography yet fail to *extract* it through QA for people it was not QA-tuned on; completing a
+# biography sentence reads the stored fact directly, so it measures whether SFT kept pre-trained knowledge.
+FACT_PROMPTS = {"birth_city": "{name} was born in", "university": "{name} studied at", "major": "{name} majored in",
+                "employer": "{name} worked for", "work_city": "{name} worked in"}
+
+
+class MiniLabFacts(NQOpen):
+    """Completion of biography sentences (`<name> was born in` -> city) for every person in `<world_dir>/world.json`;
+    ids `minilab_facts/<person>/<attribute>`. Generation is plain completion (no chat template); the answer is the
+    text up to the first period, scored with the same EM/F1 as closed-book QA."""
+
+    name = "minilab_facts"
+    completion_only = True
+    stop = (".", "\n")
+
+    def default_path(self) -> Path:
+        return Path(self.world_dir) / "world.json"
+
+    def load(self) -> list[dict[str, Any]]:
+        path = self.source_path()
+        try:
+            people = json.loads(path.read_text())["people"]
+        except (OSError, ValueError, KeyError) as e:
+            raise BenchmarkDataError(f"{path}: needs a 'people' list (a mini-lab world.json): {e}") from None
+        examples = []
+        for person in people:
+            for attr, template in FACT_PROMPTS.items():
+                if attr not in person:
+                    continue
+                prompt = template.format(name=person["name"])
+                examples.append({"task_id": f"minilab_facts/{person['index']}/{attr}", "prompt_text": prompt,
+                                 "messages": user_messages(prompt), "answer": [person[attr]],
+                                 "golds": [person[attr]], "split": person.get("split", "")})
+        return examples

@@ -22,6 +22,7 @@ TASKS: dict[str, str] = {
     "minilab_instruct": "mixtune.evaluate.ifeval:MiniLabInstruct",
     "nq_open": "mixtune.evaluate.qa:NQOpen",
     "minilab_knowledge": "mixtune.evaluate.qa:MiniLabKnowledge",
+    "minilab_facts": "mixtune.evaluate.qa:MiniLabFacts",
     "mt_bench": "mixtune.evaluate.mt_bench:MTBench",
 }
 
@@ -38,6 +39,7 @@ ABILITY_OF: dict[str, str] = {
     "minilab_instruct": "general",
     "nq_open": "knowledge",
     "minilab_knowledge": "knowledge",
+    "minilab_facts": "knowledge",
     "mt_bench": "general",
 }
 

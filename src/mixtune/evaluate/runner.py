@@ -49,7 +49,8 @@ def generate_for_task(task: Any, examples: list[dict[str, Any]], backend: Any, g
         convs, answers = _multi_turn(task, [ex for ex, _ in reps], backend, gen, stop)
         return [{"task_id": ex["task_id"], "sample_idx": k, "completion": a, "messages": c}
                 for (ex, k), a, c in zip(reps, answers, convs)]
-    chat = can_chat(backend) or any("prompt_text" not in ex for ex in examples)
+    chat = not getattr(task, "completion_only", False) and (
+        can_chat(backend) or any("prompt_text" not in ex for ex in examples))
     if chat:
         texts = backend.chat([ex["messages"] for ex, _ in reps], stop=stop, desc=task.name, **gen)
     else:

@@ -32,6 +32,7 @@ MAIN_METRIC: dict[str, str] = {
     "minilab_code": "pass@1",
     "minilab_instruct": "prompt_level_strict",
     "minilab_knowledge": "exact_match",
+    "minilab_facts": "exact_match",
     "gsm8k": "strict",
     "humaneval": "pass@1",
     "humaneval_plus": "pass@1",
