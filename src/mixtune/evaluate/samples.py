@@ -15,6 +15,8 @@ from collections.abc import Container, Iterable
 from pathlib import Path
 from typing import Any
 
+from mixtune.evaluate.base import iter_jsonl
+
 
 class SamplesError(ValueError):
     """A samples file that cannot be scored; the message is `file:line: problem`."""
@@ -27,29 +29,17 @@ def read_samples(path: str | Path, known_ids: Container[str] | None = None) -> l
     Raises `SamplesError` for a missing file, bad JSON, a non-object line, a missing or non-string `task_id` or
     `completion`, an unknown `task_id`, or a file with no samples.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise SamplesError(f"{path}: samples file not found")
     samples: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SamplesError(f"{where}: bad JSON ({e.msg})") from None
-            if not isinstance(sample, dict):
-                raise SamplesError(f"{where}: expected a JSON object with 'task_id' and 'completion'")
-            for key in ("task_id", "completion"):
-                if key not in sample:
-                    raise SamplesError(f"{where}: missing '{key}'")
-                if not isinstance(sample[key], str):
-                    raise SamplesError(f"{where}: '{key}' must be a string, got {type(sample[key]).__name__}")
-            if known_ids is not None and sample["task_id"] not in known_ids:
-                raise SamplesError(f"{where}: unknown task_id {sample['task_id']!r} for this benchmark")
-            samples.append(sample)
+    for i, sample in iter_jsonl(path, SamplesError, "samples file"):
+        where = f"{path}:{i + 1}"
+        for key in ("task_id", "completion"):
+            if key not in sample:
+                raise SamplesError(f"{where}: missing '{key}'")
+            if not isinstance(sample[key], str):
+                raise SamplesError(f"{where}: '{key}' must be a string, got {type(sample[key]).__name__}")
+        if known_ids is not None and sample["task_id"] not in known_ids:
+            raise SamplesError(f"{where}: unknown task_id {sample['task_id']!r} for this benchmark")
+        samples.append(sample)
     if not samples:
         raise SamplesError(f"{path}: no samples")
     return samples

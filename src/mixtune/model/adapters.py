@@ -6,6 +6,7 @@ format: peft's (so `PeftModel.from_pretrained(base, folder)` loads LoRA/prefix/p
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,40 +45,13 @@ def _load_peft(base, folder: Path):
     return PeftModel.from_pretrained(base, str(folder), is_trainable=False)
 
 
-def _apply_loramoe(model, cfg):
-    from mixtune.model.loramoe import apply_loramoe
-
-    return apply_loramoe(model, cfg)
-
-
-def _save_loramoe(model, folder):
-    from mixtune.model.loramoe import save_loramoe
-
-    save_loramoe(model, folder)
-
-
-def _load_loramoe(base, folder):
-    from mixtune.model.loramoe import load_loramoe
-
-    return load_loramoe(base, folder)
-
-
-def _apply_bottleneck(model, cfg):
-    from mixtune.model.bottleneck import apply_bottleneck
-
-    return apply_bottleneck(model, cfg)
-
-
-def _save_bottleneck(model, folder):
-    from mixtune.model.bottleneck import save_bottleneck
-
-    save_bottleneck(model, folder)
-
-
-def _load_bottleneck(base, folder):
-    from mixtune.model.bottleneck import load_bottleneck
-
-    return load_bottleneck(base, folder)
+def _ours(module: str, kind: str) -> tuple[Callable, Callable, Callable]:
+    """(apply, save, load) of one of our own adapters, imported only when used."""
+    def entry(verb: str) -> Callable:
+        def call(*args):
+            return getattr(importlib.import_module(module), f"{verb}_{kind}")(*args)
+        return call
+    return entry("apply"), entry("save"), entry("load")
 
 
 Apply = Callable[[torch.nn.Module, AdapterConfig], torch.nn.Module]
@@ -85,8 +59,8 @@ ADAPTERS: dict[str, tuple[Apply, Callable, Callable]] = {
     "lora": (_apply_lora, _save_peft, _load_peft),
     "prefix": (_apply_prefix, _save_peft, _load_peft),
     "prompt": (_apply_prompt, _save_peft, _load_peft),
-    "loramoe": (_apply_loramoe, _save_loramoe, _load_loramoe),
-    "bottleneck": (_apply_bottleneck, _save_bottleneck, _load_bottleneck),
+    "loramoe": _ours("mixtune.model.loramoe", "loramoe"),
+    "bottleneck": _ours("mixtune.model.bottleneck", "bottleneck"),
 }
 
 

@@ -125,7 +125,9 @@ def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None,
     mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed, log=log)
     pools = group_by_source(mixture.train)
     # token counts of the drawn data, per source (the stages tokenise their own example lists again)
-    add_token_counts(mixture.manifest, build_sft_rows(mixture.train, tokenizer, recipe.data).summary()["per_source"])
+    token_cache: dict = {}  # each drawn example is tokenised once per run, whatever the stages
+    drawn = build_sft_rows(mixture.train, tokenizer, recipe.data, token_cache)
+    add_token_counts(mixture.manifest, drawn.summary()["per_source"])
     stages = plan_stages(recipe.strategy, recipe.data.sources)
     atomic_write_json(run_dir / "manifest.json", {"sources": mixture.manifest,
                                                   "stages": [s.key() for s in stages]})
@@ -149,7 +151,8 @@ def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None,
                 log(f"stage {i} {stage.name}: reused from {cached}")
             else:
                 record, optimizer_state = _train_stage(model, tokenizer, recipe, stage, pools, mixture, folder,
-                                                       resume, evaluate, stop_at_step, optimizer_state)
+                                                       resume, evaluate, stop_at_step, optimizer_state,
+                                                       token_cache)
                 if record is None:
                     return {**summary, "stopped": True}
                 save_stage_weights(model, folder, full)
@@ -174,13 +177,14 @@ def _load_optimizer(folder: Path) -> dict | None:
 
 
 def _train_stage(model, tokenizer, recipe, stage, pools, mixture, folder, resume, evaluate, stop_at_step,
-                 optimizer_state):
+                 optimizer_state, token_cache):
     """Train one stage; returns (record, optimizer state for the next stage) or (None, None) when interrupted."""
     examples, stage_manifest = stage_examples(stage, pools, recipe.data.shuffle_seed)
     atomic_write_json(folder / "manifest.json", stage_manifest)
     t0 = time.perf_counter()
     result = sft_stage(model, tokenizer, recipe, examples, folder, eval_examples=mixture.eval, stage=stage.name,
-                       resume=resume, evaluate=evaluate, stop_at_step=stop_at_step, optimizer_state=optimizer_state)
+                       resume=resume, evaluate=evaluate, stop_at_step=stop_at_step, optimizer_state=optimizer_state,
+                       token_cache=token_cache)
     if not result.finished:
         return None, None
     scores = evaluate(model, stage.name) if evaluate else {}

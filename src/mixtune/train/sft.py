@@ -127,15 +127,15 @@ def _pad_id(model) -> int:
 def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stage_dir: Path, *,
               eval_examples: dict[str, list[dict]] | None = None, stage: str = "sft", resume: bool = False,
               evaluate: EvalHook | None = None, stop_at_step: int | None = None,
-              optimizer_state: dict | None = None) -> StageResult:
+              optimizer_state: dict | None = None, token_cache: dict | None = None) -> StageResult:
     """Train one stage in place on `model`; checkpoints and metrics go to `stage_dir`.
 
     `optimizer_state`: AdamW moments carried over from the previous stage (train.fresh_optimizer: false); the
     schedule always starts anew. The finished result carries the optimizer state for the next stage."""
     cfg = recipe.train
     t0 = time.perf_counter()
-    rows = build_sft_rows(train_examples, tokenizer, recipe.data)
-    eval_sets = {k: build_sft_rows(v, tokenizer, recipe.data) for k, v in (eval_examples or {}).items()}
+    rows = build_sft_rows(train_examples, tokenizer, recipe.data, token_cache)
+    eval_sets = {k: build_sft_rows(v, tokenizer, recipe.data, token_cache) for k, v in (eval_examples or {}).items()}
     stats = rows.summary()
     n_tokens = sum(v["tokens"] for v in stats["per_source"].values())
     print(f"stage {stage}: {len(rows)} examples, {n_tokens} tokens, {len(rows.truncated)} truncated to "
