@@ -73,7 +73,9 @@ def test_two_step_dry_run_trains_both_dmt_stages_on_the_real_files(tmp_path, tin
         "math": (7473, 12, 0), "code": (2015, 8, 2), "general": (500, 6, 0)}  # 2017 records, 2 empty outputs
     assert all(m["tokens"] > m["target_tokens"] > 0 for m in sources.values())
     assert any("source code: skipped 2 invalid records" in line and "output: empty" in line for line in lines)
-    replay = json.loads((run / "stages" / "1-general" / "manifest.json").read_text())
+    stage2 = json.loads((run / "stages" / "1-general" / "manifest.json").read_text())
+    assert stage2["n_drawn"] == 8 and stage2["n_trained"] == 8 - sum(map(len, stage2["dropped"].values()))
+    replay = stage2["drawn"]
     for name in ("math", "code"):  # max(1, round(|D| / 256)) of the examples stage 1 trained
         assert replay[f"{name} (replay)"]["drawn"] == 1 and replay[f"{name} (replay)"]["replay_k"] == 1 / 256
         assert set(replay[f"{name} (replay)"]["ids"]) <= set(sources[name]["ids"])

@@ -67,7 +67,7 @@ def test_summarize_task_passes_ks_only_when_accepted():
 def test_iter_jsonl_names_the_line(tmp_path):
     p = tmp_path / "b.jsonl"
     p.write_text(json.dumps({"a": 1}) + "\n\n" + "{oops\n")
-    with pytest.raises(BenchmarkDataError, match=r"b\.jsonl:3: bad JSON"):
+    with pytest.raises(BenchmarkDataError, match=r"b\.jsonl:3: invalid JSON"):
         list(iter_jsonl(p))
     with pytest.raises(BenchmarkDataError, match="not found"):
         list(iter_jsonl(tmp_path / "missing.jsonl"))

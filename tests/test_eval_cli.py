@@ -64,7 +64,7 @@ def test_several_samples_per_task(tmp_path, capsys):
 @pytest.mark.parametrize(
     "bad_line, message",
     [
-        ("{not json", "bad JSON"),
+        ("{not json", "invalid JSON"),
         ('{"task_id": "gsm8k/test/1"}', "missing 'completion'"),
         ('{"completion": "#### 3"}', "missing 'task_id'"),
         ('{"task_id": "gsm8k/test/99999", "completion": "#### 3"}', "unknown task_id"),

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mixtune.cli import main as mixtune_main
-from mixtune.study.db import ResultsDB
+from mixtune.results import ResultsDB
 from mixtune.study.html import render_page
 from mixtune.study.plots import make_plots
 from mixtune.study.tables import (

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from mixtune.study.db import ResultsDB
+from mixtune.results import ResultsDB
 from mixtune.study.report_cli import write_report
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")

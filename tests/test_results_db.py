@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mixtune.study.db import END_OF_STAGE, ResultsDB
+from mixtune.results import END_OF_STAGE, ResultsDB
 
 
 def test_round_trip_joins_runs_and_stages(tmp_path):
@@ -101,7 +101,7 @@ def test_metrics_are_appended_in_order(tmp_path):
 
 WRITER = """
 import sys
-from mixtune.study.db import ResultsDB
+from mixtune.results import ResultsDB
 path, name = sys.argv[1], sys.argv[2]
 db = ResultsDB(path)
 db.upsert_run(name, study="s", status="running")

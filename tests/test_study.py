@@ -24,7 +24,7 @@ REQUIRED_KEYS = {"strategy", "fraction", "seed", "stage", "ability", "benchmark"
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> dict:
     """A tiny world (40 examples per ability), a tokenizer trained on it and a base pre-trained for 3 steps."""
-    from mixtune.demo import prepare_base
+    from mixtune.study.base import prepare_base
 
     root = tmp_path_factory.mktemp("study-base")
     tree = {
@@ -214,8 +214,8 @@ def test_grid_expands_runs_fractions_seeds_and_ratio_setups(tmp_path):
 
 def test_a_changed_recipe_does_not_reuse_the_old_runs(tmp_path):
     from mixtune.config import Recipe
+    from mixtune.results import ResultsDB
     from mixtune.study.cli import StudyConfigError, register_runs
-    from mixtune.study.db import ResultsDB
     from mixtune.study.grid import expand_grid
 
     tree = {"name": "s", "out_dir": str(tmp_path / "s"), "data": {"sources": [{"name": "m", "minilab": "math"}]},
@@ -231,8 +231,8 @@ def test_a_changed_recipe_does_not_reuse_the_old_runs(tmp_path):
 
 def test_adding_seeds_keeps_the_finished_runs(tmp_path):
     from mixtune.config import Recipe
+    from mixtune.results import ResultsDB
     from mixtune.study.cli import register_runs
-    from mixtune.study.db import ResultsDB
     from mixtune.study.grid import expand_grid
 
     tree = {"name": "s", "out_dir": str(tmp_path / "s"), "data": {"sources": [{"name": "m", "minilab": "math"}]},

@@ -69,7 +69,7 @@ def test_dmt_runs_two_stages_with_replay(tmp_path, base_dir, data_files):
     recipe = recipe_for(tmp_path, base_dir, data_files, strategy={"name": "dmt", "k": 0.25})
     summary = train(recipe)
     assert [s["name"] for s in summary["stages"]] == ["specialized", "general"]
-    stage2 = json.loads((recipe.run_dir / "stages" / "1-general" / "manifest.json").read_text())
+    stage2 = json.loads((recipe.run_dir / "stages" / "1-general" / "manifest.json").read_text())["drawn"]
     assert stage2["general"]["drawn"] == 24
     assert stage2["code (replay)"]["drawn"] == 6 and stage2["math (replay)"]["drawn"] == 6
     assert summary["stages"][0]["n_examples"] == 48 and summary["stages"][1]["n_examples"] == 36
@@ -121,7 +121,7 @@ def test_fresh_optimizer_false_carries_adam_moments_across_stages(tmp_path, base
 
 
 def test_benchmarks_run_after_every_stage_and_every_n_steps(tmp_path, base_dir, data_files):
-    from mixtune.study.db import ResultsDB
+    from mixtune.results import ResultsDB
 
     bench = tmp_path / "world" / "bench"
     bench.mkdir(parents=True)

@@ -15,12 +15,13 @@ Our own code: the formats are plain dict records, no library reads them with val
 
 from __future__ import annotations
 
-import gzip
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from mixtune.jsonl import iter_lines, parse_line
 
 MAX_LISTED = 20
 """Problems listed in a DataError before `... and N more`."""
@@ -202,29 +203,29 @@ def detect_format(rec: Any) -> str:
 
 # ------------------------------------------------------------------------------------------------------ reading
 def iter_records(path: str | Path) -> tuple[str, list[tuple[int, Any, str | None]]]:
-    """(position kind, [(n, record or None, json problem or None)]) for a JSONL or JSON-list file (.gz allowed).
+    """(position kind, [(n, record or None, problem or None)]) for a JSONL or JSON-list file (.gz allowed).
 
     A file whose first non-blank character is `[` is a JSON list (n = 1-based item); otherwise JSONL
-    (n = 1-based line; blank lines are skipped but counted).
+    (n = 1-based line, split on `\n` only, as JSON Lines defines; blank lines are skipped but counted). A line that
+    is not UTF-8 or not JSON is a problem of that line; the other lines are still read (`mixtune.jsonl`).
     """
-    path = Path(path)
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        text = f.read()
-    if text.lstrip().startswith("["):
+    lines = list(iter_lines(path, DataError, "data file"))
+    first = next((ln.text for ln in lines if ln.text is None or ln.text.strip()), "")
+    if first is not None and first.lstrip().startswith("["):
+        bad = next((ln for ln in lines if ln.problem), None)
+        if bad is not None:
+            return "line", [(bad.number, None, bad.problem)]
         try:
-            items = json.loads(text)
+            items = json.loads("\n".join(ln.text for ln in lines))
         except json.JSONDecodeError as e:
             return "line", [(e.lineno, None, f"invalid JSON list: {e.msg} (column {e.colno})")]
         return "item", [(i + 1, rec, None) for i, rec in enumerate(items)]
     rows = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
+    for line in lines:
+        if line.text is not None and not line.text.strip():
             continue
-        try:
-            rows.append((n, json.loads(line), None))
-        except json.JSONDecodeError as e:
-            rows.append((n, None, f"invalid JSON: {e.msg} (column {e.colno})"))
+        value, problem = parse_line(line)
+        rows.append((line.number, value, problem))
     return "line", rows
 
 

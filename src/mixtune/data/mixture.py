@@ -100,18 +100,25 @@ def draw_mixture(sources: list[SourceConfig], world_dir: str | Path, seed: int,
     return mixture
 
 
-def add_token_counts(manifest: dict, per_source: dict[str, dict]) -> None:
-    """Write tokens and target tokens per source into `manifest` in place, from `TokenizedSet.summary()
-    ["per_source"]` of the drawn training examples (examples left without a target token count as 0)."""
+def add_token_counts(manifest: dict, per_source: dict[str, dict], no_target: dict[str, list[str]] | None = None) -> None:
+    """Write tokens, target tokens and trained examples per source into `manifest` in place, from
+    `TokenizedSet.summary()["per_source"]` of the drawn training examples. `no_target` (source -> ids, from
+    `TokenizedSet.no_target_by_source()`) lists drawn examples left without a target token: they are drawn but
+    not trained, so `drawn == trained + len(dropped)` and the drop is named with its reason."""
     for name, m in manifest.items():
         counts = per_source.get(name, {})
         m["tokens"] = counts.get("tokens", 0)
         m["target_tokens"] = counts.get("target_tokens", 0)
+        m["trained"] = counts.get("examples", 0)
+        dropped = (no_target or {}).get(name, [])
+        m["dropped"] = {"no target token after truncation": dropped} if dropped else {}
 
 
 def manifest_summary(manifest: dict) -> dict[str, dict]:
     """Counts per source and per ability, without the id lists (for logs and the results database)."""
     per_source = {name: {k: v for k, v in m.items() if not k.endswith("ids")} for name, m in manifest.items()}
+    for m in per_source.values():  # counts of dropped examples, without their id lists
+        m["dropped"] = {reason: len(ids) for reason, ids in m.get("dropped", {}).items()}
     per_ability: dict[str, dict] = {}
     for m in per_source.values():
         agg = per_ability.setdefault(m["ability"], {"examples": 0, "tokens": 0, "target_tokens": 0})

@@ -9,7 +9,6 @@ result is a transformers `PreTrainedTokenizerFast` (saved with save_pretrained, 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +17,7 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, train
 from transformers import PreTrainedTokenizerFast
 
 from mixtune.cliutil import parse_recipe, recipe_parser
+from mixtune.jsonl import iter_jsonl
 
 EOS, PAD, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [EOS, PAD, IM_START, IM_END]
@@ -41,22 +41,19 @@ CHAT_TEMPLATE = (
 def iter_texts(path: Path) -> Iterator[str]:
     """Training texts of one file: JSONL rows give `text` and every message `content` (and `prompt`/`question`
     fields of benchmark-like rows); any other file is read line by line as plain text."""
-    with path.open(encoding="utf-8") as f:
-        if path.suffix != ".jsonl":
+    if path.suffix != ".jsonl":
+        with path.open(encoding="utf-8") as f:
             yield from f
-            return
-        for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if isinstance(row.get("text"), str):
-                yield row["text"]
-            for message in row.get("messages") or []:
-                yield message["role"]  # role names appear in every rendered turn; let them become single tokens
-                yield message["content"]
-            for key in ("prompt", "question"):
-                if isinstance(row.get(key), str):
-                    yield row[key]
+        return
+    for _, row in iter_jsonl(path, what="tokenizer training file"):
+        if isinstance(row.get("text"), str):
+            yield row["text"]
+        for message in row.get("messages") or []:
+            yield message["role"]  # role names appear in every rendered turn; let them become single tokens
+            yield message["content"]
+        for key in ("prompt", "question"):
+            if isinstance(row.get(key), str):
+                yield row[key]
 
 
 def build_backend(vocab_size: int, min_frequency: int) -> tuple[Tokenizer, trainers.BpeTrainer]:

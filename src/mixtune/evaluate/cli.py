@@ -16,7 +16,7 @@ import json
 import sys
 from typing import Any
 
-from mixtune.evaluate.base import DEFAULT_DATA_DIR, BenchmarkDataError, accepts_keyword, summarize_task
+from mixtune.evaluate.base import DEFAULT_DATA_DIR, BenchmarkDataError, accepts_keyword, score_samples
 from mixtune.evaluate.registry import ABILITY_OF, TASKS, UnknownTaskError, check_task_name, get_task
 from mixtune.evaluate.samples import SamplesError, read_samples, scored_rows, write_jsonl
 
@@ -48,19 +48,6 @@ def parse_ks(values: list[str] | None) -> list[int] | None:
     if not ks or ks[0] < 1:
         raise ValueError(f"--k values must be positive integers, got {values}")
     return ks
-
-
-def score_samples(task: Any, samples: list[dict[str, Any]], ks: list[int] | None = None,
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score samples (already checked against the task's ids) with any contract-following task.
-
-    Returns `(scores, summary)`: one score dict per sample, in input order, and the task's summary computed over
-    rows that carry the sample fields (so `task_id` is there for pass@k grouping) merged with the scores.
-    """
-    examples = [task.example(s["task_id"]) for s in samples]
-    scores = task.score_all(examples, [s["completion"] for s in samples])
-    rows = [{**s, **r} for s, r in zip(samples, scores)]
-    return scores, summarize_task(task, rows, ks)
 
 
 def summary_lines(name: str, summary: dict[str, Any], n_samples: int, n_tasks: int) -> list[str]:

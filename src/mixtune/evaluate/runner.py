@@ -23,12 +23,11 @@ from pathlib import Path
 from typing import Any
 
 from mixtune.config import Recipe, dump_recipe
-from mixtune.evaluate.cli import score_samples
+from mixtune.evaluate.base import score_samples
 from mixtune.evaluate.registry import ABILITY_OF, get_task
 from mixtune.evaluate.samples import write_jsonl
+from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_json, atomic_write_text
-
-DB_NAME = "results.sqlite"
 
 
 # ------------------------------------------------------------------------------------------------------ prompting
@@ -129,8 +128,6 @@ def evaluate_model(model: Any, tokenizer: Any, recipe: Recipe, run_dir: str | Pa
     (default `<run_dir>/../results.sqlite`) as (run_dir name, stage, benchmark, ability, metrics, step).
     `backend` replaces the backend built by `make_backend` (HF on `model`; OpenAI when `model` is None).
     """
-    from mixtune.study.db import ResultsDB
-
     run_dir = Path(run_dir)
     if out_dir is None:
         out_dir = run_dir / "eval" / stage / (f"step-{step}" if step is not None else "")

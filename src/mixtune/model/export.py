@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mixtune.model.load import MODEL_META, ModelLoadError, load_checkpoint, load_tokenizer, read_model_meta
+from mixtune.runs import atomic_dir
 
 MERGEABLE = ("lora",)
 WHY_NOT_MERGEABLE = {
@@ -59,16 +60,13 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False) -> Pat
     if merge and kind not in MERGEABLE + ("none",):
         raise ExportError(f"adapter {kind!r} cannot be merged into the base weights: {WHY_NOT_MERGEABLE[kind]}. "
                           f"Export without --merge for a self-contained folder that mixtune loads.")
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if kind == "none":
-        shutil.copytree(final, tmp)
-    elif merge:
-        _export_merged(final, tmp)
-    else:
-        _export_with_base(final, tmp, kind, meta, final_out=out)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        if kind == "none":
+            shutil.copytree(final, tmp, dirs_exist_ok=True)
+        elif merge:
+            _export_merged(final, tmp)
+        else:
+            _export_with_base(final, tmp, kind, meta, final_out=out)
     return out
 
 

@@ -19,11 +19,10 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from mixtune.config import Recipe, load_recipe
+from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_json, prepare_run_dir
-from mixtune.study.db import ResultsDB
+from mixtune.study.base import prepare_base
 from mixtune.study.grid import GridRun, expand_grid
-
-DB_NAME = "results.sqlite"
 
 
 def _run_one(run: GridRun, study_dir: str, threads: int) -> tuple[str, float, str | None]:
@@ -83,8 +82,6 @@ def register_runs(db: ResultsDB, study: Recipe, runs: list[GridRun]) -> None:
 
 def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
     """Prepare the base, run every unfinished run of the grid, write the study meta; returns the study folder."""
-    from mixtune.demo import prepare_base
-
     t0 = time.perf_counter()
     study_dir = prepare_run_dir(study, verb="study")
     base = prepare_base(load_recipe(study.study.base_recipe), log=log)

@@ -14,13 +14,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_text
-from mixtune.study.db import ResultsDB
 from mixtune.study.html import write_page
 from mixtune.study.plots import make_plots
 from mixtune.study.tables import fraction_table, json_rows, stage_table, strategy_table
 
-DB_NAME = "results.sqlite"
 META_NAME = "study.json"
 
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
 
-from mixtune.study.db import END_OF_STAGE
+from mixtune.results import END_OF_STAGE
 
 ABILITIES = ("math", "code", "general", "knowledge")
 

@@ -6,11 +6,10 @@ The loops themselves live in the stage files (pretrain.py, sft.py); this module 
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import shutil
+import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ from transformers.optimization import (
 )
 
 from mixtune.config import TrainConfig
-from mixtune.runs import atomic_write_json
+from mixtune.runs import atomic_dir, atomic_write_file, atomic_write_json
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
@@ -62,15 +61,25 @@ def autocast(cfg: TrainConfig, device: torch.device | str = "cpu"):
     return torch.autocast(device_type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
 
 
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters; no weight decay on vectors (norms, biases)."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, carried: dict | None = None) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on vectors (norms, biases).
+
+    `carried`: the state of the previous stage's optimizer (train.fresh_optimizer: false). Its moments carry over;
+    its learning rate does not: the new stage's schedule starts from this stage's peak (create the scheduler after
+    this call)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
+    if carried is not None:
+        optimizer.load_state_dict(carried)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr
+            group.pop("initial_lr", None)  # else the new scheduler would start from the old stage's peak
+    return optimizer
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
@@ -133,43 +142,52 @@ def trainable_state_dict(model: torch.nn.Module, full: bool) -> dict[str, torch.
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def save_weights(model: torch.nn.Module, path: Path, full: bool) -> Path:
+    """The trainable (or all) weights as one safetensors file, written atomically."""
+    state = trainable_state_dict(model, full)
+    return atomic_write_file(path, lambda tmp: save_file(state, str(tmp)))
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split("-", 1)[1]) if path.name.startswith("step-") and path.name[5:].isdigit() else -1
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint folders `checkpoints/step-N`, newest first (temp folders of killed writers are never listed)."""
+    root = Path(run_dir) / CHECKPOINTS
+    found = [p for p in root.iterdir() if p.is_dir() and _step_of(p) >= 0] if root.is_dir() else []
+    return sorted(found, key=_step_of, reverse=True)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    pointer = Path(run_dir) / CHECKPOINTS / "latest.json"
-    if not pointer.exists():
-        return None
-    path = Path(run_dir) / CHECKPOINTS / json.loads(pointer.read_text())["name"]
-    return path if path.exists() else None
+    """The newest checkpoint folder (by step, whatever `latest.json` says), or None."""
+    found = checkpoints(run_dir)
+    return found[0] if found else None
 
 
 def save_checkpoint(run_dir: str | Path, model, optimizer, scheduler, state: TrainState, full: bool) -> Path:
-    """Write `checkpoints/step-N/` atomically (temp folder, fsync'd files, rename), then move `latest.json`."""
+    """Write `checkpoints/step-N/` atomically (weights, trainer state, and for full models `config.json`, so a run
+    can branch from any checkpoint), then update `latest.json` and prune old checkpoints."""
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.step:07d}"
-    tmp = root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state_dict(model, full), str(tmp / "weights.safetensors"))
-    torch.save({
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "step": state.step, "data": state.data, "extra": state.extra,
-        "torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
-        "python_rng_pos": random.getstate()[2], "full": full,
-    }, tmp / "trainer_state.pt")
-    for f in tmp.iterdir():
-        with f.open("rb") as fh:
-            os.fsync(fh.fileno())
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_dir(root / name) as tmp:
+        save_file(trainable_state_dict(model, full), str(tmp / "weights.safetensors"))
+        torch.save({
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "step": state.step, "data": state.data, "extra": state.extra,
+            "torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
+            "python_rng_pos": random.getstate()[2], "full": full,
+        }, tmp / "trainer_state.pt")
+        config = getattr(model, "config", None)
+        if full and hasattr(config, "to_json_file"):
+            config.to_json_file(str(tmp / "config.json"))
     atomic_write_json(root / "latest.json", {"name": name, "step": state.step})
     _prune(root, keep=KEEP_CHECKPOINTS)
-    return final
+    return root / name
 
 
 def _prune(root: Path, keep: int) -> None:
-    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
-    for old in steps[:-keep]:
+    for old in checkpoints(root.parent)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
 
 
@@ -187,7 +205,58 @@ def load_checkpoint_into(path: Path, model, optimizer, scheduler) -> TrainState:
     return TrainState(step=int(blob["step"]), data=dict(blob["data"]), extra=dict(blob["extra"]))
 
 
+def resume_from_checkpoints(run_dir: str | Path, model, optimizer, scheduler, log=print) -> TrainState:
+    """Load the newest checkpoint that loads; a corrupt one is reported and the previous one tried. A run folder
+    with no loadable checkpoint starts at step 0 (and says so)."""
+    for path in checkpoints(run_dir):
+        try:
+            state = load_checkpoint_into(path, model, optimizer, scheduler)
+        except Exception as e:  # noqa: BLE001 -- a truncated file raises anything from safetensors/torch/pickle
+            log(f"resume: {path} does not load ({type(e).__name__}: {str(e)[:120]}); trying an older checkpoint")
+            continue
+        log(f"resume: continuing from {path} at step {state.step}")
+        return state
+    if (Path(run_dir) / CHECKPOINTS).is_dir():
+        log(f"resume: no loadable checkpoint in {Path(run_dir) / CHECKPOINTS}; starting at step 0")
+    return TrainState()
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data-order seed of one epoch (the only place this formula is written)."""
+    return seed * 1_000_003 + epoch
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The seeded permutation of `n` items for `epoch`: reshuffled every epoch, reproducible on resume."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(n, generator=gen).tolist()
+
+
+class Throughput:
+    """The one tokens/s definition of every loop: real (non-padding) tokens processed in optimizer steps divided by
+    the wall time of those steps, over the current logging window (`window_rate`, then `reset_window`) and over the
+    whole stage (`overall_rate`). Evaluation and checkpointing time is excluded: only `step_done` counts."""
+
+    def __init__(self) -> None:
+        self.total_tokens = self.window_tokens = 0
+        self.total_s = self.window_s = 0.0
+        self._t = time.perf_counter()
+
+    def step_start(self) -> None:
+        self._t = time.perf_counter()
+
+    def step_done(self, tokens: int) -> None:
+        dt = time.perf_counter() - self._t
+        self.total_tokens += tokens
+        self.window_tokens += tokens
+        self.total_s += dt
+        self.window_s += dt
+
+    def window_rate(self) -> float:
+        return self.window_tokens / max(self.window_s, 1e-9)
+
+    def reset_window(self) -> None:
+        self.window_tokens, self.window_s = 0, 0.0
+
+    def overall_rate(self) -> float:
+        return self.total_tokens / max(self.total_s, 1e-9)

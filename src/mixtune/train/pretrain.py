@@ -9,8 +9,6 @@ to the same next loss. Schedules: cosine or WSD (continue from a stable-phase ch
 
 from __future__ import annotations
 
-import json
-import time
 from pathlib import Path
 
 import torch
@@ -18,29 +16,32 @@ from tqdm import tqdm
 
 from mixtune.cliutil import recipe_parser
 from mixtune.config import Recipe, load_recipe
+from mixtune.jsonl import iter_jsonl, read_text
 from mixtune.model.load import count_parameters, load_model_and_tokenizer
-from mixtune.runs import MetricsLog, prepare_run_dir
+from mixtune.runs import MetricsLog, RunLock, prepare_run_dir, remove_stale_temps
 from mixtune.train import engine
 from mixtune.train.losses import masked_token_ce
 from mixtune.train.save import save_final
+
+
+class CorpusError(ValueError):
+    """A pre-training corpus that cannot be read; the message names the file and line."""
 
 
 def read_corpus(paths: list[Path]) -> list[str]:
     """Documents from JSONL files with a `text` field, or plain-text files (one document per blank-line block)."""
     texts: list[str] = []
     for path in paths:
-        if path.suffix == ".jsonl":
-            for i, line in enumerate(path.open(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{i}: text: {type(e).__name__}: {e}") from None
+        if path.name.endswith((".jsonl", ".jsonl.gz")):
+            for n, row in iter_jsonl(path, CorpusError, "corpus file"):
+                if not isinstance(row.get("text"), str):
+                    raise CorpusError(f"{path}:{n}: text: missing or not a string")
+                texts.append(row["text"])
         else:
-            texts.extend(block for block in path.read_text().split("\n\n") if block.strip())
+            texts.extend(block for block in read_text(path, CorpusError, "corpus file").split("\n\n")
+                         if block.strip())
     if not texts:
-        raise ValueError(f"empty corpus: {[str(p) for p in paths]}")
+        raise CorpusError(f"empty corpus: {[str(p) for p in paths]}")
     return texts
 
 
@@ -87,33 +88,42 @@ def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = No
     """Run (or resume) pre-training; returns a summary. `stop_at_step` simulates a kill (tests)."""
     cfg = recipe.train
     engine.setup_torch(cfg)
-    run_dir = prepare_run_dir(recipe, verb="pretrain")
+    texts = read_corpus(corpus_paths(recipe))  # checked before the run folder exists
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir, seed=cfg.seed)
+    with RunLock(recipe.run_dir):
+        run_dir = prepare_run_dir(recipe, verb="pretrain")
+        remove_stale_temps(run_dir)
+        return _pretrain(recipe, model, tokenizer, texts, run_dir, resume, stop_at_step)
+
+
+def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path, resume: bool,
+              stop_at_step: int | None) -> dict:
+    # ---- setup
+    cfg = recipe.train
     model.to(engine.pick_device())
-    rows = tokenize_rows(read_corpus(corpus_paths(recipe)), tokenizer, cfg.seq_len)
+    rows = tokenize_rows(texts, tokenizer, cfg.seq_len)
     n_eval = min(max(cfg.batch_size, len(rows) // 100), cfg.eval_batches * cfg.batch_size, len(rows) // 2)
     train_rows, eval_rows = rows[:-n_eval], rows[-n_eval:]
     steps_per_epoch = max(1, len(train_rows) // cfg.batch_size)
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
-
     optimizer = engine.make_optimizer(model, cfg)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
     state = engine.TrainState()
-    if resume and (ckpt := engine.latest_checkpoint(run_dir)):
-        state = engine.load_checkpoint_into(ckpt, model, optimizer, scheduler)
-        print(f"resumed from {ckpt} at step {state.step}")
-    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard)
+    if resume:
+        state = engine.resume_from_checkpoints(run_dir, model, optimizer, scheduler)
+    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard, resume_at=state.step if resume else None)
     trainable, total = count_parameters(model)
     print(f"pretrain {recipe.name}: {total / 1e6:.2f}M params, {len(train_rows)} rows x {cfg.seq_len} tokens, "
           f"{total_steps} steps ({steps_per_epoch}/epoch), schedule {cfg.schedule}")
-
+    order, order_epoch, window = [], -1, []
+    speed = engine.Throughput()
+    # ---- loop
     model.train()
-    order, order_epoch = [], -1
-    window, t_window, tokens_window = [], time.perf_counter(), 0
     bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc="pretrain", unit="step")
     for step in bar:
         if stop_at_step is not None and step >= stop_at_step:
             break
+        speed.step_start()
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = engine.epoch_order(len(train_rows), cfg.seed, epoch), epoch
@@ -126,15 +136,16 @@ def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = No
             step_loss += float(loss_sum.detach()) / n_targets
         engine.check_finite(step_loss, step + 1, run_dir)
         grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
+        speed.step_done(batch.numel())
         state.step = step + 1
         window.append(step_loss)
-        tokens_window += batch.numel()
         if state.step % cfg.log_every == 0 or state.step == total_steps:
-            dt = time.perf_counter() - t_window
             log.log(state.step, loss=sum(window) / len(window), lr=scheduler.get_last_lr()[0],
-                    grad_norm=grad_norm, tokens_per_s=tokens_window / dt, epoch=epoch)
-            bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", tok_s=f"{tokens_window / dt:.0f}")
-            window, t_window, tokens_window = [], time.perf_counter(), 0
+                    grad_norm=grad_norm, tokens_per_s=speed.window_rate(), epoch=epoch)
+            bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", tok_s=f"{speed.window_rate():.0f}")
+            window = []
+            speed.reset_window()
+        # ---- evaluate and save
         if cfg.eval_every and state.step % cfg.eval_every == 0:
             log.log(state.step, eval_loss=eval_loss(model, eval_rows, cfg))
         if cfg.save_every and state.step % cfg.save_every == 0:
@@ -147,7 +158,7 @@ def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = No
     log.close()
     save_final(model, tokenizer, run_dir / "final", adapter="none", base=None)
     summary = {"step": state.step, "eval_loss": final_eval, "params": total, "trainable": trainable,
-               "final": str(run_dir / "final")}
+               "final": str(run_dir / "final"), "tokens_per_s": speed.overall_rate()}
     print(f"pretrain done: step {state.step}, eval loss {final_eval:.4f}, model in {run_dir / 'final'}")
     return summary
 

@@ -1,4 +1,4 @@
-"""The results database: one SQLite file per study (`runs/<study>/results.sqlite`).
+"""The results database (ground floor): one SQLite file per study (`runs/<study>/results.sqlite`).
 
 Tables (one row per (run, stage, benchmark, metric) in `scores`):
 - `runs(run_id PK, study, strategy, fraction, seed, setup, adapter, config_json, status, started_at, finished_at)`
@@ -30,6 +30,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+DB_NAME = "results.sqlite"
+"""File name of a study's results database inside its folder."""
 END_OF_STAGE = -1
 STATUSES = ("pending", "running", "finished", "failed")
 RUN_FIELDS = ("study", "strategy", "fraction", "seed", "setup", "adapter", "config_json", "status",
