@@ -8,7 +8,7 @@ export OMP_WAIT_POLICY := PASSIVE
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
-.PHONY: demo test install bench clean chromium
+.PHONY: demo test test-fast install bench clean chromium
 
 install: $(STAMP)
 
@@ -32,6 +32,10 @@ chromium:
 
 test: $(STAMP) chromium
 	$(PY) -m pytest -q tests
+
+# the quick loop while developing: everything but the end-to-end runs (CI runs `make test`, all of them)
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" tests
 
 bench: $(STAMP)
 	$(PY) benchmarks/sft_throughput.py

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -12,6 +13,25 @@ import pytest
 import torch
 
 torch.set_num_threads(1)
+
+SHARED_DATA = Path(os.environ.get("MIXTUNE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+"""The real data (../shared/data beside the repository, or MIXTUNE_DATA_DIR): the one place tests find it."""
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The real data folder. Missing it is a failure under CI=true (CI always has it beside the clone), and a
+    visible skip elsewhere."""
+    if SHARED_DATA.is_dir():
+        return SHARED_DATA
+    message = f"the real data folder {SHARED_DATA} is missing (set MIXTUNE_DATA_DIR or put shared/ beside the repo)"
+    if os.environ.get("CI", "").lower() in ("true", "1"):
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+needs_data = pytest.mark.usefixtures("shared_data")
+"""Mark a test that reads ../shared/data."""
 
 WORDS = ["the", "a", "of", "to", "and", "in", "is", "was", "for", "on", "with", "as", "by", "at", "from", "name", "born", "city", "university", "works", "major", "answer", "question", "total", "apples", "books", "cost", "each", "how", "many", "what", "which", "def", "return", "list", "sum", "if", "else", "for", "while", "print", "write", "note", "about", "short", "please", "reply", "yes", "no"]
 

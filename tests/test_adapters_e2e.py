@@ -16,6 +16,8 @@ from mixtune.model.load import build_llama, load_checkpoint, load_tokenizer
 from mixtune.train import run as run_module
 from mixtune.train import sft as sft_module
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` skips them; CI runs everything
+
 ADAPTERS = ("lora", "loramoe", "prefix", "prompt", "bottleneck")
 PEFT_FORMAT = ("lora", "prefix", "prompt")
 ADAPTER_SECTION = {"lora": {"r": 4, "alpha": 8}, "loramoe": {"r": 2, "alpha": 4, "num_experts": 4},

@@ -2,10 +2,10 @@
 
 import json
 import math
-import os
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 
 from mixtune.evaluate.code import (
     MBPP,
@@ -18,8 +18,7 @@ from mixtune.evaluate.code import (
     pass_at_k,
 )
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="shared/data not present")
+DATA = str(SHARED_DATA)
 
 
 def test_pass_at_k_hand_worked():

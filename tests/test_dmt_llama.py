@@ -11,6 +11,8 @@ import pytest
 from mixtune.config import Recipe, load_recipe, load_tree
 from mixtune.train.strategies import plan_stages
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` skips them; CI runs everything
+
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "dmt-llama.yaml"
 
@@ -47,12 +49,10 @@ def tiny_base(tmp_path, tiny_tokenizer_dir):
     return tmp_path / "base"
 
 
-def test_two_step_dry_run_trains_both_dmt_stages_on_the_real_files(tmp_path, tiny_base, monkeypatch):
+def test_two_step_dry_run_trains_both_dmt_stages_on_the_real_files(tmp_path, tiny_base, monkeypatch, shared_data):
     from mixtune.train.run import train
 
     tree = load_tree(RECIPE)
-    if not all((ROOT / s["path"]).exists() for s in tree["data"]["sources"]):
-        pytest.skip("the real data files are not in ../shared/data")
     monkeypatch.chdir(ROOT)  # the recipe's paths are relative to the repository root
     tree.update(out_dir=str(tmp_path / "run"))
     tree["model"]["path"] = str(tiny_base)

@@ -8,11 +8,11 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 
 from mixtune.cli import main
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA_DIR / "gsm8k" / "test.jsonl").is_file(), reason="shared/data not present")
+DATA_DIR = SHARED_DATA
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:

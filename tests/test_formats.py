@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 
 from mixtune.data.formats import FORMATS, DataError, detect_format, read_examples
 
-DATA = Path(os.environ.get("MIXTUNE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} not present")
+DATA = SHARED_DATA
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:

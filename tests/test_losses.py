@@ -17,6 +17,7 @@ from mixtune.train.losses import (
     ppo_policy_loss,
     ppo_value_loss,
     reward_pairwise_loss,
+    target_token_ce,
     token_weighted_mean,
 )
 
@@ -35,6 +36,27 @@ def test_masked_token_ce_shift_and_ignore():
     loss_sum, n = masked_token_ce(logits, labels)
     assert n.item() == 3
     assert loss_sum.item() == pytest.approx(math.log(32.0), abs=1e-6)
+
+
+def test_target_token_ce_equals_masked_token_ce_in_value_and_gradient():
+    # the SFT loss computes the output layer only at target positions; it must be the same loss as the full logits
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 7, 16, requires_grad=True)  # (B, T, H)
+    weight = torch.randn(50, 16, requires_grad=True)  # (V, H)
+    bias = torch.randn(50, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 7))
+    labels[0, :3] = -100  # a prompt
+    labels[1, 5:] = -100  # padding
+    labels[1, 2] = -100  # an example's first token in a packed row
+    full, n_full = masked_token_ce(torch.nn.functional.linear(hidden, weight, bias), labels)
+    grads_full = torch.autograd.grad(full, (hidden, weight, bias))
+    part, n_part = target_token_ce(hidden, labels, weight, bias)
+    grads_part = torch.autograd.grad(part, (hidden, weight, bias))
+    assert n_full.item() == n_part.item() == 7
+    assert part.item() == pytest.approx(full.item(), rel=1e-6)
+    for a, b in zip(grads_full, grads_part):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert grads_part[0][0, 3:].abs().sum() > 0 and grads_part[0][0, :2].abs().sum() == 0  # no target: no gradient
 
 
 def test_token_weighted_mean_weighs_tokens_not_batches():

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 
 from mixtune.evaluate.qa import (
     MiniLabKnowledge,
@@ -17,8 +17,7 @@ from mixtune.evaluate.qa import (
     score_qa,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA_DIR / "nq_open").is_dir(), reason="shared/data not present")
+DATA_DIR = SHARED_DATA
 
 
 def test_normaliser():

@@ -18,6 +18,8 @@ import yaml
 
 from mixtune.config import load_recipe
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` skips them; CI runs everything
+
 REQUIRED_KEYS = {"strategy", "fraction", "seed", "stage", "ability", "benchmark", "metric", "value"}
 
 

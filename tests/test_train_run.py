@@ -75,14 +75,31 @@ def test_dmt_runs_two_stages_with_replay(tmp_path, base_dir, data_files):
     assert summary["stages"][0]["n_examples"] == 48 and summary["stages"][1]["n_examples"] == 36
 
 
-def test_resume_skips_finished_stages(tmp_path, base_dir, data_files):
+def test_resume_loads_finished_stages_and_never_retrains_them(tmp_path, base_dir, data_files, monkeypatch):
+    from safetensors.torch import load_file
+
+    from mixtune.train import run as run_module
+
     recipe = recipe_for(tmp_path, base_dir, data_files, strategy={"name": "sequential"})
     first = train(recipe, stop_at_step=2)  # stage 1 (code, 3 steps) is interrupted
     assert first.get("stopped")
     done = train(recipe, resume=True)
     assert [s["name"] for s in done["stages"]] == ["code", "math", "general"]
-    again = train(recipe, resume=True)  # everything finished: nothing retrained, same final weights
+    weights = {p.parent.name: p.read_bytes() for p in (recipe.run_dir / "stages").glob("*/stage_weights.safetensors")}
+    final = load_file(recipe.run_dir / "final" / "model.safetensors")
+
+    def no_training(kind):
+        raise AssertionError(f"a finished stage was retrained ({kind})")
+
+    monkeypatch.setattr(run_module, "stage_runner", no_training)  # any stage trained now fails the test
+    lines = []
+    again = train(recipe, resume=True, log=lines.append)
     assert [s["steps"] for s in again["stages"]] == [s["steps"] for s in done["stages"]]
+    assert sum("already finished, weights loaded" in line for line in lines) == 3
+    assert weights == {p.parent.name: p.read_bytes()
+                       for p in (recipe.run_dir / "stages").glob("*/stage_weights.safetensors")}
+    again_final = load_file(recipe.run_dir / "final" / "model.safetensors")
+    assert all(torch.equal(final[k], again_final[k]) for k in final)  # the loaded stages give the same model
 
 
 def test_every_shipped_recipe_loads():

@@ -1,4 +1,5 @@
-"""The one JSON Lines reader and writer (ground floor): every JSONL file mixtune reads goes through `iter_lines`.
+"""The one JSON Lines reader (ground floor): every JSONL file mixtune reads goes through `iter_lines`; files are
+written with `mixtune.runs.write_jsonl` (atomically, one `dumps_line` per record).
 
 JSON Lines (jsonlines.org) separates records by `\\n` only. `str.splitlines()` also breaks at U+2028, U+2029,
 U+0085 and \\x1c–\\x1e, which are legal inside JSON strings, so it would split one valid record into two broken
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import gzip
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
@@ -106,12 +107,3 @@ def dumps_line(row: Any) -> str:
     """One JSON Lines record: UTF-8 text kept as is; U+2028/U+2029 stay inside their JSON string, which `iter_lines`
     never splits. Lone surrogates cannot be written as UTF-8, so they are escaped (`\\ud800`), which JSON allows."""
     return json.dumps(row, ensure_ascii=False).encode("utf-8", "backslashreplace").decode("utf-8") + "\n"
-
-
-def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
-    """Write rows as JSON Lines, atomically (a killed writer leaves the old file); returns the path."""
-    from mixtune.runs import atomic_write_text
-
-    path = Path(path)
-    atomic_write_text(path, "".join(dumps_line(row) for row in rows))
-    return path

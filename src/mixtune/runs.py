@@ -23,13 +23,14 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import mixtune
 from mixtune.config import Recipe, dump_recipe
+from mixtune.jsonl import dumps_line, iter_jsonl
 
 if TYPE_CHECKING:
     from typing_extensions import Self
@@ -107,6 +108,11 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 
 def atomic_write_json(path: str | Path, obj: Any) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: Iterable[Any]) -> Path:
+    """Write rows as JSON Lines (`mixtune.jsonl.dumps_line` each), atomically; returns the path."""
+    return atomic_write_text(path, "".join(dumps_line(row) for row in rows))
 
 
 @contextmanager
@@ -242,8 +248,6 @@ class MetricsLog:
             self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
 
     def _truncate_after(self, step: int) -> None:
-        from mixtune.jsonl import iter_jsonl, write_jsonl
-
         rows = [row for _, row in iter_jsonl(self.path) if int(row.get("step", 0)) <= step]
         write_jsonl(self.path, rows)
 

@@ -10,7 +10,6 @@ imported when a value is validated, not when the schema is imported (`mixtune --
 from __future__ import annotations
 
 import importlib
-from functools import cache
 
 from pydantic import BaseModel, ConfigDict
 
@@ -38,9 +37,9 @@ REGISTRIES: dict[str, tuple[str, tuple[str, ...]]] = {
 }
 
 
-@cache
 def registry_names(kind: str) -> tuple[str, ...]:
-    """The valid names of one registry, in its own order (extra names such as `auto` / `none` first)."""
+    """The valid names of one registry, in its own order (extra names such as `auto` / `none` first); read from
+    the registry dict each time, so a registry extended at run time (a plugin, a test) is seen."""
     target, extra = REGISTRIES[kind]
     module, attr = target.split(":")
     return (*extra, *getattr(importlib.import_module(module), attr))

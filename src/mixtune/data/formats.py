@@ -34,7 +34,8 @@ KEEP_FIELDS = ("answer", "tests", "entry_point", "instruction_ids", "kwargs", "c
 class DataError(ValueError):
     """Invalid data; `problems` holds every `path:n: field: problem` message."""
 
-    def __init__(self, header: str, problems: list[str]):
+    def __init__(self, header: str, problems: list[str] | None = None):
+        problems = list(problems or [])
         self.problems = problems
         listed = problems[:MAX_LISTED]
         more = len(problems) - len(listed)

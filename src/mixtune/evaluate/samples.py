@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mixtune.evaluate.base import iter_jsonl
-from mixtune.jsonl import write_jsonl
+from mixtune.runs import write_jsonl
 
 __all__ = ["SamplesError", "read_samples", "scored_rows", "write_jsonl"]
 
