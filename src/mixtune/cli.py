@@ -19,6 +19,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("mixtune.evaluate.cli", "run or score ability benchmarks"),
     "study": ("mixtune.study.cli", "run a strategy x data-fraction x seed grid"),
     "report": ("mixtune.study.report_cli", "tables, plots and an HTML page for a study"),
+    "analyze": ("mixtune.analysis.cli", "analyses: knowledge capacity, scaling law, continued pre-training"),
     "export": ("mixtune.model.export", "merge adapters and export a Hugging Face checkpoint"),
     "demo": ("mixtune.demo", "the main job: the mini-lab study from scratch"),
 }
@@ -42,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     # Spin-waiting OpenMP threads lose 5-20x on a shared small machine; must be set before torch loads.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # numpy's OpenBLAS threads spin the same way: scipy's L-BFGS (the scaling fit) runs 20x slower with them.
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     module = importlib.import_module(VERBS[verb][0])
     from mixtune.config import RecipeError
 

@@ -166,6 +166,10 @@ class ResultsDB:
         self._write_many("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
                          [(run_id, stage, step, k, float(v)) for k, v in values.items()])
 
+    def clear_metrics(self, run_id: str) -> None:
+        """Delete a run's metric rows (an analysis that re-records a run replaces its numbers)."""
+        self._write("DELETE FROM metrics WHERE run_id = ?", (run_id,))
+
     def metrics(self, run_id: str, name: str | None = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM metrics WHERE run_id = ?", [run_id]
         if name is not None:

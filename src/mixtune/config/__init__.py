@@ -5,6 +5,14 @@ values and unknown registry names fail at load with the file and the dotted key 
 (`recipes/x.yaml: train.lr: Input should be greater than 0`). Every field's docstring is its help text.
 """
 
+from mixtune.config.analysis import (
+    AnalysisConfig,
+    CapacityConfig,
+    CapacityRun,
+    CPTConfig,
+    ModelSize,
+    ScalingConfig,
+)
 from mixtune.config.base import REGISTRIES, RecipeError, Section, check_name, registry_names
 from mixtune.config.data import Ability, DataConfig, SourceConfig
 from mixtune.config.evaluate import EvalConfig, JudgeConfig
@@ -25,9 +33,9 @@ from mixtune.config.train import StageSpec, StrategyConfig, TrainConfig
 from mixtune.config.world import TokenizerConfig, WorldConfig
 
 __all__ = [
-    "REGISTRIES", "Ability", "AdapterConfig", "DataConfig", "EvalConfig", "JudgeConfig", "ModelConfig",
-    "RatioSetup", "Recipe", "RecipeError", "Section", "SourceConfig", "StageSpec", "StrategyConfig", "StudyConfig",
-    "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override", "check_name", "describe_fields",
-    "dump_recipe", "format_validation_error", "load_recipe", "load_tree", "parse_override", "registry_names",
-    "validate",
+    "REGISTRIES", "Ability", "AdapterConfig", "AnalysisConfig", "CPTConfig", "CapacityConfig", "CapacityRun",
+    "DataConfig", "EvalConfig", "JudgeConfig", "ModelConfig", "ModelSize", "RatioSetup", "Recipe", "RecipeError",
+    "ScalingConfig", "Section", "SourceConfig", "StageSpec", "StrategyConfig", "StudyConfig", "StudyRun",
+    "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override", "check_name", "describe_fields", "dump_recipe",
+    "format_validation_error", "load_recipe", "load_tree", "parse_override", "registry_names", "validate",
 ]

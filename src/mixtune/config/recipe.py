@@ -6,6 +6,7 @@ from pathlib import Path
 
 from pydantic import Field
 
+from mixtune.config.analysis import AnalysisConfig
 from mixtune.config.base import Section
 from mixtune.config.data import DataConfig
 from mixtune.config.evaluate import EvalConfig
@@ -44,6 +45,8 @@ class Recipe(Section):
     """Study grid (`mixtune study`)."""
     pretrain_corpus: list[str] = Field(default_factory=list)
     """Pre-training text files (JSONL with `text`, or plain text); empty means the world's corpus."""
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    """The analyses of `mixtune analyze` (capacity, scaling, cpt)."""
 
     @property
     def run_dir(self) -> Path:

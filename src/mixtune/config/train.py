@@ -50,6 +50,8 @@ class TrainConfig(Section):
     """Steps between eval-loss passes (0: only at the end)."""
     save_every: int = Field(0, ge=0)
     """Steps between checkpoints (0: only at the end)."""
+    keep_checkpoints: int = Field(2, ge=0)
+    """Pre-training: newest checkpoints kept (0 keeps every one, e.g. to branch decays from them later)."""
     eval_batches: int = Field(20, ge=1)
     """Pre-training: held-out batches per eval-loss pass."""
     fresh_optimizer: bool = True

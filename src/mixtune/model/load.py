@@ -11,11 +11,20 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
 
 from mixtune.config import ModelConfig
 
 MODEL_META = "mixtune_model.json"
+TRAINING_WEIGHTS = "weights.safetensors"
+"""The weights file of a training checkpoint (`checkpoints/step-N`, train/engine.py)."""
 
 
 class ModelLoadError(ValueError):
@@ -59,7 +68,8 @@ def read_model_meta(path: str | Path) -> dict | None:
 
 
 def load_checkpoint(path: str | Path, attn_implementation: str = "sdpa") -> torch.nn.Module:
-    """Load a full checkpoint folder, or a mixtune adapter folder (base + `adapter/`)."""
+    """Load a full checkpoint folder, a mixtune adapter folder (base + `adapter/`), or a training checkpoint
+    `checkpoints/step-N` (config.json + weights.safetensors; its tokenizer comes from `model.tokenizer`)."""
     path = Path(path)
     meta = read_model_meta(path)
     if meta and meta.get("adapter", "none") != "none":
@@ -70,9 +80,28 @@ def load_checkpoint(path: str | Path, attn_implementation: str = "sdpa") -> torc
         return load_adapter(base, path / "adapter", meta["adapter"])
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path}: not a checkpoint folder (no config.json)")
+    if (path / TRAINING_WEIGHTS).exists() and not any(path.glob("model*.safetensors")):
+        return _load_training_checkpoint(path, attn_implementation)
     return AutoModelForCausalLM.from_pretrained(
         str(path), local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation
     )
+
+
+def _load_training_checkpoint(path: Path, attn_implementation: str) -> torch.nn.Module:
+    """A `checkpoints/step-N` folder of a full-model run: the model from its config.json, then its weights (tied
+    output weights are stored once and re-tied by the model)."""
+    from safetensors.torch import load_file
+
+    config = AutoConfig.from_pretrained(str(path), local_files_only=True)
+    config._attn_implementation = attn_implementation
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(load_file(str(path / TRAINING_WEIGHTS)), strict=False)
+    untied = [k for k in missing if not (k.endswith("lm_head.weight") and config.tie_word_embeddings)]
+    if unexpected or untied:
+        raise ModelLoadError(f"{path}: {TRAINING_WEIGHTS} does not match config.json (missing {untied[:5]}, "
+                             f"unexpected {unexpected[:5]})")
+    model.tie_weights()
+    return model
 
 
 def load_model_and_tokenizer(cfg: ModelConfig, tokenizer_path: str | None = None, seed: int = 0):

@@ -27,6 +27,23 @@ def _stamp(folder: Path, section: dict) -> None:
 
 def prepare_base(base: Recipe, log=print) -> Path:
     """World → tokenizer → pre-trained base, each cached; returns the base checkpoint folder."""
+    tok_cfg = prepare_corpus(base, log)
+    base_cfg = {**tok_cfg, "model": base.model.model_dump(mode="json"), "train": base.train.model_dump(mode="json")}
+    final = base.run_dir / "final"
+    if _fresh(base.run_dir, base_cfg, "final/config.json"):
+        log(f"[base] base model: cached in {final}")
+    else:
+        from mixtune.train.pretrain import pretrain
+
+        t0 = time.perf_counter()
+        pretrain(base, resume=True)
+        _stamp(base.run_dir, base_cfg)
+        log(f"[base] base model: pre-trained in {time.perf_counter() - t0:.0f} s")
+    return final
+
+
+def prepare_corpus(base: Recipe, log=print) -> dict:
+    """World → tokenizer, each cached; returns the stamp of the pair (what a model trained on them depends on)."""
     world_dir, tok_dir = Path(base.world.out_dir), Path(base.tokenizer.out_dir)
     world_cfg = base.world.model_dump(mode="json")
     if _fresh(world_dir, world_cfg, "world.json"):
@@ -50,15 +67,4 @@ def prepare_base(base: Recipe, log=print) -> Path:
         train_tokenizer(files, cfg.vocab_size, cfg.min_frequency, cfg.out_dir)
         _stamp(tok_dir, tok_cfg)
         log(f"[base] tokenizer: trained in {time.perf_counter() - t0:.0f} s")
-    base_cfg = {**tok_cfg, "model": base.model.model_dump(mode="json"), "train": base.train.model_dump(mode="json")}
-    final = base.run_dir / "final"
-    if _fresh(base.run_dir, base_cfg, "final/config.json"):
-        log(f"[base] base model: cached in {final}")
-    else:
-        from mixtune.train.pretrain import pretrain
-
-        t0 = time.perf_counter()
-        pretrain(base, resume=True)
-        _stamp(base.run_dir, base_cfg)
-        log(f"[base] base model: pre-trained in {time.perf_counter() - t0:.0f} s")
-    return final
+    return tok_cfg

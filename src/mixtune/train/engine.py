@@ -31,6 +31,10 @@ CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
 
 
+class BranchError(ValueError):
+    """A checkpoint a branch cannot start from (an adapter-only checkpoint, weights of another size)."""
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
@@ -165,9 +169,10 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
     return found[0] if found else None
 
 
-def save_checkpoint(run_dir: str | Path, model, optimizer, scheduler, state: TrainState, full: bool) -> Path:
+def save_checkpoint(run_dir: str | Path, model, optimizer, scheduler, state: TrainState, full: bool,
+                    keep: int = KEEP_CHECKPOINTS) -> Path:
     """Write `checkpoints/step-N/` atomically (weights, trainer state, and for full models `config.json`, so a run
-    can branch from any checkpoint), then update `latest.json` and prune old checkpoints."""
+    can branch from any checkpoint), then update `latest.json` and prune all but the `keep` newest (0 keeps all)."""
     root = Path(run_dir) / CHECKPOINTS
     name = f"step-{state.step:07d}"
     with atomic_dir(root / name) as tmp:
@@ -182,7 +187,8 @@ def save_checkpoint(run_dir: str | Path, model, optimizer, scheduler, state: Tra
         if full and hasattr(config, "to_json_file"):
             config.to_json_file(str(tmp / "config.json"))
     atomic_write_json(root / "latest.json", {"name": name, "step": state.step})
-    _prune(root, keep=KEEP_CHECKPOINTS)
+    if keep > 0:
+        _prune(root, keep=keep)
     return root / name
 
 
@@ -203,6 +209,36 @@ def load_checkpoint_into(path: Path, model, optimizer, scheduler) -> TrainState:
     torch.set_rng_state(blob["torch_rng"])
     random.setstate((3, tuple(blob["python_rng"]), blob["python_rng_pos"]))
     return TrainState(step=int(blob["step"]), data=dict(blob["data"]), extra=dict(blob["extra"]))
+
+
+@dataclass
+class BranchPoint:
+    """Where a branch starts: a checkpoint's step and its optimizer state (the weights are already loaded)."""
+
+    path: Path
+    step: int
+    optimizer_state: dict
+
+
+def load_branch_point(path: str | Path, model) -> BranchPoint:
+    """Load the weights of checkpoint `path` (`checkpoints/step-N`) into `model` and return its step and AdamW state
+    (not its schedule: a branch brings its own). Weights that do not fit the model are an error naming the folder."""
+    path = Path(path)
+    if not (path / "trainer_state.pt").is_file() or not (path / "weights.safetensors").is_file():
+        raise FileNotFoundError(f"{path}: not a checkpoint folder (needs weights.safetensors and trainer_state.pt)")
+    blob = torch.load(path / "trainer_state.pt", weights_only=True)
+    if not blob.get("full", True):
+        raise BranchError(f"{path}: holds only trainable (adapter) weights; a branch needs a full checkpoint")
+    try:
+        missing, unexpected = model.load_state_dict(load_file(str(path / "weights.safetensors")), strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise BranchError(f"{path}: weights do not fit the model ({str(e).splitlines()[-1].strip()[:200]}); "
+                          "give the checkpoint's model sizes") from None
+    tied = {k for k in missing if k.endswith("lm_head.weight") and getattr(model.config, "tie_word_embeddings", False)}
+    if unexpected or set(missing) - tied:
+        raise BranchError(f"{path}: weights do not fit the model (missing {sorted(set(missing) - tied)[:5]}, "
+                         f"unexpected {unexpected[:5]}); give the checkpoint's model sizes")
+    return BranchPoint(path, int(blob["step"]), blob["optimizer"])
 
 
 def resume_from_checkpoints(run_dir: str | Path, model, optimizer, scheduler, log=print) -> TrainState:

@@ -3,12 +3,18 @@
 `mixtune pretrain -c recipe.yaml [--resume]`. The corpus is concatenated (documents separated by the tokenizer's
 end-of-text token) and cut into rows of `train.seq_len` tokens; the last rows are held out for the eval loss. Each
 epoch visits the rows in a seeded permutation, so a step number fixes the data position and a resumed run continues
-to the same next loss. Schedules: cosine or WSD (continue from a stable-phase checkpoint with `model.path` and
-`train.warmup_ratio=0`).
+to the same next loss. Schedules: cosine or WSD.
+
+Branching (`--branch-from <run>/checkpoints/step-N`): start from a checkpoint's weights, AdamW moments and step, and
+train `train.max_steps` more steps with this recipe's schedule counted from the branch. The data position continues
+from step N. A decay branched from a WSD run's stable phase is `schedule: wsd, warmup_ratio: 0, decay_ratio: 1`
+(Hägele et al. 2024; one run then gives several token budgets); continued pre-training on a new corpus from a
+stable-phase checkpoint needs no re-warm-up (MiniCPM, METHODS §9). The lr logged at a step is the lr that step used.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import torch
@@ -73,6 +79,12 @@ def lm_loss_sum(model, rows: torch.Tensor, cfg) -> tuple[torch.Tensor, int]:
     return masked_token_ce(logits.float(), rows)
 
 
+def split_eval(rows: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, held-out rows): the last rows of the corpus are held out for the eval loss."""
+    n_eval = min(max(cfg.batch_size, len(rows) // 100), cfg.eval_batches * cfg.batch_size, len(rows) // 2)
+    return rows[:-n_eval], rows[-n_eval:]
+
+
 @torch.no_grad()
 def eval_loss(model, rows: torch.Tensor, cfg) -> float:
     model.eval()
@@ -84,39 +96,63 @@ def eval_loss(model, rows: torch.Tensor, cfg) -> float:
     return total / max(n, 1)
 
 
-def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None) -> dict:
-    """Run (or resume) pre-training; returns a summary. `stop_at_step` simulates a kill (tests)."""
+def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None,
+             branch_from: str | Path | None = None, eval_corpora: dict[str, list[Path]] | None = None) -> dict:
+    """Run (or resume) pre-training; returns a summary. `stop_at_step` simulates a kill (tests).
+
+    `branch_from`: a checkpoint folder to branch from (module docstring). `eval_corpora`: name -> corpus files whose
+    held-out rows (the tail, as for the training corpus) are evaluated too, logged as `eval_loss_<name>`."""
     cfg = recipe.train
     engine.setup_torch(cfg)
     texts = read_corpus(corpus_paths(recipe))  # checked before the run folder exists
+    extra = {name: read_corpus([Path(p) for p in paths]) for name, paths in (eval_corpora or {}).items()}
+    if branch_from is not None and not (Path(branch_from) / "trainer_state.pt").is_file():
+        raise FileNotFoundError(f"--branch-from {branch_from}: no checkpoint there (expected <run>/checkpoints/step-N)")
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir, seed=cfg.seed)
     with RunLock(recipe.run_dir):
         run_dir = prepare_run_dir(recipe, verb="pretrain")
         remove_stale_temps(run_dir)
-        return _pretrain(recipe, model, tokenizer, texts, run_dir, resume, stop_at_step)
+        return _pretrain(recipe, model, tokenizer, texts, run_dir, resume, stop_at_step, branch_from, extra)
 
 
 def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path, resume: bool,
-              stop_at_step: int | None) -> dict:
+              stop_at_step: int | None, branch_from: str | Path | None = None,
+              extra_texts: dict[str, list[str]] | None = None) -> dict:
     # ---- setup
     cfg = recipe.train
     model.to(engine.pick_device())
-    rows = tokenize_rows(texts, tokenizer, cfg.seq_len)
-    n_eval = min(max(cfg.batch_size, len(rows) // 100), cfg.eval_batches * cfg.batch_size, len(rows) // 2)
-    train_rows, eval_rows = rows[:-n_eval], rows[-n_eval:]
+    train_rows, eval_rows = split_eval(tokenize_rows(texts, tokenizer, cfg.seq_len), cfg)
+    extra_eval = {name: split_eval(tokenize_rows(t, tokenizer, cfg.seq_len), cfg)[1]
+                  for name, t in (extra_texts or {}).items()}
     steps_per_epoch = max(1, len(train_rows) // cfg.batch_size)
-    total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
-    optimizer = engine.make_optimizer(model, cfg)
-    scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
-    state = engine.TrainState()
+    start, carried = 0, None
+    if branch_from is not None:  # weights, moments and step of the checkpoint; the schedule is this recipe's
+        point = engine.load_branch_point(branch_from, model)
+        start, carried = point.step, point.optimizer_state
+    own_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    total_steps = start + own_steps
+    optimizer = engine.make_optimizer(model, cfg, carried=carried)
+    scheduler = engine.make_scheduler(optimizer, cfg, own_steps)  # counted from the branch point
+    state = engine.TrainState(step=start)
     if resume:
-        state = engine.resume_from_checkpoints(run_dir, model, optimizer, scheduler)
+        resumed = engine.resume_from_checkpoints(run_dir, model, optimizer, scheduler)
+        state = resumed if resumed.step > start else state
     log = MetricsLog(run_dir, tensorboard=cfg.tensorboard, resume_at=state.step if resume else None)
+
+    def log_eval(step: int) -> dict[str, float]:
+        losses = {"eval_loss": eval_loss(model, eval_rows, cfg)}
+        losses |= {f"eval_loss_{name}": eval_loss(model, rows, cfg) for name, rows in extra_eval.items()}
+        log.log(step, **losses)
+        return losses
+
     trainable, total = count_parameters(model)
     print(f"pretrain {recipe.name}: {total / 1e6:.2f}M params, {len(train_rows)} rows x {cfg.seq_len} tokens, "
-          f"{total_steps} steps ({steps_per_epoch}/epoch), schedule {cfg.schedule}")
+          f"{total_steps} steps ({steps_per_epoch}/epoch), schedule {cfg.schedule}"
+          + (f", branched from {branch_from} at step {start}" if branch_from is not None else ""))
     order, order_epoch, window = [], -1, []
     speed = engine.Throughput()
+    if branch_from is not None and cfg.eval_every and state.step == start:
+        log_eval(start)  # where the branch's curves start
     # ---- loop
     model.train()
     bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc="pretrain", unit="step")
@@ -135,30 +171,32 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
             (loss_sum / n_targets).backward()  # normalise by the whole step: accumulation is exact
             step_loss += float(loss_sum.detach()) / n_targets
         engine.check_finite(step_loss, step + 1, run_dir)
+        step_lr = scheduler.get_last_lr()[0]  # the lr this step uses
         grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
         speed.step_done(batch.numel())
         state.step = step + 1
         window.append(step_loss)
         if state.step % cfg.log_every == 0 or state.step == total_steps:
-            log.log(state.step, loss=sum(window) / len(window), lr=scheduler.get_last_lr()[0],
+            log.log(state.step, loss=sum(window) / len(window), lr=step_lr,
                     grad_norm=grad_norm, tokens_per_s=speed.window_rate(), epoch=epoch)
             bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", tok_s=f"{speed.window_rate():.0f}")
             window = []
             speed.reset_window()
         # ---- evaluate and save
         if cfg.eval_every and state.step % cfg.eval_every == 0:
-            log.log(state.step, eval_loss=eval_loss(model, eval_rows, cfg))
+            log_eval(state.step)
         if cfg.save_every and state.step % cfg.save_every == 0:
-            engine.save_checkpoint(run_dir, model, optimizer, scheduler, state, full=True)
+            engine.save_checkpoint(run_dir, model, optimizer, scheduler, state, full=True, keep=cfg.keep_checkpoints)
     bar.close()
     if state.step < total_steps:  # simulated kill: nothing more is written
         return {"step": state.step, "stopped": True}
-    final_eval = eval_loss(model, eval_rows, cfg)
-    log.log(state.step, eval_loss=final_eval)
+    final = log_eval(state.step)
+    final_eval = final["eval_loss"]
     log.close()
     save_final(model, tokenizer, run_dir / "final", adapter="none", base=None)
-    summary = {"step": state.step, "eval_loss": final_eval, "params": total, "trainable": trainable,
-               "final": str(run_dir / "final"), "tokens_per_s": speed.overall_rate()}
+    summary = {"step": state.step, "start_step": start, "eval_loss": final_eval, "eval_losses": final,
+               "params": total, "trainable": trainable, "final": str(run_dir / "final"),
+               "tokens_per_s": speed.overall_rate()}
     print(f"pretrain done: step {state.step}, eval loss {final_eval:.4f}, model in {run_dir / 'final'}")
     return summary
 
@@ -166,6 +204,13 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
 def main(argv: list[str]) -> int:
     parser = recipe_parser("pretrain", __doc__.split("\n")[0], sections=["model", "train", "tokenizer", "world"])
     parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    parser.add_argument("--branch-from", default=None, metavar="CHECKPOINT",
+                        help="start from <run>/checkpoints/step-N (weights, optimizer, step) with this recipe's "
+                             "schedule for train.max_steps more steps")
     args = parser.parse_args(argv)
-    pretrain(load_recipe(args.config, args.overrides), resume=args.resume)
+    try:
+        pretrain(load_recipe(args.config, args.overrides), resume=args.resume, branch_from=args.branch_from)
+    except (FileNotFoundError, engine.BranchError) as e:
+        print(f"mixtune pretrain: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -99,3 +99,76 @@ POSTSCRIPTS = (
     "I will write more soon.", "Thank you for asking.", "This note was short on purpose.", "Write back any time.",
     "I enjoyed writing this.",
 )
+
+# ---------------------------------------------------------------------------------------------------- bioS(N) pools
+# The knowledge-capacity analysis (Physics of LMs 3.3, METHODS §8) needs the paper's attribute pool sizes: birth
+# dates 12·28·200, birth cities 200, universities 300, majors 100, employers 263 (each with its city). Names keep the
+# mini-lab's first/middle/last pools (64·28·45 = 80,640 full names, not the paper's 400·400·1000): the analysis uses
+# this smaller N0 in its formula. Every list below is checked for its size and uniqueness at import.
+BIOS_FIRST_NAMES = FIRST_NAMES_FEMALE + FIRST_NAMES_MALE  # bioS: gender is drawn independently of the first name
+BIOS_YEARS = (1800, 1999)  # inclusive: 200 birth years
+BIOS_CITIES = CITIES + (
+    "Albany", "Anchorage", "Baltimore", "Boise", "Buffalo", "Charlotte", "Cincinnati", "Cleveland", "Columbus",
+    "Des Moines", "El Paso", "Fresno", "Hartford", "Honolulu", "Indianapolis", "Jacksonville", "Kansas City",
+    "Las Vegas", "Little Rock", "Louisville", "Madison", "Milwaukee", "Minneapolis", "New Orleans", "Newark",
+    "Oakland", "Omaha", "Raleigh", "Reno", "Richmond", "Rochester", "Salt Lake City", "San Antonio", "San Jose",
+    "Savannah", "Spokane", "Saint Louis", "Tulsa", "Wichita", "Norfolk",
+    "Amsterdam", "Athens", "Barcelona", "Belgrade", "Bergen", "Bordeaux", "Bratislava", "Brussels", "Bucharest",
+    "Budapest", "Copenhagen", "Edinburgh", "Florence", "Frankfurt", "Gdansk", "Genoa", "Glasgow", "Hamburg",
+    "Helsinki", "Leeds", "Lille", "Liverpool", "Lyon", "Malmo", "Manchester", "Marseille", "Munich", "Naples", "Nice",
+    "Porto", "Riga", "Rome", "Rotterdam", "Seville", "Sofia", "Stockholm", "Tallinn", "Turin", "Valencia", "Vilnius",
+    "Warsaw", "Zagreb", "Zurich", "Antwerp", "Basel", "Cork", "Graz", "Poznan", "Leipzig", "Nantes", "Bilbao",
+    "Cologne", "Dresden", "Stuttgart", "Utrecht",
+    "Bangkok", "Beijing", "Busan", "Chengdu", "Delhi", "Dhaka", "Hong Kong", "Jakarta", "Karachi", "Kolkata", "Kyoto",
+    "Lahore", "Manila", "Mumbai", "Nagoya", "Sapporo", "Shanghai", "Singapore", "Taipei", "Tokyo", "Ulsan", "Wuhan",
+    "Yokohama", "Chennai", "Pune",
+    "Adelaide", "Auckland", "Brisbane", "Perth", "Wellington", "Melbourne", "Calgary", "Edmonton", "Ottawa",
+    "Vancouver", "Winnipeg", "Halifax", "Quebec", "Bogota", "Buenos Aires", "Caracas", "Havana", "Medellin",
+    "Montevideo", "Santiago", "Sao Paulo", "Recife", "Accra", "Addis Ababa", "Algiers", "Casablanca", "Dakar", "Durban",
+    "Kampala", "Lagos", "Luanda", "Tunis", "Cape Town", "Johannesburg", "Istanbul", "Ankara", "Tehran", "Dubai", "Doha",
+    "Amman",
+)
+# 300 universities: "University of <city>" for every city and "<city> State University" for the first 100.
+BIOS_UNIVERSITIES = tuple(f"University of {c}" for c in BIOS_CITIES) + tuple(
+    f"{c} State University" for c in BIOS_CITIES[:100])
+BIOS_MAJORS = MAJORS + (
+    "Zoology", "Botany", "Genetics", "Neuroscience", "Biochemistry", "Microbiology", "Pharmacy", "Medicine",
+    "Dentistry", "Veterinary Science", "Public Health", "Nutrition", "Kinesiology", "Agriculture", "Forestry",
+    "Oceanography", "Meteorology", "Environmental Science", "Materials Science", "Chemical Engineering",
+    "Electrical Engineering", "Aerospace Engineering", "Biomedical Engineering", "Industrial Engineering",
+    "Nuclear Engineering", "Software Engineering", "Data Science", "Information Systems", "Robotics", "Game Design",
+    "Graphic Design", "Fashion Design", "Interior Design", "Film Studies", "Theater", "Dance", "Photography",
+    "Creative Writing", "Classics", "Archaeology", "Religious Studies", "Theology", "Geography", "Urban Planning",
+    "International Relations", "Public Policy", "Law", "Criminology", "Social Work", "Library Science", "Marketing",
+    "Management", "Business Administration", "Hospitality", "Real Estate", "Actuarial Science", "Operations Research",
+    "Applied Mathematics", "Logic", "Cognitive Science", "Musicology", "Sculpture", "Painting", "Asian Studies",
+    "African Studies", "Latin American Studies", "Gender Studies", "Translation", "Optometry", "Epidemiology",
+)
+_EMPLOYER_HEADS = (
+    "Apex", "Birch", "Cobalt", "Crown", "Eagle", "Ember", "Frost", "Garnet", "Golden", "Horizon", "Indigo", "Iron",
+    "Juniper", "Lotus", "Meridian", "Nova", "Oak", "Onyx", "Pioneer", "Polar", "Prism", "Raven", "Sapphire", "Silver",
+    "Solstice", "Sterling", "Titan", "Topaz", "Vista", "Wolf",
+)
+_EMPLOYER_TAILS = (
+    "Analytics", "Bakery", "Biotech", "Capital", "Chemicals", "Construction", "Consulting", "Electronics", "Foods",
+    "Freight", "Industries", "Networks", "Partners", "Pharmacy", "Robotics", "Software", "Studios", "Systems",
+    "Telecom", "Textiles",
+)
+
+
+def _bios_employers() -> tuple[tuple[str, str], ...]:
+    """The mini-lab's 30 employers plus 233 generated ones, each with a work city drawn from BIOS_CITIES (seeded)."""
+    import random
+
+    rng = random.Random("bios-employers")
+    taken = {name for name, _ in EMPLOYERS}
+    combos = [f"{h} {t}" for h in _EMPLOYER_HEADS for t in _EMPLOYER_TAILS if f"{h} {t}" not in taken]
+    return EMPLOYERS + tuple((name, rng.choice(BIOS_CITIES)) for name in rng.sample(combos, 263 - len(EMPLOYERS)))
+
+
+BIOS_EMPLOYERS = _bios_employers()
+
+for _pool, _size in ((BIOS_CITIES, 200), (BIOS_UNIVERSITIES, 300), (BIOS_MAJORS, 100), (BIOS_EMPLOYERS, 263),
+                     (BIOS_FIRST_NAMES, 64)):
+    if len(_pool) != _size or len(set(_pool)) != _size:
+        raise AssertionError(f"bioS pool of size {len(_pool)} ({len(set(_pool))} unique), expected {_size}")

@@ -70,3 +70,16 @@ def paragraph(rng: random.Random) -> str:
     if style < 0.3:
         return " ".join(sentences) + f"\nP.S. {rng.choice(pools.POSTSCRIPTS)}"
     return " ".join(sentences)
+
+
+def junk_words() -> tuple[str, ...]:
+    """The vocabulary of junk paragraphs: every single word of the topic, keyword and verb pools (sorted, unique)."""
+    words = {w for noun, adjectives in pools.TOPICS for w in (*noun.split()[1:], *adjectives)}
+    words |= set(pools.KEYWORDS) | set(pools.VERBS) | set(pools.PEOPLE_WORDS)
+    return tuple(sorted(words))
+
+
+def junk_paragraph(rng: random.Random, words: tuple[str, ...], n_min: int = 20, n_max: int = 60) -> str:
+    """Random words drawn uniformly (no grammar, nothing to memorise): the junk of the knowledge-capacity analysis
+    (Physics of LMs 3.3 mixes data without useful knowledge into the training tokens)."""
+    return cap(" ".join(rng.choices(words, k=rng.randint(n_min, n_max)))) + "."

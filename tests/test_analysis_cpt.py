@@ -1,0 +1,63 @@
+"""Continued pre-training (analysis/cpt.py): the three starts come from the right checkpoints with the right
+schedules (the lr of each start's first step), both domains are measured from the start, and the same SFT runs on
+each; the tiny recipe end to end."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mixtune.analysis.cpt import STARTS, base_steps
+
+
+def test_the_base_stable_checkpoint_is_where_the_decay_starts():
+    from mixtune.config import load_recipe
+
+    recipe = load_recipe("recipes/analysis/cpt-tiny.yaml")
+    assert base_steps(recipe) == (16, 20)  # 20 steps, decay over 0.2 of them
+    default = load_recipe("recipes/analysis/cpt.yaml")
+    stable, total = base_steps(default)
+    assert stable == total - round(default.train.decay_ratio * total)
+
+
+@pytest.mark.slow
+def test_tiny_cpt_analysis_end_to_end(tmp_path):
+    from mixtune.analysis.cpt import run_cpt
+    from mixtune.config import load_recipe
+    from mixtune.results import ResultsDB
+
+    out = tmp_path / "cpt"
+    recipe = load_recipe("recipes/analysis/cpt-tiny.yaml", [
+        f"out_dir={out}", f"world.out_dir={tmp_path / 'world'}", f"tokenizer.out_dir={tmp_path / 'tok'}"])
+    summary = run_cpt(recipe, log=lambda _: None)
+    runs = summary["cpt"]
+    assert set(runs) == set(STARTS)
+    peak = recipe.train.lr
+    expected = {"stable": (16, peak), "decayed-rewarm": (20, 0.1 * peak), "decayed": (20, peak)}
+    for start, (step, first_lr) in expected.items():
+        folder = out / "cpt" / start
+        rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
+        assert runs[start]["start_step"] == step
+        assert rows[0]["step"] == step and "eval_loss_old" in rows[0]  # both domains measured at the start
+        assert runs[start]["checkpoint"].endswith(f"step-{step:07d}")
+        assert runs[start]["old_loss_start"] == pytest.approx(rows[0]["eval_loss_old"])
+        logged = [(r["step"], r["lr"]) for r in rows if "lr" in r]  # log_every 1: every step, with its lr
+        assert logged[0] == (step + 1, pytest.approx(first_lr)), start  # the lr of the start's first step
+        assert logged[-1][0] == step + 10  # cpt.steps continuation steps
+        assert max(lr for _, lr in logged) == pytest.approx(peak)
+    # the starts' weights are the checkpoints' (the stable one differs from the decayed one)
+    stable = load_file(str(out / "base" / "checkpoints" / "step-0000016" / "weights.safetensors"))
+    decayed = load_file(str(out / "base" / "checkpoints" / "step-0000020" / "weights.safetensors"))
+    assert any(not torch.equal(stable[k], decayed[k]) for k in stable)
+    assert set(summary["sft"]) == {*STARTS, "base"}
+    for r in summary["sft"].values():
+        assert {"minilab_math", "minilab_facts", "minilab_facts_new"} <= set(r["scores"])
+    with ResultsDB(out / "results.sqlite") as db:
+        assert {f"cpt/{s}" for s in STARTS} <= {r["run_id"] for r in db.runs("cpt")}
+        assert db.metrics("cpt/stable", "eval_old")[0]["step"] == 0
+        scored = {r["run_id"] for r in db.rows()}
+        assert {"sft-stable", "sft-decayed", "sft-decayed-rewarm", "sft-base"} <= scored
+    assert "data:image/png;base64," in (out / "report" / "index.html").read_text()
