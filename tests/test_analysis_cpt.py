@@ -41,13 +41,24 @@ def test_tiny_cpt_analysis_end_to_end(tmp_path):
         folder = out / "cpt" / start
         rows = [json.loads(x) for x in (folder / "metrics.jsonl").read_text().splitlines()]
         assert runs[start]["start_step"] == step
-        assert rows[0]["step"] == step and "eval_loss_old" in rows[0]  # both domains measured at the start
+        assert rows[0]["step"] == step and {"eval_loss_new", "eval_loss_old"} <= set(rows[0])  # both, at the start
         assert runs[start]["checkpoint"].endswith(f"step-{step:07d}")
         assert runs[start]["old_loss_start"] == pytest.approx(rows[0]["eval_loss_old"])
         logged = [(r["step"], r["lr"]) for r in rows if "lr" in r]  # log_every 1: every step, with its lr
         assert logged[0] == (step + 1, pytest.approx(first_lr)), start  # the lr of the start's first step
         assert logged[-1][0] == step + 10  # cpt.steps continuation steps
         assert max(lr for _, lr in logged) == pytest.approx(peak)
+    # the corpus: 5 new people x 4 biographies + 1/4 of the documents replayed from the old corpus's first half;
+    # the held-out biographies are never trained
+    corpus = [r["text"] for r in map(json.loads, (out / "new-domain" / "corpus.jsonl").read_text().splitlines())]
+    heldout = [r["text"] for r in map(json.loads, (out / "new-domain" / "heldout.jsonl").read_text().splitlines())]
+    new_names = [p["name"] for p in json.loads((out / "new-domain" / "world.json").read_text())["people"]]
+    bios = [d for d in corpus if any(n in d for n in new_names)]
+    assert len(bios) == 20 and len(corpus) - len(bios) == round(20 * 0.25 / 0.75)
+    old = [r["text"] for r in map(json.loads, (tmp_path / "world" / "corpus" / "pretrain.jsonl").read_text()
+                                  .splitlines())]
+    assert all(d in old[: len(old) // 2] for d in corpus if d not in bios)
+    assert len(heldout) == 10 and not set(heldout) & set(corpus)
     # the starts' weights are the checkpoints' (the stable one differs from the decayed one)
     stable = load_file(str(out / "base" / "checkpoints" / "step-0000016" / "weights.safetensors"))
     decayed = load_file(str(out / "base" / "checkpoints" / "step-0000020" / "weights.safetensors"))

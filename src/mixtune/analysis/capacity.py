@@ -116,30 +116,30 @@ def table_rows(records: list[dict]) -> list[list]:
 
 
 def capacity_plot(records: list[dict], path: Path) -> Path:
-    """R against counted parameters (log x), one line per (exposures, junk) with N beside each point, the paper's
-    2 and 1 bits/param as dashed lines; right panel: the memorised fraction."""
+    """R against counted parameters, one line per (exposures, junk, N), the paper's 2 and 1 bits/param as dashed
+    lines (log y when every R is positive, so both scales show); right panel: the memorised fraction."""
     fig = Figure(figsize=(11, 4), dpi=100, layout="constrained")
     left, right = fig.subplots(1, 2)
-    series = sorted({(r["exposures"], r["junk_fraction"]) for r in records})
-    for exposures, junk in series:
-        pts = sorted((r["params_counted"], r["bits_per_param"], r["memorised_fraction"], r["n_people"])
-                     for r in records if (r["exposures"], r["junk_fraction"]) == (exposures, junk))
-        label = f"{exposures} exposures" + (f", junk {junk:g}" if junk else "")
-        left.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        right.plot([p[0] for p in pts], [p[2] for p in pts], marker="o", label=label)
-        for x, y, _, n in pts:
-            left.annotate(f"N={n}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize="x-small")
+    for exposures, junk, n in sorted({(r["exposures"], r["junk_fraction"], r["n_people"]) for r in records}):
+        pts = sorted((r["params_counted"], r["bits_per_param"], r["memorised_fraction"]) for r in records
+                     if (r["exposures"], r["junk_fraction"], r["n_people"]) == (exposures, junk, n))
+        label = f"{exposures} exposures, N={n}" + (f", junk {junk:g}" if junk else "")
+        marker = "s" if junk else ("^" if exposures >= 1000 else "o")
+        left.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
+        right.plot([p[0] for p in pts], [p[2] for p in pts], marker=marker, label=label)
     for exposures, level in PAPER.items():
         left.axhline(level, linestyle="--", color="gray", linewidth=1)
         left.annotate(f"paper, {exposures} exposures", (0.01, level), xycoords=("axes fraction", "data"),
                       fontsize="x-small", color="gray", va="bottom")
+    if all(r["bits_per_param"] > 0 for r in records):
+        left.set_yscale("log")
+    right.set_ylim(min(0.0, right.get_ylim()[0]), 1.05)
     for ax, ylabel in ((left, "bits per counted parameter (R)"), (right, "memorised fraction (bits / max bits)")):
         ax.set_xscale("log")
         ax.set_xlabel("counted parameters")
         ax.set_ylabel(ylabel)
-        ax.set_ylim(bottom=min(0.0, ax.get_ylim()[0]))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize="x-small")
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path

@@ -4,17 +4,19 @@ one WSD base (MiniCPM, Hu et al. 2024; METHODS §9).
 1. The base: a WSD pre-training of the recipe's model on the world's corpus, keeping the checkpoint at the end of
    the stable phase (step (1 − decay_ratio)·T, lr still at its peak) and the decayed one at step T.
 2. The new domain: biographies of `new_people` people who are not in the world (the same draw, continued), each
-   read `new_exposures` times (templates and order re-drawn), written as a corpus; the old domain is the world's.
+   read `new_exposures` times (templates and order re-drawn), plus `replay_fraction` of the documents drawn from the
+   first half of the world's corpus (its tail holds the base's eval rows); `heldout_exposures` more biographies per
+   new person, never trained, are the new-domain eval. The old domain is the world's corpus.
 3. Three continued pre-trainings of `steps` steps on the new domain, each ending with a 1-sqrt decay over
    `decay_ratio` of its steps: (a) `stable`: from the stable-phase checkpoint, no warm-up; (b) `decayed-rewarm`:
    from the decayed checkpoint with a linear re-warm-up over `warmup_ratio` of the steps; (c) `decayed`: from the
    decayed checkpoint, straight back to the peak lr. Each starts from its checkpoint's AdamW moments
-   (`carry_optimizer`; false: weights only, a fresh optimizer). The new-domain loss (held-out rows of the new corpus)
-   and the old-domain loss (the base's held-out rows) are measured every `eval_every` steps and at the start.
+   (`carry_optimizer`; false: weights only, a fresh optimizer). The new-domain loss (the held-out biographies) and
+   the old-domain loss (rows the base held out) are measured every `eval_every` steps and at the start.
 4. Abilities: biography completion (`minilab_facts`) of new and old people right after each CPT; then the same
    small SFT (`sft_recipe`, train/run.py) on each, scored on its benchmarks, plus new-people facts.
 
-Writes into the run folder: `base/` (pretrain run), `new-domain/{corpus.jsonl,world.json}`, `cpt/<start>/`,
+Writes into the run folder: `base/` (pretrain run), `new-domain/{corpus,heldout}.jsonl` and `world.json`, `cpt/<start>/`,
 `sft/sft-<start>/`, `results.sqlite`, `summary.json`, `report/cpt.png`, `report/index.html`. Results rows: run
 `cpt/<start>` (strategy "cpt", setup = start) with `metrics` at its last step: start_step, new_loss_start,
 new_loss_end, old_loss_start, old_loss_end, old_loss_peak and new_loss_peak (the highest loss in the first quarter
@@ -31,7 +33,7 @@ import random
 import time
 from pathlib import Path
 
-from mixtune.analysis.report import AnalysisError, record_run, run_parallel
+from mixtune.analysis.report import AnalysisError, record_run, run_parallel, worker_threads
 from mixtune.config import Recipe, load_recipe
 from mixtune.jsonl import read_jsonl
 from mixtune.results import DB_NAME, ResultsDB
@@ -60,17 +62,31 @@ def base_steps(recipe: Recipe) -> tuple[int, int]:
     return total - max(1, round(recipe.train.decay_ratio * total)), total
 
 
-def write_new_domain(recipe: Recipe, folder: Path) -> tuple[Path, Path]:
-    """The new people's biographies (`corpus.jsonl`) and a `world.json` listing them; returns (corpus, the folder:
-    a world folder `minilab_facts` reads)."""
+def write_new_domain(recipe: Recipe, folder: Path) -> tuple[Path, Path, Path]:
+    """The continued pre-training corpus (new people's biographies + replayed old documents), the held-out new
+    biographies, and a `world.json` listing the new people; returns (corpus, held-out, the folder: a world folder
+    `minilab_facts` reads)."""
+    from mixtune.train.pretrain import read_corpus
+
     cpt, world = recipe.analysis.cpt, recipe.world
     newcomers = people.make_people(world.n_people + cpt.new_people, world.seed)[world.n_people:]
     rng = random.Random(f"new-domain/{world.seed}")
     docs = [people.biography(p, rng) for _ in range(cpt.new_exposures) for p in newcomers]
+    heldout = [people.biography(p, rng) for _ in range(cpt.heldout_exposures) for p in newcomers]
+    n_replay = round(len(docs) * cpt.replay_fraction / (1 - cpt.replay_fraction))
+    if n_replay:
+        old = read_corpus([Path(p) for p in old_corpus(recipe)])
+        pool = old[: len(old) // 2]  # the base held out the corpus's last rows: replay never touches them
+        if n_replay > len(pool):
+            raise AnalysisError(f"analysis.cpt.replay_fraction {cpt.replay_fraction} needs {n_replay} old documents; "
+                                f"the first half of the old corpus has {len(pool)}")
+        docs += random.Random(f"replay/{world.seed}").sample(pool, n_replay)
     rng.shuffle(docs)
+    rng.shuffle(heldout)
     corpus = write_jsonl(folder / "corpus.jsonl", ({"text": d} for d in docs))
+    held = write_jsonl(folder / "heldout.jsonl", ({"text": d} for d in heldout))
     atomic_write_json(folder / "world.json", {"people": [p.to_dict() for p in newcomers]})
-    return corpus, folder
+    return corpus, held, folder
 
 
 def old_corpus(recipe: Recipe) -> list[str]:
@@ -78,11 +94,12 @@ def old_corpus(recipe: Recipe) -> list[str]:
 
 
 def start_recipe(recipe: Recipe, start: str, folder: Path, corpus: Path) -> Recipe:
+    """The continued pre-training of one start: `steps` on the new corpus, warm-up only for (b), decay at the end."""
     cpt = recipe.analysis.cpt
     warmup = cpt.warmup_ratio if start == "decayed-rewarm" else 0.0
     return sub_recipe(recipe, folder, [str(corpus)], schedule="wsd", max_steps=cpt.steps, warmup_ratio=warmup,
                       decay_ratio=cpt.decay_ratio, eval_every=cpt.eval_every, eval_batches=cpt.eval_batches,
-                      save_every=0)
+                      save_every=0, threads=worker_threads(min(cpt.workers, len(STARTS))))
 
 
 def facts(model, tokenizer, recipe: Recipe, world_dir: Path, folder: Path, stage: str,
@@ -97,7 +114,8 @@ def facts(model, tokenizer, recipe: Recipe, world_dir: Path, folder: Path, stage
     return float(result["minilab_facts"]["exact_match"])
 
 
-def continue_one(recipe: Recipe, start: str, checkpoint: str, corpus: str, new_world: str, out: str) -> dict:
+def continue_one(recipe: Recipe, start: str, checkpoint: str, corpus: str, heldout: str, new_world: str,
+                 out: str) -> dict:
     """Worker: one continued pre-training, its curves and its facts (before SFT)."""
     from mixtune.model.load import load_checkpoint, load_tokenizer
     from mixtune.train.pretrain import pretrain
@@ -111,7 +129,7 @@ def continue_one(recipe: Recipe, start: str, checkpoint: str, corpus: str, new_w
     if not cpt.carry_optimizer:  # weights only: the model is built from the checkpoint folder (its config.json)
         sub = sub.model_copy(update={"model": sub.model.model_copy(update={"path": checkpoint})})
     summary = pretrain(sub, resume=True, branch_from=checkpoint if cpt.carry_optimizer else None,
-                       eval_corpora={"old": [Path(p) for p in old_corpus(recipe)]})
+                       eval_corpora={"new": [Path(heldout)], "old": [Path(p) for p in old_corpus(recipe)]})
     model, tokenizer = load_checkpoint(folder / "final"), load_tokenizer(folder / "final")
     record = {"start": start, "checkpoint": checkpoint, **curves(folder, summary["start_step"], cpt.steps),
               "facts_new": facts(model, tokenizer, recipe, Path(new_world), folder, "facts-new"),
@@ -123,8 +141,8 @@ def continue_one(recipe: Recipe, start: str, checkpoint: str, corpus: str, new_w
 
 def curves(folder: Path, start_step: int, steps: int) -> dict:
     """The eval curves of a CPT run (steps since its start) and their summary numbers."""
-    rows = [r for r in read_jsonl(folder / "metrics.jsonl") if "eval_loss" in r]
-    new = sorted({r["step"] - start_step: r["eval_loss"] for r in rows}.items())
+    rows = [r for r in read_jsonl(folder / "metrics.jsonl") if "eval_loss_new" in r]
+    new = sorted({r["step"] - start_step: r["eval_loss_new"] for r in rows}.items())
     old = sorted({r["step"] - start_step: r["eval_loss_old"] for r in rows}.items())
     early = max(1, steps // 4)
     return {"start_step": start_step, "curve_new": new, "curve_old": old,
@@ -147,7 +165,8 @@ def sft_one(recipe: Recipe, start: str, model_path: str, new_world: str, out: st
     sft = load_recipe(recipe.analysis.cpt.sft_recipe)
     sft = sft.model_copy(update={
         "name": folder.name, "out_dir": str(folder), "world": recipe.world, "tokenizer": recipe.tokenizer,
-        "model": sft.model.model_copy(update={"path": model_path, "tokenizer": None})})
+        "model": sft.model.model_copy(update={"path": model_path, "tokenizer": None}),
+        "train": sft.train.model_copy(update={"threads": worker_threads(recipe.analysis.cpt.workers)})})
     summary = train(sft, resume=True, db_path=Path(out) / DB_NAME)
     scores = {b: s[s["primary_metric"]] for b, s in summary["stages"][-1]["scores"].items()}
     model, tokenizer = load_checkpoint(folder / "final"), load_tokenizer(folder / "final")
@@ -166,6 +185,9 @@ def run_cpt(recipe: Recipe, log=print) -> dict:
 
     cpt = recipe.analysis.cpt
     stable, total = base_steps(recipe)
+    if cpt.eval_batches > recipe.train.eval_batches:
+        raise AnalysisError(f"analysis.cpt.eval_batches ({cpt.eval_batches}) must not exceed train.eval_batches "
+                            f"({recipe.train.eval_batches}): the old-domain rows must be rows the base held out")
     t0 = time.perf_counter()
     out = prepare_run_dir(recipe, verb="analyze cpt")
     if not recipe.pretrain_corpus:
@@ -177,10 +199,10 @@ def run_cpt(recipe: Recipe, log=print) -> dict:
 
         log(f"[cpt] base: {total} WSD steps, stable-phase checkpoint at {stable}")
         pretrain(sub_recipe(recipe, base_dir, save_every=math.gcd(stable, total), keep_checkpoints=0), resume=True)
-    corpus, new_world = write_new_domain(recipe, out / "new-domain")
+    corpus, heldout, new_world = write_new_domain(recipe, out / "new-domain")
     starts = {"stable": ckpt[stable], "decayed-rewarm": ckpt[total], "decayed": ckpt[total]}
-    jobs = [(s, continue_one, (recipe, s, str(c), str(corpus), str(new_world), str(out)), out / "cpt" / s / "log.txt")
-            for s, c in starts.items()]
+    jobs = [(s, continue_one, (recipe, s, str(c), str(corpus), str(heldout), str(new_world), str(out)),
+             out / "cpt" / s / "log.txt") for s, c in starts.items()]
     log(f"[cpt] {len(jobs)} continued pre-trainings of {cpt.steps} steps on {cpt.new_people} new people")
     runs = run_parallel(jobs, cpt.workers, log)
     sft: dict[str, dict] = {}

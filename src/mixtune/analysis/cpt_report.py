@@ -13,6 +13,12 @@ from mixtune.runs import atomic_write_text
 
 LABELS = {"stable": "(a) stable-phase ckpt, no warm-up", "decayed-rewarm": "(b) decayed ckpt, re-warm-up",
           "decayed": "(c) decayed ckpt, no warm-up", "base": "base, no CPT"}
+COLORS = {"stable": "C0", "decayed-rewarm": "C1", "decayed": "C2", "base": "C7"}
+
+
+def _ordered(runs: dict) -> list[tuple[str, dict]]:
+    """Runs in the order (a), (b), (c), base, whatever order the workers finished in."""
+    return sorted(runs.items(), key=lambda kv: list(LABELS).index(kv[0]) if kv[0] in LABELS else len(LABELS))
 CPT_HEADER = ("start", "from step", "new loss start", "new loss end", "old loss start", "old loss peak",
               "old loss end", "old spike", "facts new", "facts old", "wall s")
 
@@ -21,10 +27,12 @@ def cpt_plot(summary: dict, path: Path) -> Path:
     runs, sft = summary["cpt"], summary["sft"]
     fig = Figure(figsize=(15 if sft else 10, 4), dpi=100, layout="constrained")
     axes = fig.subplots(1, 3 if sft else 2)
-    for start, r in runs.items():
+    for start, r in _ordered(runs):
         for ax, key in zip(axes, ("curve_new", "curve_old")):
-            ax.plot([s for s, _ in r[key]], [v for _, v in r[key]], marker=".", label=LABELS.get(start, start))
-    for ax, title in zip(axes, ("new domain (held-out new people)", "old domain (the base's held-out rows)")):
+            ax.plot([s for s, _ in r[key]], [v for _, v in r[key]], marker=".", label=LABELS.get(start, start),
+                    color=COLORS.get(start))
+    for ax, title in zip(axes, ("new domain (held-out biographies of the new people)",
+                                "old domain (rows the base held out)")):
         ax.set_xlabel("continued pre-training step")
         ax.set_ylabel("eval loss (nats/token)")
         ax.set_title(title, fontsize="medium")
@@ -34,9 +42,9 @@ def cpt_plot(summary: dict, path: Path) -> Path:
         ax = axes[2]
         benches = list(next(iter(sft.values()))["scores"])
         width = 0.8 / len(sft)
-        for i, (start, r) in enumerate(sft.items()):
+        for i, (start, r) in enumerate(_ordered(sft)):
             ax.bar([j + i * width for j in range(len(benches))], [r["scores"].get(b, 0.0) for b in benches],
-                   width, label=LABELS.get(start, start))
+                   width, label=LABELS.get(start, start), color=COLORS.get(start))
         ax.set_xticks([j + 0.4 - width / 2 for j in range(len(benches))], benches, rotation=15, fontsize="small")
         ax.set_ylabel("score after the same SFT")
         ax.set_ylim(0, 1)
@@ -50,10 +58,10 @@ def write_cpt_report(out: Path, summary: dict, recipe: Recipe) -> Path:
     runs, sft = summary["cpt"], summary["sft"]
     cpt_rows = [[LABELS.get(s, s), r["start_step"], r["new_loss_start"], r["new_loss_end"], r["old_loss_start"],
                  r["old_loss_peak"], r["old_loss_end"], r["old_spike"], r["facts_new"], r["facts_old"],
-                 round(r["wall_s"])] for s, r in runs.items()]
+                 round(r["wall_s"])] for s, r in _ordered(runs)]
     benches = list(next(iter(sft.values()))["scores"]) if sft else []
     sft_header = ("start", *benches)
-    sft_rows = [[LABELS.get(s, s), *(r["scores"].get(b) for b in benches)] for s, r in sft.items()]
+    sft_rows = [[LABELS.get(s, s), *(r["scores"].get(b) for b in benches)] for s, r in _ordered(sft)]
     plot = cpt_plot(summary, out / "report" / "cpt.png")
     tables = [("continued pre-training", CPT_HEADER, cpt_rows)]
     if sft:

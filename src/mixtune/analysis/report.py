@@ -44,6 +44,11 @@ def record_run(db: ResultsDB, analysis: str, name: str, kind: str, values: dict[
     return run_id
 
 
+def worker_threads(workers: int) -> int:
+    """Torch threads of each of `workers` parallel runs: the cores shared out, at least one."""
+    return max(1, (os.cpu_count() or 1) // max(1, workers))
+
+
 def _worker(fn: Callable[..., dict], args: tuple, log_path: str, threads: int) -> dict:
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     import torch
@@ -62,7 +67,7 @@ def run_parallel(jobs: Sequence[tuple[str, Callable[..., dict], tuple, Path]], w
     if not jobs:
         return {}
     workers = max(1, min(workers, len(jobs)))
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = worker_threads(workers)
     results, failed = {}, []
     if workers == 1:  # in-process: simpler to debug, and tests stay fast
         for name, fn, args, log_path in jobs:
@@ -86,13 +91,16 @@ def run_parallel(jobs: Sequence[tuple[str, Callable[..., dict], tuple, Path]], w
 
 
 def fmt(value: Any, digits: int = 3) -> str:
-    """Numbers for tables: ints with thousands separators, floats with `digits` significant decimals."""
+    """Numbers for tables: counts as integers with separators (up to 1e9), other large or tiny numbers with `digits`
+    significant digits, the rest with `digits` decimals."""
     if isinstance(value, bool) or value is None:
         return "–" if value is None else str(value)
-    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1000):
-        return f"{int(value):,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e-3 or abs(value) >= 1e5 else f"{value:.{digits}f}"
+    if isinstance(value, (int, float)):
+        if abs(value) >= 1e9 or (isinstance(value, float) and (abs(value) >= 1e4 or 0 < abs(value) < 1e-3)):
+            return f"{value:.{digits}g}"
+        if isinstance(value, int) or value.is_integer() and abs(value) >= 1000:
+            return f"{int(value):,}"
+        return f"{value:.{digits}f}"
     return str(value)
 
 

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from mixtune.analysis import scaling_fit
-from mixtune.analysis.report import AnalysisError, record_run, run_parallel
+from mixtune.analysis.report import AnalysisError, record_run, run_parallel, worker_threads
 from mixtune.config import ModelSize, Recipe
 from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_json, prepare_run_dir
@@ -85,6 +85,8 @@ def _pretrain_once(recipe: Recipe, branch_from: Path | None = None) -> tuple[dic
 def train_size(recipe: Recipe, size_name: str, out: str) -> list[dict]:
     """Worker: one size's main WSD run, then each smaller budget as a decay branched from its stable phase."""
     sc, size, folder = recipe.analysis.scaling, recipe.analysis.scaling.sizes[size_name], Path(out)
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={
+        "threads": worker_threads(min(sc.workers, len(sc.sizes)))})})  # the cores shared by the parallel sizes
     t_max = sc.budgets[-1]
     points = branch_points(sc.budgets[:-1], sc.decay_fraction)
     save_every = math.gcd(*points.values()) if points else 0

@@ -102,6 +102,10 @@ class CPTConfig(Section):
     """New people (not in the base world) whose biographies are the new domain."""
     new_exposures: int = Field(30, ge=1)
     """Biographies per new person in the new-domain corpus."""
+    heldout_exposures: int = Field(2, ge=1)
+    """Further biographies per new person (fresh templates and order), never trained: the new-domain eval."""
+    replay_fraction: float = Field(0.0, ge=0.0, lt=1.0)
+    """Share of the continued pre-training's documents drawn from the old corpus (0: the new domain only)."""
     steps: int = Field(300, ge=1)
     """Optimizer steps of each continued pre-training."""
     warmup_ratio: float = Field(0.1, ge=0.0, lt=1.0)
@@ -113,7 +117,8 @@ class CPTConfig(Section):
     eval_every: int = Field(20, ge=1)
     """Steps between new-domain and old-domain eval losses."""
     eval_batches: int = Field(8, ge=1)
-    """Held-out batches per eval-loss pass (each domain)."""
+    """Held-out batches per eval-loss pass (each domain); at most the base's `train.eval_batches`, so the old-domain
+    rows are rows the base held out."""
     sft_recipe: str | None = None
     """The SFT recipe run after each start (and on the base); its `model.path` and `out_dir` are set per start."""
     sft_base: bool = True

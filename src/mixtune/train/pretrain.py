@@ -14,6 +14,7 @@ stable-phase checkpoint needs no re-warm-up (MiniCPM, METHODS §9). The lr logge
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from pathlib import Path
 
@@ -51,8 +52,35 @@ def read_corpus(paths: list[Path]) -> list[str]:
     return texts
 
 
+_ROWS_CACHE: dict[tuple[str, int, str], torch.Tensor] = {}
+"""(tokenizer digest, seq_len, corpus digest) -> rows: a process that trains several runs on one corpus (a WSD run
+and the decays branched from it, the analyses) tokenises it once. At most `_ROWS_CACHE_SIZE` corpora are kept."""
+_ROWS_CACHE_SIZE = 3
+
+
+def _digest(parts: list[str]) -> str:
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part.encode("utf-8", "surrogatepass"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
 def tokenize_rows(texts: list[str], tokenizer, seq_len: int) -> torch.Tensor:
-    """(N, seq_len) token rows of the concatenated corpus; the tail shorter than a row is dropped."""
+    """(N, seq_len) token rows of the concatenated corpus; the tail shorter than a row is dropped (cached per
+    process by the tokenizer's and the corpus's content)."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    key = (_digest([backend.to_str() if backend is not None else repr(tokenizer)]), seq_len, _digest(texts))
+    if key in _ROWS_CACHE:
+        return _ROWS_CACHE[key]
+    rows = _tokenize_rows(texts, tokenizer, seq_len)
+    if len(_ROWS_CACHE) >= _ROWS_CACHE_SIZE:
+        _ROWS_CACHE.pop(next(iter(_ROWS_CACHE)))
+    _ROWS_CACHE[key] = rows
+    return rows
+
+
+def _tokenize_rows(texts: list[str], tokenizer, seq_len: int) -> torch.Tensor:
     eos = tokenizer.eos_token_id
     ids: list[int] = []
     for start in tqdm(range(0, len(texts), 2048), desc="tokenize", unit="batch", leave=False):
@@ -101,7 +129,8 @@ def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = No
     """Run (or resume) pre-training; returns a summary. `stop_at_step` simulates a kill (tests).
 
     `branch_from`: a checkpoint folder to branch from (module docstring). `eval_corpora`: name -> corpus files whose
-    held-out rows (the tail, as for the training corpus) are evaluated too, logged as `eval_loss_<name>`."""
+    last `eval_batches × batch_size` rows are evaluated too, logged as `eval_loss_<name>`: a held-out file, or the
+    training corpus of another run, whose tail that run held out when it used at least as many eval rows."""
     cfg = recipe.train
     engine.setup_torch(cfg)
     texts = read_corpus(corpus_paths(recipe))  # checked before the run folder exists
@@ -122,7 +151,7 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
     cfg = recipe.train
     model.to(engine.pick_device())
     train_rows, eval_rows = split_eval(tokenize_rows(texts, tokenizer, cfg.seq_len), cfg)
-    extra_eval = {name: split_eval(tokenize_rows(t, tokenizer, cfg.seq_len), cfg)[1]
+    extra_eval = {name: tokenize_rows(t, tokenizer, cfg.seq_len)[-cfg.eval_batches * cfg.batch_size:]
                   for name, t in (extra_texts or {}).items()}
     steps_per_epoch = max(1, len(train_rows) // cfg.batch_size)
     start, carried = 0, None
