@@ -165,7 +165,8 @@ def run_scaling(recipe: Recipe, log=print) -> dict:
             for name in sc.sizes]
     log(f"[scaling] {len(sc.sizes)} sizes x {len(sc.budgets)} budgets {sc.budgets} (decay fraction "
         f"{sc.decay_fraction:g}), {sc.workers} worker(s)")
-    points = [p for pts in run_parallel(jobs, sc.workers, log).values() for p in pts]
+    results = run_parallel(jobs, sc.workers, log)
+    points = [p for name in sc.sizes for p in results[name]]  # recipe order, whatever order the workers finished in
     atomic_write_json(out / "points.json", points)
     fit, boots = fit_points(points, sc)
     fit_row = {"huber_loss": fit.loss, "n_points": len(points), "n_bootstrap": len(boots)}
@@ -174,8 +175,9 @@ def run_scaling(recipe: Recipe, log=print) -> dict:
     atomic_write_json(out / "fit.json", fit_row)
     log(f"[scaling] fit: L = {fit.E:.3f} + {fit.A:.3g}/N^{fit.alpha:.3f} + {fit.B:.3g}/D^{fit.beta:.3f}")
     prediction = predict_holdout(recipe, fit, boots, out / "holdout")
+    trained = (out / "holdout" / "run" / "point.json").exists()
     log(f"[scaling] predicted held-out loss {prediction['predicted_loss']:.4f} (written "
-        f"{prediction['written_at']}); training it now")
+        f"{prediction['written_at']}); " + ("the held-out run is trained already" if trained else "training it now"))
     steps = prediction["steps"]
     held = sub_recipe(recipe, sc.holdout, out / "holdout" / "run", schedule="wsd", max_steps=steps,
                       decay_ratio=sc.decay_fraction, save_every=0)
