@@ -72,3 +72,13 @@ def test_tiny_cpt_analysis_end_to_end(tmp_path):
         scored = {r["run_id"] for r in db.rows()}
         assert {"sft-stable", "sft-decayed", "sft-decayed-rewarm", "sft-base"} <= scored
     assert "data:image/png;base64," in (out / "report" / "index.html").read_text()
+    # the old-domain eval rows must be rows the base held out: 10 x 4 = 40 rows > the 17 (1% of 1,796) it holds out
+    from mixtune.analysis.cpt import check_old_rows_held_out
+    from mixtune.analysis.report import AnalysisError
+
+    check_old_rows_held_out(recipe)
+    wider = load_recipe("recipes/analysis/cpt-tiny.yaml", [
+        f"world.out_dir={tmp_path / 'world'}", f"tokenizer.out_dir={tmp_path / 'tok'}", "train.eval_batches=10",
+        "analysis.cpt.eval_batches=10"])
+    with pytest.raises(AnalysisError, match="held out only the last"):
+        check_old_rows_held_out(wider)

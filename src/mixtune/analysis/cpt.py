@@ -125,6 +125,7 @@ def continue_one(recipe: Recipe, start: str, checkpoint: str, corpus: str, heldo
     if done.exists():
         return json.loads(done.read_text())
     t0 = time.perf_counter()
+    check_old_rows_held_out(recipe)
     sub = start_recipe(recipe, start, folder, Path(corpus))
     if not cpt.carry_optimizer:  # weights only: the model is built from the checkpoint folder (its config.json)
         sub = sub.model_copy(update={"model": sub.model.model_copy(update={"path": checkpoint})})
@@ -137,6 +138,20 @@ def continue_one(recipe: Recipe, start: str, checkpoint: str, corpus: str, heldo
               "wall_s": time.perf_counter() - t0}
     atomic_write_json(done, record)
     return record
+
+
+def check_old_rows_held_out(recipe: Recipe) -> None:
+    """The old-domain eval reads the corpus's last `cpt.eval_batches × batch_size` rows: they must be rows the base
+    held out (pretrain's rule), or the old-domain loss would be measured on trained rows."""
+    from mixtune.model.load import load_tokenizer
+    from mixtune.train.pretrain import read_corpus, split_eval, tokenize_rows
+
+    tokenizer = load_tokenizer(recipe.model.tokenizer or recipe.tokenizer.out_dir)
+    rows = tokenize_rows(read_corpus([Path(p) for p in old_corpus(recipe)]), tokenizer, recipe.train.seq_len)
+    held, wanted = len(split_eval(rows, recipe.train)[1]), recipe.analysis.cpt.eval_batches * recipe.train.batch_size
+    if wanted > held:
+        raise AnalysisError(f"analysis.cpt.eval_batches x train.batch_size = {wanted} old-domain eval rows, but the "
+                            f"base held out only the last {held}; lower analysis.cpt.eval_batches")
 
 
 def curves(folder: Path, start_step: int, steps: int) -> dict:
