@@ -213,7 +213,7 @@ def test_html_page_is_self_contained(study, tmp_path):
     images = make_plots(rows, tmp_path / "report")
     meta = {"protocol": "matched_steps", "seeds": [0, 1, 2], "runs": [f"r{i}" for i in range(50)], "failed": ["r7"]}
     page = render_page("synth", [strategy_table(rows)], images, meta)
-    assert "data-fraction protocol: matched steps" in page
+    assert "protocol: matched steps" in page
     assert "<dd>0, 1, 2</dd>" in page and "r49" not in page  # short lists shown, the list of every run is not
     assert "failed runs (not in the tables): r7" in page
     assert page.count("<img ") == 2 and page.count("src='data:image/png;base64,") == 2
@@ -230,7 +230,7 @@ def test_report_cli_writes_report_and_prints_table(study, capsys):
     html_path = study_dir / "report" / "index.html"
     assert f"report: {html_path}" in out
     page = html_path.read_text()
-    assert "synth" in page and "data-fraction protocol: fixed epochs" in page and "0.700 ± 0.141 (n=2)" in page
+    assert "synth" in page and "protocol: fixed epochs" in page and "0.700 ± 0.141 (n=2)" in page
     assert "| multi_task |" in (study_dir / "report" / "tables.md").read_text()
 
 

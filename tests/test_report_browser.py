@@ -233,7 +233,7 @@ def test_report_page_loads_cleanly_and_shows_tables_and_plots(browser, tmp_path)
     assert browser.console_errors() == []
     assert browser.evaluate("document.title") == "mixtune report: browser-study"
     assert browser.evaluate("document.querySelectorAll('table').length") == 3
-    assert browser.evaluate("document.querySelector('.protocol').textContent") == "data-fraction protocol: fixed epochs"
+    assert browser.evaluate("document.querySelector('.protocol').textContent") == "protocol: fixed epochs"
     # fraction table: per fraction, single-source runs then each mixed strategy; single math and code cells come
     # from the "math only" / "code only" runs, and there is no general-only run
     fraction_rows = browser.evaluate("Array.from(document.querySelectorAll('table')[1].tBodies[0].rows)"

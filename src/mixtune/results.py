@@ -1,7 +1,9 @@
 """The results database (ground floor): one SQLite file per study (`runs/<study>/results.sqlite`).
 
 Tables (one row per (run, stage, benchmark, metric) in `scores`):
-- `runs(run_id PK, study, strategy, fraction, seed, setup, adapter, config_json, status, started_at, finished_at)`
+- `runs(run_id PK, study, strategy, fraction, seed, setup, adapter, config_json, status, started_at, finished_at,
+  protocol, base)`: `protocol` is the study protocol the run was trained under (matched_steps / fixed_epochs),
+  `base` names the base model (e.g. `base-mini-b1` when a study pre-trains several bases).
 - `stages(run_id, stage_index, stage_name, n_examples, n_tokens, steps, wall_s, PK(run_id, stage_name))`
 - `metrics(run_id, stage, step, name, value)`: training curves (loss, lr, tokens_per_s ...), append-only.
 - `scores(run_id, stage, step, benchmark, ability, metric, value, text, PK(run_id, stage, step, benchmark, metric))`
@@ -35,12 +37,12 @@ DB_NAME = "results.sqlite"
 END_OF_STAGE = -1
 STATUSES = ("pending", "running", "finished", "failed")
 RUN_FIELDS = ("study", "strategy", "fraction", "seed", "setup", "adapter", "config_json", "status",
-              "started_at", "finished_at")
+              "started_at", "finished_at", "protocol", "base")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, study TEXT, strategy TEXT, fraction REAL, seed INTEGER, setup TEXT, adapter TEXT,
-    config_json TEXT, status TEXT, started_at TEXT, finished_at TEXT);
+    config_json TEXT, status TEXT, started_at TEXT, finished_at TEXT, protocol TEXT, base TEXT);
 CREATE TABLE IF NOT EXISTS stages (
     run_id TEXT NOT NULL, stage_index INTEGER, stage_name TEXT NOT NULL, n_examples INTEGER, n_tokens INTEGER,
     steps INTEGER, wall_s REAL, PRIMARY KEY (run_id, stage_name));
@@ -71,6 +73,14 @@ class ResultsDB:
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
         self._retry(lambda: self.conn.execute("PRAGMA journal_mode = WAL").fetchone())
         self._retry(lambda: self.conn.executescript(_SCHEMA))
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns newer versions write to a database made by an older one."""
+        have = {r["name"] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        for column in ("protocol", "base"):
+            if column not in have:
+                self._write(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
 
     # --- plumbing -------------------------------------------------------------------------------------------------
 
@@ -189,11 +199,13 @@ class ResultsDB:
     def rows(self, study: str | None = None, numeric_only: bool = True) -> list[dict[str, Any]]:
         """Score rows joined with their run (strategy, fraction, seed, setup, adapter) and stage index.
 
-        Keys: run_id, study, strategy, fraction, seed, setup, adapter, stage, stage_index (None when the stage was
-        not recorded with `add_stage`), step, benchmark, ability, metric, value, text. Ordered by insertion.
+        Keys: run_id, study, strategy, fraction, seed, setup, adapter, protocol, base, stage, stage_index (None when
+        the stage was not recorded with `add_stage`), step, benchmark, ability, metric, value, text. Ordered by
+        insertion.
         """
         sql = """
-            SELECT s.run_id, r.study, r.strategy, r.fraction, r.seed, r.setup, r.adapter, s.stage, g.stage_index,
+            SELECT s.run_id, r.study, r.strategy, r.fraction, r.seed, r.setup, r.adapter, r.protocol, r.base,
+                   s.stage, g.stage_index,
                    s.step, s.benchmark, s.ability, s.metric, s.value, s.text
             FROM scores s
             LEFT JOIN runs r ON r.run_id = s.run_id

@@ -9,6 +9,8 @@ from pydantic import Field
 from mixtune.config.base import Section
 from mixtune.config.train import StrategyConfig
 
+Protocol = Literal["matched_steps", "fixed_epochs"]
+
 
 class StudyRun(Section):
     """One row of a study grid: a strategy over some of the recipe's sources."""
@@ -45,12 +47,25 @@ class StudyConfig(Section):
     """Data fractions applied to every source (DMT RQ1/RQ2: 1, 1/4, 1/16, 1/64, 1/256)."""
     seeds: list[int] = Field(default_factory=lambda: [0])
     """Seeds: data draw, order and initialisation of adapters."""
-    protocol: Literal["fixed_epochs", "matched_steps"] = "fixed_epochs"
-    """fixed_epochs (the paper's): steps shrink with the data; matched_steps: every fraction gets the optimizer
-    steps of the full data (epochs scaled by 1/fraction), so data amount is not confounded with steps."""
+    protocol: Protocol | list[Protocol] = "matched_steps"
+    """matched_steps: every run of the study (every strategy, fraction and ratio set-up) trains the same number of
+    optimizer steps (`step_budget`), split over its stages in proportion to their data, so a comparison of
+    strategies or data amounts is not a comparison of steps; fixed_epochs (the paper's): `train.epochs` passes over
+    each stage's data, so runs with more data train more steps. A list runs both in one study folder."""
+    step_budget: int | None = Field(None, ge=1)
+    """matched_steps: optimizer steps of every run (default: the steps `train.epochs` gives a multi-task run over
+    all sources at fraction 1, i.e. ceil(epochs × examples / batch_size))."""
+    base_seeds: list[int] = Field(default_factory=list)
+    """Pre-train one base per seed (the base recipe's `train.seed`) and run the whole grid on each, so tables
+    carry the spread over bases as well as over SFT seeds (empty: the base recipe as it is, one base)."""
     ratio_setups: list[RatioSetup] = Field(default_factory=list)
     """RQ3 ratio set-ups, each run as multi-task over the grid's fractions."""
     workers: int = Field(2, ge=1)
     """Runs executed in parallel (one torch thread each)."""
     specialized: list[str] = Field(default_factory=lambda: ["math", "code"])
     """Abilities forming the specialised side of ratio set-ups."""
+
+    @property
+    def protocols(self) -> tuple[str, ...]:
+        """The protocols the study runs, in order (a single one given as a string is a one-item tuple)."""
+        return (self.protocol,) if isinstance(self.protocol, str) else tuple(dict.fromkeys(self.protocol))

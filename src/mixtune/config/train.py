@@ -25,7 +25,11 @@ class TrainConfig(Section):
     epochs: float = Field(3.0, gt=0)
     """Passes over the stage's data (ignored when max_steps is set)."""
     max_steps: int | None = Field(None, ge=1)
-    """Optimizer steps; overrides epochs."""
+    """Optimizer steps of each stage; overrides epochs."""
+    step_budget: int | None = Field(None, ge=1)
+    """Optimizer steps of the whole run, split over its stages in proportion to each stage's distinct (not
+    replayed) examples, rounded so the stages sum to exactly this; overrides epochs and max_steps. The study's
+    matched_steps protocol sets it, so every run of a study trains the same number of steps."""
     batch_size: int = Field(16, ge=1)
     """Examples (SFT, pairs for preference stages, prompts for RL) or rows (pre-training) per optimizer step."""
     grad_accum: int = Field(1, ge=1)

@@ -104,6 +104,12 @@ class Task:
             raise KeyError(f"{self.name}: unknown task_id {task_id!r}")
         return self._by_id[task_id]
 
+    def subset(self, limit: int | None) -> list[dict[str, Any]]:
+        """The examples an evaluation with `eval.limit` scores: the first `limit` (the references' convention).
+        Tasks whose file order is not random (e.g. grouped by person) draw a seeded subset instead."""
+        examples = self.examples()
+        return examples[:limit] if limit else examples
+
     # -- scoring --------------------------------------------------------------------------------------------------
     def score(self, example: dict[str, Any], completion: str) -> dict[str, Any]:
         """Score one completion: `{"passed": bool, "result": str, **metrics}`."""
@@ -157,3 +163,11 @@ def score_samples(task: Any, samples: list[dict[str, Any]], ks: list[int] | None
     scores = task.score_all(examples, [s["completion"] for s in samples])
     rows = [{**s, **r} for s, r in zip(samples, scores)]
     return scores, summarize_task(task, rows, ks)
+
+
+def select_examples(task: Any, limit: int | None) -> list[dict[str, Any]]:
+    """`task.subset(limit)` when the task defines it (every `Task` does), else its first `limit` examples."""
+    if hasattr(task, "subset"):
+        return task.subset(limit)
+    examples = task.examples()
+    return examples[:limit] if limit else examples

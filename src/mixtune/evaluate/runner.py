@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from mixtune.config import Recipe, dump_recipe
-from mixtune.evaluate.base import score_samples
+from mixtune.evaluate.base import score_samples, select_examples
 from mixtune.evaluate.registry import ABILITY_OF, get_task
 from mixtune.evaluate.samples import write_jsonl
 from mixtune.results import DB_NAME, ResultsDB
@@ -85,7 +85,7 @@ def run_benchmark(name: str, backend: Any, recipe: Recipe, out_dir: Path, limit:
     if hasattr(task, "use_judge"):
         task.use_judge(ev.judge)
     try:
-        examples = task.examples()[:limit] if limit else task.examples()
+        examples = select_examples(task, limit)
         gen = {"max_new_tokens": ev.max_new_tokens, "temperature": ev.temperature, "top_p": ev.top_p,
                "seed": recipe.seed}
         t0 = time.perf_counter()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from mixtune.config import Recipe, load_recipe
 from mixtune.results import DB_NAME, ResultsDB
-from mixtune.runs import atomic_write_json, prepare_run_dir
+from mixtune.runs import RunLock, atomic_write_json, prepare_run_dir
 from mixtune.study.base import prepare_base
 from mixtune.study.grid import GridRun, expand_grid
 
@@ -77,15 +77,48 @@ def register_runs(db: ResultsDB, study: Recipe, runs: list[GridRun]) -> None:
                 continue
         db.upsert_run(run.run_id, study=study.name, strategy=run.label, fraction=run.fraction, seed=run.seed,
                       setup=run.setup, adapter=run.recipe.adapter.type, config_json=json.dumps(config),
-                      status="pending")
+                      status="pending", protocol=run.protocol, base=run.base)
+
+
+def prepare_bases(study: Recipe, log=print) -> dict[str, dict]:
+    """The study's base models: the base recipe as it is, or one pre-training per `study.base_seeds` (same world
+    and tokenizer, `train.seed` = the base seed, folder `<base name>-b<seed>`). name -> {path, eval_loss, seed}."""
+    recipe = load_recipe(study.study.base_recipe)
+    variants = [(recipe.name, recipe)]
+    if study.study.base_seeds:
+        variants = [(f"{recipe.name}-b{s}", recipe.model_copy(update={
+            "name": f"{recipe.name}-b{s}", "out_dir": f"{recipe.run_dir}-b{s}",
+            "train": recipe.train.model_copy(update={"seed": s})})) for s in study.study.base_seeds]
+    bases = {}
+    for name, variant in variants:
+        final = prepare_base(variant, log=log)
+        bases[name] = {"path": str(final), "eval_loss": base_eval_loss(variant.run_dir), "seed": variant.train.seed}
+        log(f"[study] base {name}: eval loss {bases[name]['eval_loss']}")
+    return bases
+
+
+def base_eval_loss(run_dir: Path) -> float | None:
+    """The last eval loss a pre-training run logged (its final held-out loss)."""
+    from mixtune.jsonl import iter_jsonl
+
+    path = Path(run_dir) / "metrics.jsonl"
+    losses = [row["eval_loss"] for _, row in iter_jsonl(path) if row.get("eval_loss") is not None] \
+        if path.exists() else []
+    return losses[-1] if losses else None
 
 
 def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
-    """Prepare the base, run every unfinished run of the grid, write the study meta; returns the study folder."""
+    """Prepare the bases, run every unfinished run of the grid, write the study meta; returns the study folder.
+    One `mixtune study` at a time per study folder (a second is refused, naming the first one's pid)."""
+    with RunLock(study.run_dir, what="study"):
+        return _run_study(study, workers, log)
+
+
+def _run_study(study: Recipe, workers: int | None, log) -> Path:
     t0 = time.perf_counter()
     study_dir = prepare_run_dir(study, verb="study")
-    base = prepare_base(load_recipe(study.study.base_recipe), log=log)
-    runs = expand_grid(study, study_dir, base)
+    bases = prepare_bases(study, log=log)
+    runs = expand_grid(study, study_dir, {name: Path(b["path"]) for name, b in bases.items()})
     with ResultsDB(study_dir / DB_NAME) as db:
         register_runs(db, study, runs)
         done = db.finished_runs(study.name)
@@ -93,7 +126,7 @@ def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
     workers = min(workers or study.study.workers, max(1, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // workers)
     log(f"[study] {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished), "
-        f"{workers} workers x {threads} thread(s), protocol {study.study.protocol}")
+        f"{workers} workers x {threads} thread(s), protocol {', '.join(study.study.protocols)}")
     failures = []
     if todo:
         ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
@@ -106,8 +139,9 @@ def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
                     failures.append(run_id)
                     log(error)
     atomic_write_json(study_dir / "study.json", {
-        "study": study.name, "protocol": study.study.protocol, "fractions": study.study.fractions,
-        "seeds": study.study.seeds, "runs": [r.run_id for r in runs], "base": str(base),
+        "study": study.name, "protocols": list(study.study.protocols), "fractions": study.study.fractions,
+        "seeds": study.study.seeds, "runs": [r.run_id for r in runs], "bases": bases,
+        "step_budget": next((r.recipe.train.step_budget for r in runs if r.recipe.train.step_budget), None),
         "benchmarks": study.eval.benchmarks, "wall_s_last_invocation": round(time.perf_counter() - t0, 1),
         "failed": failures,
     })

@@ -16,7 +16,7 @@ from mixtune.runs import atomic_write_text
 from mixtune.study.tables import Table
 
 # Keys of the study's meta (study.json) that name how data fractions were trained.
-PROTOCOL_KEYS = ("protocol", "fraction_protocol", "data_fraction_protocol")
+PROTOCOL_KEYS = ("protocols", "protocol", "fraction_protocol", "data_fraction_protocol")
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
@@ -46,10 +46,14 @@ CAPTIONS = {
 
 
 def protocol_line(meta: dict[str, Any] | None) -> str | None:
-    """'data-fraction protocol: fixed epochs' when the meta names one ('fixed_epochs' reads with a space)."""
+    """'protocol: matched steps (1,625 steps per run)' when the meta names one ('fixed_epochs' reads with a
+    space; several protocols are listed)."""
     for key in PROTOCOL_KEYS:
         if meta and meta.get(key):
-            return f"data-fraction protocol: {str(meta[key]).replace('_', ' ')}"
+            value = meta[key]
+            names = ", ".join(str(v).replace("_", " ") for v in (value if isinstance(value, list) else [value]))
+            budget = f" ({meta['step_budget']:,} optimizer steps per matched run)" if meta.get("step_budget") else ""
+            return f"protocol: {names}{budget}"
     return None
 
 

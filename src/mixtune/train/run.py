@@ -81,14 +81,44 @@ def stage_recipe(recipe: Recipe, stage: Stage) -> Recipe:
     return validate(Recipe, tree, f"stage {stage.name}")
 
 
-def prefix_key(recipe: Recipe, stages: list[Stage], index: int) -> str:
-    """Identity of a run's state after stage `index`: base model, the sources those stages draw from, optimisation
-    and what each stage trains (its kind, sources, replay and overrides, not its name). Runs of a study with the same
-    key train it once: mixed sequential's and every DMT(k)'s first stage; a single-ability run and sequential's
-    stage on that ability."""
+def split_budget(budget: int, sizes: list[int]) -> list[int]:
+    """`budget` optimizer steps over stages in proportion to `sizes` (largest-remainder rounding: the parts sum to
+    exactly `budget`, each at least 1)."""
+    if budget < len(sizes):
+        raise ValueError(f"train.step_budget {budget} is smaller than the number of stages ({len(sizes)})")
+    sizes = sizes if any(sizes) else [1] * len(sizes)
+    shares = [budget * n / sum(sizes) for n in sizes]
+    steps = [max(1, int(x)) for x in shares]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: (-(shares[i] - int(shares[i])), i))
+    for i in by_remainder[: budget - sum(steps)]:
+        steps[i] += 1
+    while sum(steps) > budget:  # the ≥ 1 floor overshot: take from the largest
+        steps[max(range(len(steps)), key=steps.__getitem__)] -= 1
+    return steps
+
+
+def budget_recipes(recipe: Recipe, stages: list[Stage], recipes: list[Recipe], pools: dict[str, list]) -> list[Recipe]:
+    """With `train.step_budget`: each stage's recipe gets `train.max_steps`, its share of the budget by the stage's
+    distinct examples (its sources in full; replayed subsets add examples to a stage, not steps, so DMT(k) and
+    mixed sequential split one budget the same way and share their first stage)."""
+    if recipe.train.step_budget is None:
+        return recipes
+    sizes = [sum(len(pools.get(name, ())) for name in stage.sources) for stage in stages]
+    steps = split_budget(recipe.train.step_budget, sizes)
+    return [r.model_copy(update={"train": r.train.model_copy(update={"max_steps": n})}) for r, n in zip(recipes, steps)]
+
+
+def prefix_key(recipe: Recipe, stages: list[Stage], index: int, recipes: list[Recipe] | None = None) -> str:
+    """Identity of a run's state after stage `index`: base model, the sources those stages draw from, the
+    optimisation of each of those stages (its own recipe: overrides and step budget share included) and what each
+    stage trains (its kind, sources, replay and overrides, not its name). Runs of a study with the same key train it
+    once: mixed sequential's and every DMT(k)'s first stage; a single-ability run and sequential's stage on that
+    ability (under fixed epochs)."""
     tree = recipe.model_dump(mode="json")
     used = {name for s in stages[:index + 1] for name in (*s.sources, *(n for n, _ in s.replay))}
-    what = {k: tree[k] for k in ("model", "train", "adapter", "tokenizer")}
+    what = {k: tree[k] for k in ("model", "adapter", "tokenizer")}
+    stage_train = [r.train.model_dump(mode="json") for r in (recipes or [recipe] * len(stages))[:index + 1]]
+    what["train"] = [{k: v for k, v in t.items() if k != "step_budget"} for t in stage_train]
     what["data"] = {**tree["data"], "sources": [s for s in tree["data"]["sources"] if s["name"] in used]}
     what["world"] = recipe.world.out_dir
     what["eval"] = [recipe.eval.benchmarks, recipe.eval.limit, recipe.eval.max_new_tokens]
@@ -115,6 +145,7 @@ def plan_run(recipe: Recipe, log=print) -> RunPlan:
     stages = plan_stages(recipe.strategy, recipe.data.sources)
     recipes = [stage_recipe(recipe, s) for s in stages]
     mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed, log=log)
+    recipes = budget_recipes(recipe, stages, recipes, group_by_source(mixture.train))
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir,
                                                 seed=recipe.train.seed)
     model = apply_adapter(model, recipe.adapter).to(engine.pick_device())
@@ -140,9 +171,11 @@ def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None,
 def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stage_cache, db_path) -> dict:
     model, tokenizer, mixture = plan.model, plan.tokenizer, plan.mixture
     trainable, total = count_parameters(model)
+    budget = f", step budget {recipe.train.step_budget} = " + " + ".join(
+        str(r.train.max_steps) for r in plan.recipes) if recipe.train.step_budget else ""
     log(f"train {recipe.name}: {total / 1e6:.2f}M params, {trainable / 1e6:.3f}M trainable "
         f"(adapter {recipe.adapter.type}), strategy {recipe.strategy.name}, "
-        f"stages {' -> '.join(f'{s.name}:{s.kind}' for s in plan.stages)}")
+        f"stages {' -> '.join(f'{s.name}:{s.kind}' for s in plan.stages)}{budget}")
     pools = group_by_source(mixture.train)
     token_cache: dict = {}  # each drawn example is tokenised once per run, whatever the stages
     drawn = build_sft_rows(mixture.train, tokenizer, recipe.data, token_cache)
@@ -160,7 +193,7 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
                            examples=examples, folder=folder, run_dir=run_dir, eval_sets=mixture.eval,
                            db_path=db_path, resume=resume, stop_at_step=stop_at_step,
                            optimizer_state=optimizer_state, token_cache=token_cache, log=log)
-        cached = stage_cache / prefix_key(recipe, plan.stages, i) if stage_cache else None
+        cached = stage_cache / prefix_key(recipe, plan.stages, i, plan.recipes) if stage_cache else None
         with _cache_lock(cached):
             if resume and (done := finished_stage(folder)):
                 load_stage_weights(model, folder)
