@@ -252,9 +252,10 @@ class HFBackend:
 
 
 class OpenAIBackend:
-    """A model served behind an OpenAI-compatible `/chat/completions` endpoint (vLLM, TGI, llama.cpp, ...).
+    """A model served behind an OpenAI-compatible server (vLLM, TGI, llama.cpp, `mixtune serve`, ...).
 
-    Completion-style prompts are sent as a single user message (the endpoint is chat-only here).
+    Chat prompts go to `/chat/completions` (the server applies its chat template); completion-style prompts go to
+    `/completions` as raw text, as `HFBackend.complete` prompts an in-process model.
     """
 
     name = "openai"
@@ -266,17 +267,19 @@ class OpenAIBackend:
         self.client = ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency,
                                  max_retries=max_retries, timeout_s=timeout_s, backoff_s=backoff_s)
 
-    def chat(self, conversations: Sequence[Sequence[Message]], *, max_new_tokens: int = 256,
-             temperature: float = 0.0, top_p: float = 1.0, stop: Sequence[str] = (), seed: int = 0,
-             desc: str = "", **_: Any) -> list[str]:
+    def chat(self, conversations: Sequence[Sequence[Message]], **kwargs: Any) -> list[str]:
+        return self._many([list(c) for c in conversations], raw=False, **kwargs)
+
+    def complete(self, prompts: Sequence[str], **kwargs: Any) -> list[str]:
+        return self._many(list(prompts), raw=True, **kwargs)
+
+    def _many(self, items: list, *, raw: bool, max_new_tokens: int = 256, temperature: float = 0.0,
+              top_p: float = 1.0, stop: Sequence[str] = (), seed: int = 0, desc: str = "", **_: Any) -> list[str]:
         texts = self.client.complete_many(
-            [list(c) for c in conversations], max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            items, raw=raw, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
             stop=list(stop) or None, seed=seed,
         )
         return [cut_at_stop(str(t), stop) for t in texts]  # servers honour at most 4 stop strings
-
-    def complete(self, prompts: Sequence[str], **kwargs: Any) -> list[str]:
-        return self.chat([[{"role": "user", "content": p}] for p in prompts], **kwargs)
 
     def close(self) -> None:
         self.client.close()
