@@ -80,7 +80,10 @@ def main(argv: Sequence[str]) -> int:
              args.max_batch, args.max_concurrent, args.timeout_s)
     try:
         uvicorn_server(app).run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises Ctrl-C once it has shut down cleanly
+        pass
     finally:
         engine.close()
         sock.close()
+    log.info("stopped")
     return 0

@@ -92,8 +92,8 @@ def resolve_template(source: ModelSource, tokenizer: Any, requested: str | None 
         trained = run_template(source.run_config)
         if trained == "tokenizer" and not own:
             raise ServeError(no_own)
-        what = "its tokenizer's chat_template" if trained == "tokenizer" else f"'{trained}'"
-        return trained, f"the run trained with data.template={trained} ({source.run_config}): {what}"
+        own_note = " (the tokenizer's own chat_template)" if trained == "tokenizer" else ""
+        return trained, f"the run's {source.run_config}: it trained with data.template={trained}{own_note}"
     if own:
         return "tokenizer", f"the checkpoint tokenizer's chat_template ({source.model_dir})"
     raise ServeError(no_own)
