@@ -7,11 +7,12 @@ Batching (`BatchEngine`): requests go into a queue; one worker thread takes the 
 `window_s` (10 ms) for more to arrive, and runs one `generate` call over every pending request that shares its
 sampling settings (`Sampling.batch_key`), up to `max_batch` rows (a request with `n` choices or a list of prompts
 is several rows; a single request larger than `max_batch` still runs, `generate` splits it). Compatible means the
-same prompt kind, `max_tokens` and stop strings, and for sampling the same temperature and top_p: greedy requests
-batch together whatever their temperature-free settings say, and a sampled request with a `seed` runs alone, so it
-gives the same texts whenever it is sent (`generate` seeds each call with `seed`; batch companions would change the
-random draws). Left padding keeps greedy texts the same alone or batched (tested). An exception inside a
-`generate` call fails that call's requests and the worker goes on with the next.
+same prompt kind (chat or raw completion), `max_tokens` and stop strings, plus for sampling the same temperature
+and top_p. Greedy requests batch together whatever top_p and seed they carry (greedy ignores both); a sampled
+request with a `seed` runs alone, so it gives the same texts whenever it is sent (`generate` seeds each call with
+`seed`; batch companions would change the random draws). `generate` takes one `max_new_tokens` and one stop list
+per call, hence those are part of the key. Left padding keeps greedy texts the same alone or batched (tested). An
+exception inside a `generate` call fails that call's requests and the worker goes on with the next.
 """
 
 from __future__ import annotations
