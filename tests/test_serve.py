@@ -324,3 +324,33 @@ def test_timeout_answers_504_and_drops_the_queued_request(loaded, monkeypatch):
         assert ok.choices
         stats = s.stats()
         assert stats["timeouts"] == 2 and stats["cancelled"] == 1  # the queued one never reached generate
+
+
+@pytest.mark.parametrize("kind", ["lora", "loramoe", "prefix", "prompt", "bottleneck"])
+def test_every_adapter_kind_serves_like_in_process(kind, tmp_path, base_dir):
+    from test_export import adapted_run
+
+    run_dir, _ = adapted_run(tmp_path, base_dir, kind)  # no config.yaml: the tokenizer's own template
+    loaded = load_served(run_dir)
+    assert loaded.template == "tokenizer" and loaded.template_why.startswith("the checkpoint tokenizer's")
+    convs = [user(q) for q in QUESTIONS[:3]]
+    expected = in_process(loaded).chat(convs, max_new_tokens=6, temperature=0.0)
+    engine = BatchEngine(loaded, max_batch=4, window_s=0.2)
+    try:
+        with ThreadedServer(create_app(loaded, engine, "m")) as server:
+            replies: dict[int, str] = {}
+
+            def ask(i: int) -> None:
+                r = httpx.post(server.base_url + "/chat/completions", timeout=60, json={
+                    "model": "m", "messages": convs[i], "max_tokens": 6, "temperature": 0})
+                replies[i] = r.json()["choices"][0]["message"]["content"]
+
+            threads = [threading.Thread(target=ask, args=(i,)) for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(timeout=60)
+    finally:
+        engine.close()
+    assert [replies[i] for i in range(3)] == expected and any(expected)
+    assert engine.snapshot()["generate_calls"] < 3  # batched, padded rows included (prefix/prompt tuning too)
