@@ -20,6 +20,8 @@ VERBS: dict[str, tuple[str, str]] = {
     "study": ("mixtune.study.cli", "run a strategy x data-fraction x seed grid"),
     "report": ("mixtune.study.report_cli", "tables, plots and an HTML page for a study"),
     "export": ("mixtune.model.export", "merge adapters and export a Hugging Face checkpoint"),
+    "serve": ("mixtune.serve.cli", "OpenAI-compatible HTTP server for a trained model or checkpoint"),
+    "chat": ("mixtune.serve.chat", "chat with a trained model in the terminal"),
     "demo": ("mixtune.demo", "the main job: the mini-lab study from scratch"),
 }
 
