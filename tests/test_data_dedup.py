@@ -181,3 +181,11 @@ def test_real_files(tmp_path, capsys):
     rc, summary, _ = run(capsys, "dedup", str(DATA / "code_alpaca" / "code_alpaca_2k.json"), "--out", str(out),
                          "--invalid", "keep")
     assert rc == 0 and summary["input"] == 2017 and summary["invalid"] == 2  # two records with an empty output
+
+
+def test_top_level_cli_dispatches_data_verbs(capsys):
+    from mixtune.cli import main as cli_main
+
+    assert cli_main(["data", "--help"]) == 0 and "decontaminate" in capsys.readouterr().out
+    assert cli_main(["data", "dedupe"]) == 2
+    assert "unknown verb 'dedupe'; valid verbs: dedup, decontaminate, filter, synth, check" in capsys.readouterr().err

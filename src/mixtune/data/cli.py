@@ -35,4 +35,11 @@ def main(argv: list[str]) -> int:
         print(f"mixtune data: unknown verb {verb!r}; valid verbs: {', '.join(DATA_VERBS)}", file=sys.stderr)
         return 2
     module, function = DATA_VERBS[verb][0].split(":")
-    return int(getattr(importlib.import_module(module), function)(rest) or 0)
+    try:
+        loaded = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module:
+            raise
+        print(f"mixtune data {verb}: not available in this build ({module} is missing)", file=sys.stderr)
+        return 2
+    return int(getattr(loaded, function)(rest) or 0)

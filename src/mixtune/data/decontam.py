@@ -118,8 +118,10 @@ def _longest_run(spans: list[tuple[int, int]]) -> tuple[int, int, int]:
 
 def flag_records(index: NgramIndex, texts: Iterable[str]) -> dict[int, list[dict]]:
     """{record position: its matches (at most MAX_MATCHES)} for every text that overlaps an item."""
+    from tqdm.auto import tqdm
+
     out = {}
-    for i, text in enumerate(texts):
+    for i, text in enumerate(tqdm(texts, desc="decontaminate", disable=None, leave=False)):
         found = index.matches(text)
         if found:
             out[i] = found[:MAX_MATCHES]
