@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from mixtune.data.corpus_io import Corpus, CorpusError, block, read_corpus, side_paths, write_outputs
+from mixtune.runs import atomic_write_json
 
 EXECUTORS = ("local", "slurm", "ray")
 
@@ -150,7 +151,7 @@ def run_verb(args: argparse.Namespace, verb: str, map_fn: str, reduce_fn: str, o
         return 0
     summary = json.loads(summary_path.read_text())
     summary["seconds"] = round(time.perf_counter() - started, 3)
-    summary_path.write_text(json.dumps(summary, indent=2) + "\n")
+    atomic_write_json(summary_path, summary)
     if args.executor == "local" and not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     print(json.dumps(summary))
