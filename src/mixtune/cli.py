@@ -14,6 +14,7 @@ import sys
 VERBS: dict[str, tuple[str, str]] = {
     "world": ("mixtune.world.cli", "generate the mini-lab world (corpus, SFT sources, benchmarks)"),
     "tokenizer": ("mixtune.data.tokenizer_train", "train a byte-level BPE tokenizer on the world/corpus"),
+    "data": ("mixtune.data.cli", "dedup, decontaminate, filter, synthesise and check data files"),
     "pretrain": ("mixtune.train.pretrain", "pre-train or continue pre-training a causal LM"),
     "train": ("mixtune.train.run", "supervised fine-tuning: one stage or a multi-stage strategy"),
     "eval": ("mixtune.evaluate.cli", "run or score ability benchmarks"),
