@@ -21,43 +21,17 @@ run returns once its jobs are queued; the reduce job writes the summary file.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import shutil
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from mixtune.data.corpus_io import Corpus, CorpusError, block, read_corpus, side_paths, write_outputs
+from mixtune.data.corpus_io import Corpus, CorpusError, read_corpus, side_paths
 from mixtune.runs import atomic_write_json
 
 EXECUTORS = ("local", "slurm", "ray")
-
-
-def resolve(target: str) -> Callable[..., Any]:
-    """The function named by "module:function"."""
-    module, name = target.split(":")
-    return getattr(importlib.import_module(module), name)
-
-
-def save_part(folder: Path, rank: int, result: dict[str, Any]) -> None:
-    """numpy arrays to `<rank>.npz`, everything else to `<rank>.json`."""
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays = {k: v for k, v in result.items() if isinstance(v, np.ndarray)}
-    np.savez(folder / f"{rank:05d}.npz", **arrays)
-    rest = {k: v for k, v in result.items() if k not in arrays}
-    (folder / f"{rank:05d}.json").write_text(json.dumps(rest))
-
-
-def load_part(folder: Path, rank: int) -> dict[str, Any]:
-    with np.load(folder / f"{rank:05d}.npz", allow_pickle=False) as npz:
-        part: dict[str, Any] = {k: npz[k] for k in npz.files}
-    part.update(json.loads((folder / f"{rank:05d}.json").read_text()))
-    return part
 
 
 def _step_classes() -> tuple[type, type]:
@@ -158,20 +132,3 @@ def run_verb(args: argparse.Namespace, verb: str, map_fn: str, reduce_fn: str, o
     return 0
 
 
-def reduce_and_write(corpus: Corpus, fn: str, parts: list[dict[str, Any]], options: dict[str, Any], out: str,
-                     text_field: str, verb: str) -> dict[str, Any]:
-    """The reduce step's body: decide, then write OUTPUT, the side file and the summary (summary first keys)."""
-    decisions, summary = resolve(fn)(corpus, parts, options)
-    policy = options.get("invalid", "error")
-    for i, problem in corpus.invalid.items():  # unreadable records: passed through or dropped, always listed
-        decisions[i] = {"action": "dropped" if policy == "drop" else "skipped", "reason": "invalid_record",
-                        "problem": problem}
-    dropped = sum(d["action"] == "dropped" for d in decisions.values())
-    head = {"verb": verb, "input_file": str(corpus.path), "format": corpus.format, "input": len(corpus),
-            "kept": len(corpus) - dropped}
-    tail = {"invalid": len(corpus.invalid)} if corpus.invalid else {}
-    return write_outputs(corpus, out, decisions, {**head, **summary, **head, **tail}, text_field)
-
-
-def map_block(corpus: Corpus, fn: str, rank: int, world_size: int, options: dict[str, Any]) -> dict[str, Any]:
-    return resolve(fn)(corpus, block(len(corpus), rank, world_size), options)

@@ -12,7 +12,7 @@ from typing import Any
 from datatrove.pipeline.base import PipelineStep
 
 from mixtune.data.corpus_io import block, read_corpus
-from mixtune.data.pipeline import load_part, map_block, reduce_and_write, save_part
+from mixtune.data.pipeline_parts import load_part, map_block, reduce_and_write, save_part
 
 
 class _CorpusStep(PipelineStep):

@@ -50,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="model name at the endpoint")
     p.add_argument("--model-path", default=None, help="local checkpoint folder (HF backend)")
     p.add_argument("--template", default="tokenizer", help="chat template of a local model [default tokenizer]")
+    p.add_argument("--api", default="chat", choices=("chat", "completion"),
+                   help="send the instruction-generation prompt as a chat user turn (default; most endpoints) or as a "
+                   "raw completion prompt (/v1/completions, as Alpaca did with text-davinci-003)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="env var with the endpoint's key")
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight to the endpoint [default 8]")
     p.add_argument("--num", type=int, default=100, help="instructions to keep [default 100]")
@@ -98,9 +101,13 @@ def generate_instructions(backend: Any, args: argparse.Namespace, seeds: list[di
         rounds += 1
         batches = [rng.sample(seeds, min(args.num_prompt_instructions, len(seeds)))
                    for _ in range(args.requests_per_round)]
-        texts = backend.complete([encode_prompt(header, b) for b in batches], max_new_tokens=args.max_new_tokens,
-                                 temperature=args.temperature, top_p=args.top_p, stop=list(STOP),
-                                 seed=args.seed + rounds)
+        prompts = [encode_prompt(header, b) for b in batches]
+        sampling = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature, "top_p": args.top_p,
+                    "stop": list(STOP), "seed": args.seed + rounds}
+        if args.api == "completion":  # Alpaca's way (text-davinci-003): the prompt continued as raw text
+            texts = backend.complete(prompts, **sampling)
+        else:  # chat-only endpoints: the same prompt as the user turn
+            texts = backend.chat([[{"role": "user", "content": p}] for p in prompts], **sampling)
         requests += len(batches)
         for batch, text in zip(batches, texts):
             seed_ids = [t["id"] for t in batch]
