@@ -293,3 +293,30 @@ def test_a_second_study_on_the_same_folder_is_refused(tmp_path, base):
         holder.wait(timeout=10)
     with RunLock(study_dir, what="study"):
         pass
+
+
+def test_a_test_item_in_training_data_stops_the_study_before_training(tmp_path, base):
+    from mixtune.study import cli
+    from mixtune.study.contamination import ContaminationError
+
+    item = json.loads((Path(base["world"]) / "bench" / "math_test.jsonl").read_text().splitlines()[3])
+    leaky = tmp_path / "leaky.jsonl"
+    leaky.write_text("".join(json.dumps({"question": q, "answer": "so #### 1"}) + "\n"
+                             for q in ("What is two plus two?", "  " + item["question"].upper() + " ")))
+    runs = [{"label": "multi-task", "strategy": {"name": "multi_task"}}]
+    recipe, study_dir = study_recipe(tmp_path / "leak.yaml", base, runs, "fixed_epochs", 1, ["minilab_math"])
+    tree = yaml.safe_load(recipe.read_text())
+    tree["data"]["sources"].append({"name": "leaky", "path": str(leaky), "format": "gsm8k"})
+    recipe.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ContaminationError, match=rf"source leaky: record leaky/1 is test item {item['task_id']} "
+                                                 r"of benchmark minilab_math"):
+        cli.run_study(load_recipe(recipe), log=lambda _: None)
+    assert not list(study_dir.glob("*-s0-epochs"))  # nothing trained
+    tree["data"]["sources"].pop()  # clean sources: counted and recorded, the study runs
+    recipe.write_text(yaml.safe_dump(tree))
+    lines = []
+    cli.run_study(load_recipe(recipe), log=lines.append)
+    meta = json.loads((study_dir / "study.json").read_text())
+    assert set(meta["contamination"]) == {"code", "math", "general"}
+    assert all(c["records"] == 40 for c in meta["contamination"].values())  # each source checked in full
+    assert sum("held-out check" in line and "0 test items" in line for line in lines) == 3

@@ -55,6 +55,9 @@ class StudyConfig(Section):
     step_budget: int | None = Field(None, ge=1)
     """matched_steps: optimizer steps of every run (default: the steps `train.epochs` gives a multi-task run over
     all sources at fraction 1, i.e. ceil(epochs × examples / batch_size))."""
+    contamination: Literal["check", "off"] = "check"
+    """check: before training, a training record that is a test item of the study's benchmarks stops the study, and
+    13-gram overlaps are counted into contamination.json and the report; off: no check."""
     base_seeds: list[int] = Field(default_factory=list)
     """Pre-train one base per seed (the base recipe's `train.seed`) and run the whole grid on each, so tables
     carry the spread over bases as well as over SFT seeds (empty: the base recipe as it is, one base)."""

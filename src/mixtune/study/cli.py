@@ -22,6 +22,7 @@ from mixtune.config import Recipe, load_recipe
 from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import RunLock, atomic_write_json, prepare_run_dir
 from mixtune.study.base import prepare_base
+from mixtune.study.contamination import check_contamination
 from mixtune.study.grid import GridRun, expand_grid
 
 
@@ -85,8 +86,8 @@ def prepare_bases(study: Recipe, log=print) -> dict[str, dict]:
     and tokenizer, `train.seed` = the base seed, folder `<base name>-b<seed>`). name -> {path, eval_loss, seed}."""
     recipe = load_recipe(study.study.base_recipe)
     variants = [(recipe.name, recipe)]
-    if study.study.base_seeds:
-        variants = [(f"{recipe.name}-b{s}", recipe.model_copy(update={
+    if study.study.base_seeds:  # the recipe's own seed keeps its folder (the demo's base is not trained twice)
+        variants = [(f"{recipe.name}-b{s}", recipe if s == recipe.train.seed else recipe.model_copy(update={
             "name": f"{recipe.name}-b{s}", "out_dir": f"{recipe.run_dir}-b{s}",
             "train": recipe.train.model_copy(update={"seed": s})})) for s in study.study.base_seeds]
     bases = {}
@@ -117,6 +118,7 @@ def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
 def _run_study(study: Recipe, workers: int | None, log) -> Path:
     t0 = time.perf_counter()
     study_dir = prepare_run_dir(study, verb="study")
+    contamination = check_contamination(study, study_dir, log) if study.study.contamination == "check" else None
     bases = prepare_bases(study, log=log)
     runs = expand_grid(study, study_dir, {name: Path(b["path"]) for name, b in bases.items()})
     with ResultsDB(study_dir / DB_NAME) as db:
@@ -143,6 +145,8 @@ def _run_study(study: Recipe, workers: int | None, log) -> Path:
         "seeds": study.study.seeds, "runs": [r.run_id for r in runs], "bases": bases,
         "step_budget": next((r.recipe.train.step_budget for r in runs if r.recipe.train.step_budget), None),
         "benchmarks": study.eval.benchmarks, "wall_s_last_invocation": round(time.perf_counter() - t0, 1),
+        "contamination": {name: {k: c[k] for k in ("records", "flagged", "by_benchmark")}
+                          for name, c in contamination["sources"].items()} if contamination else None,
         "failed": failures,
     })
     if failures:
