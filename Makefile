@@ -4,20 +4,26 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TEST_STAMP := $(VENV)/.installed-test
 export OMP_WAIT_POLICY := PASSIVE
 export TOKENIZERS_PARALLELISM := false
 export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test test-fast install bench clean chromium
 
-install: $(STAMP)
+install: $(TEST_STAMP)
 
+# `make demo` needs the package only; `make test` adds the test and data extras (TRL, spaCy, datatrove, ...).
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[test,data]'
+	$(PY) -m pip install -q -e .
 	touch $(STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(PY) -m pip install -q -e '.[test,data]'
+	touch $(TEST_STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/mixtune demo
@@ -30,14 +36,14 @@ chromium:
 	  echo "installing chromium (browser test of the HTML report)"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium >/dev/null; }
 
-test: $(STAMP) chromium
+test: $(TEST_STAMP) chromium
 	$(PY) -m pytest -q tests
 
 # the quick loop while developing: everything but the end-to-end runs (CI runs `make test`, all of them)
-test-fast: $(STAMP)
+test-fast: $(TEST_STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
-bench: $(STAMP)
+bench: $(TEST_STAMP)
 	$(PY) benchmarks/sft_throughput.py
 
 clean:

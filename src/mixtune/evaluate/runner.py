@@ -92,6 +92,7 @@ def run_benchmark(name: str, backend: Any, recipe: Recipe, out_dir: Path, limit:
         samples = generate_for_task(task, examples, backend, gen, ev.n_samples)
         gen_s = time.perf_counter() - t0
         scores, summary = score_samples(task, [_core(s) for s in samples], ev.pass_k)
+        score_s = time.perf_counter() - t0 - gen_s
     finally:
         judge = getattr(task, "judge", None)
         if judge is not None and hasattr(judge, "close"):
@@ -102,7 +103,8 @@ def run_benchmark(name: str, backend: Any, recipe: Recipe, out_dir: Path, limit:
     primary = getattr(task, "primary_metric", None) or next(iter(summary))
     record = {"benchmark": name, "ability": ABILITY_OF.get(name, getattr(task, "ability", "")),
               "primary_metric": primary, **summary, "n_examples": len(examples), "n_samples": ev.n_samples,
-              "gen_seconds": round(gen_s, 3), "backend": getattr(backend, "name", "?"), "template": recipe.data.template}
+              "gen_seconds": round(gen_s, 3), "score_seconds": round(score_s, 3), "backend": getattr(backend, "name", "?"),
+              "template": recipe.data.template}
     atomic_write_json(folder / "summary.json", _json_safe(record))
     return record
 
