@@ -129,6 +129,13 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
         weights = [(study_dir / r / "stages" / "0-specialized" / "stage_weights.safetensors").read_bytes()
                    for r in (ms, dmt)]
         assert weights[0] == weights[1]
+        for r in (ms, dmt):  # the audit trail: every stage the run used has its manifest, cached or not
+            for folder in (study_dir / r / "stages").iterdir():
+                stage_manifest = json.loads((folder / "manifest.json").read_text())
+                assert stage_manifest["n_drawn"] == stage_manifest["n_trained"] + sum(
+                    len(ids) for ids in stage_manifest["dropped"].values())
+            for m in json.loads((study_dir / r / "manifest.json").read_text())["sources"].values():
+                assert m["drawn"] == m["trained"] + sum(len(ids) for ids in m["dropped"].values())
 
     # 4. one score row per (run, stage, benchmark, metric), for every run and stage
     counts = query(db_path, "SELECT run_id, stage, benchmark, metric, COUNT(*) FROM scores GROUP BY 1, 2, 3, 4")
