@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from mixtune.evaluate.base import DEFAULT_DATA_DIR, BenchmarkDataError, accepts_keyword, score_samples
-from mixtune.evaluate.registry import ABILITY_OF, TASKS, UnknownTaskError, check_task_name, get_task
+from mixtune.evaluate.registry import TASKS, UnknownTaskError, check_task_name, get_task
 from mixtune.evaluate.samples import SamplesError, read_samples, scored_rows, write_jsonl
 
 
@@ -77,8 +77,8 @@ def cmd_score(args: argparse.Namespace, ks: list[int] | None) -> int:
 
 
 def cmd_list() -> int:
-    for name, target in TASKS.items():
-        print(f"{name:<20} {ABILITY_OF.get(name, '?'):<10} {target}")
+    for name, (target, ability) in TASKS.items():
+        print(f"{name:<20} {ability:<10} {target}")
     return 0
 
 
