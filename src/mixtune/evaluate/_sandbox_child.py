@@ -12,29 +12,49 @@ outcome is reported). Steps, each best effort and each recorded in the isolation
    private size-limited tmpfs on /tmp holding the working directory /tmp/work.
 4. Resource limits, then privileges dropped (root: to a sandbox uid; user namespace: capabilities dropped),
    no_new_privs, every other file descriptor closed.
-5. The program runs in this interpreter (`exec`). Only a program that returns normally is reported as passed, with
-   the token; `exit(0)`, `os._exit(0)` or a signal before the end cannot produce that line.
+5. The program is compiled, and {"stage": "compiled"} reported, before any of its code runs (a syntax error is
+   reported as "done" with "phase": "compile"), so these lines are always the runner's own.
+6. Then, by `cfg["mode"]`:
+   - "program" (the legacy assertion harness): the program runs in this interpreter (`exec`). Only a program that
+     returns normally is reported as passed, with the token; `exit(0)`, `os._exit(0)` or a signal before the end
+     cannot produce that line (but a program can reach the runner's state and forge it: docs/sandbox.md);
+   - "calls": the status channel is closed first, then `_sandbox_calls.serve_calls` runs the candidate and answers
+     function calls with plain data; the verdict is decided by the evaluator, outside this process;
+   - "record": a trusted reference program gets `_mt_case` (`_sandbox_calls.recorder`) to write its test cases.
+
+With a mount namespace and `cfg["minimal_root"]` the program sees a new root (pivot_root) holding only the
+interpreter's import folders and the system library folders (read-only, site-packages hidden unless allowed), four
+device nodes, a private /proc and a private tmpfs /tmp: benchmark files, home folders and other trees of the host
+are not there to be read.
 
 Status lines (JSON, one per line): {"token", "stage": "setup", "isolation": [...]} before the program runs (or
-"setup-error" with a detail), then {"token", "stage": "done", "outcome": "passed"|"failed", "detail"}.
+"setup-error" with a detail), {"token", "stage": "compiled"}, then {"token", "stage": "done", "outcome":
+"passed"|"failed", "phase": "compile"|"run", "detail"}.
 """
 
 import builtins
 import ctypes
 import json
 import os
+import platform
 import resource
+import shutil
 import signal
 import sys
 import traceback
+
+import _sandbox_calls  # siblings of this file, imported before the runner's folder leaves sys.path
 
 CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
 CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
 MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
 MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
 MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 0x400, 0x800, 0x200000
-SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
+SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY, MNT_DETACH = 442, -100, 0x8000, 0x1, 2
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(platform.machine())
+DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom")
 PR_SET_PDEATHSIG, PR_SET_SECUREBITS, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 28, 24, 38
+PR_SET_CHILD_SUBREAPER = 36
 NAMESPACES = {"net": CLONE_NEWNET, "mount": CLONE_NEWNS, "pid": CLONE_NEWPID, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
 
 _PREIMPORT = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "hashlib",
@@ -75,28 +95,32 @@ def _mount(source, target, fstype, flags, data=None) -> bool:
     return _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) == 0
 
 
-def _readonly_tree() -> bool:
-    """Make every mount read-only: one recursive mount_setattr(2) (Linux >= 5.12), else one remount per mount."""
+def _readonly_tree(top: str = "/") -> bool:
+    """Make every mount at or below `top` read-only: one recursive mount_setattr(2) (Linux >= 5.12), else one
+    remount per mount."""
 
     class MountAttr(ctypes.Structure):
         _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
                     ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
     attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-    if _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
+    if _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, top.encode(), AT_RECURSIVE, ctypes.byref(attr),
+                     ctypes.sizeof(attr)) == 0:
         return True
     keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
             "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
-    root_done = False
+    top_done = False
     with open("/proc/self/mountinfo") as f:
         for line in f:
             fields = line.split()
             target = fields[4].encode().decode("unicode_escape")
+            if not (target == top or target.startswith(top.rstrip("/") + "/")):
+                continue
             # locked flags (nosuid, nodev, ...) must be repeated or the remount is refused
             flags = MS_REMOUNT | MS_BIND | MS_RDONLY | sum(keep.get(o, 0) for o in fields[5].split(","))
             ok = _mount(None, target, None, flags)
-            root_done = root_done or (ok and target == "/")
-    return root_done
+            top_done = top_done or (ok and target == top)
+    return top_done
 
 
 def _setup_mounts(cfg: dict, entered: list[str]) -> tuple[str, list[str]]:
@@ -104,6 +128,12 @@ def _setup_mounts(cfg: dict, entered: list[str]) -> tuple[str, list[str]]:
     layers: list[str] = []
     if "mount" not in entered or not _mount(None, "/", None, MS_REC | MS_PRIVATE):
         return cfg["workdir"], layers
+    if cfg.get("minimal_root"):
+        minimal = _minimal_root(cfg, "pid" in entered)
+        if minimal is not None:
+            if cfg["uid"] is not None:
+                os.chown("/tmp/work", cfg["uid"], cfg["gid"])
+            return "/tmp/work", minimal
     if "pid" in entered and _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC):
         layers.append("private-proc")
     if _readonly_tree():
@@ -117,6 +147,68 @@ def _setup_mounts(cfg: dict, entered: list[str]) -> tuple[str, list[str]]:
             _expose_import_path()
         return "/tmp/work", layers
     return cfg["workdir"], layers
+
+
+def _exposed_folders(site_packages: bool) -> tuple[list[str], list[str]]:
+    """(folders bound read-only into the minimal root, folders hidden below them): the import path (not the
+    runner's own folder) and the system library folders that extension modules load their libraries from."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    arch = getattr(sys.implementation, "_multiarch", "")
+    wanted = [p for p in sys.path if p and os.path.abspath(p) != here]
+    wanted += [f"/usr/lib/{arch}", f"/lib/{arch}", "/usr/lib64", "/lib64"] if arch else ["/usr/lib64", "/lib64"]
+    folders: list[str] = []
+    for path in sorted({os.path.realpath(p) for p in wanted if os.path.isdir(p)}):
+        if not any(path == f or path.startswith(f + "/") for f in folders):
+            folders.append(path)
+    stdlib = os.path.dirname(os.path.realpath(os.__file__))
+    hidden = [] if site_packages else [p for p in (f"{stdlib}/site-packages", f"{stdlib}/dist-packages")
+                                       if os.path.isdir(p)]
+    return folders, hidden
+
+
+def _minimal_root(cfg: dict, pid_ns: bool) -> list[str] | None:
+    """Build a new root on a tmpfs at /tmp and pivot into it; the isolation layers, or None (nothing changed
+    that matters: the old root stays) when the kernel refuses a step."""
+    new = "/tmp"
+    if SYS_PIVOT_ROOT is None or not _mount("tmpfs", new, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=755"):
+        return None
+    try:
+        folders, hidden = _exposed_folders(cfg["limits"]["site_packages"])
+        for path in folders:
+            os.makedirs(new + path, 0o755, exist_ok=True)
+            if not _mount(path, new + path, None, MS_BIND | MS_REC):
+                raise OSError(f"bind {path}")
+        for path in hidden:
+            if not _mount("tmpfs", new + path, "tmpfs", MS_NOSUID | MS_NODEV, "size=4k,mode=555"):
+                raise OSError(f"hide {path}")
+        for link in ("/lib", "/lib64", "/lib32", "/libx32"):  # merged-/usr systems: /lib -> usr/lib
+            if os.path.islink(link) and not os.path.exists(new + link):
+                os.symlink(os.readlink(link), new + link)
+        devices = [d for d in DEVICES if os.path.exists(d)] + ["/etc/ld.so.cache"] * os.path.isfile("/etc/ld.so.cache")
+        for path in devices + ["/tmp", "/proc", "/.old"]:
+            os.makedirs(os.path.dirname(new + path), 0o755, exist_ok=True)
+            if path in ("/tmp", "/proc", "/.old"):
+                os.mkdir(new + path, 0o755)
+            else:
+                open(new + path, "w").close()
+        if not _readonly_tree(new):
+            raise OSError("read-only")
+        for path in devices:
+            if not _mount(path, new + path, None, MS_BIND):
+                raise OSError(f"bind {path}")
+        tmpfs = f"size={cfg['tmpfs_mb']}m,mode=1777"
+        if not _mount("tmpfs", new + "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs):
+            raise OSError("tmpfs")
+        os.mkdir(new + "/tmp/work", 0o700)
+        proc = pid_ns and _mount("proc", new + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        if _libc.syscall(SYS_PIVOT_ROOT, new.encode(), (new + "/.old").encode()) != 0:
+            raise OSError("pivot_root")
+    except OSError:
+        _libc.umount2(new.encode(), MNT_DETACH)
+        return None
+    os.chdir("/")
+    _libc.umount2(b"/.old", MNT_DETACH)
+    return ["minimal-root", "readonly-root", "private-tmp"] + (["private-proc"] if proc else [])
 
 
 def _expose_import_path() -> None:
@@ -201,14 +293,25 @@ def _relay(child: int) -> None:
     _exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
-def _run_program(source: str) -> tuple[str, str]:
-    """Execute the program in a fresh __main__ namespace; only a normal return counts as passed."""
+def _compile(cfg: dict, token: str, source: str):
+    """The program's code object, reported as "compiled" before any of it runs; on failure report and exit."""
     sys.argv = ["program.py"]
     if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
         del sys.path[0]  # the runner's folder is no business of the program
     try:
         code = compile(source, "program.py", "exec")
-        exec(code, {"__name__": "__main__", "__builtins__": builtins})  # noqa: S102 - running it is the point
+    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as exc:  # ValueError: NUL bytes
+        traceback.print_exc()
+        _status(cfg, token, stage="done", outcome="failed", phase="compile", detail=f"{type(exc).__name__}: {exc}"[:500])
+        _exit(1)
+    _status(cfg, token, stage="compiled")
+    return code
+
+
+def _run_program(code, glb: dict) -> tuple[str, str]:
+    """Execute the program in a fresh __main__ namespace; only a normal return counts as passed."""
+    try:
+        exec(code, glb)  # noqa: S102 - running it is the point
     except SystemExit as exc:
         return "failed", f"SystemExit({exc.code!r}) before the tests finished"
     except BaseException as exc:  # noqa: BLE001 - the program's own failure, whatever it raised
@@ -217,13 +320,8 @@ def _run_program(source: str) -> tuple[str, str]:
     return "passed", ""
 
 
-def run_child(cfg: dict) -> None:
-    """Isolate, run the program described by `cfg`, report, exit. Never returns."""
-    token = os.read(cfg["token_fd"], 256).decode()
-    os.close(cfg["token_fd"])
-    with open(cfg["program"], encoding="utf-8") as f:  # read before privileges drop and /tmp is hidden
-        source = f.read()
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+def _isolate(cfg: dict, token: str) -> list[str]:
+    """Namespaces, mounts, limits, credentials, closed descriptors; the isolation layers. Exits on failure."""
     entered = _unshare_namespaces(cfg["namespaces"])
     if "pid" in entered:
         child = os.fork()
@@ -235,8 +333,9 @@ def run_child(cfg: dict) -> None:
         os.environ.update(HOME=workdir, TMPDIR="/tmp" if "private-tmp" in layers else workdir)
         _set_limits(cfg)
         layers = [f"namespace-{n}" for n in entered] + layers + ["rlimits"] + _drop_privileges(cfg, entered)
-        os.closerange(3, cfg["status_fd"])
-        os.closerange(cfg["status_fd"] + 1, 1 << 16)
+        keep = sorted(cfg[k] for k in ("status_fd", "calls_fd", "results_fd") if cfg.get(k) is not None)
+        for low, high in zip([2] + keep, keep + [1 << 16]):
+            os.closerange(low + 1, high)
         missing = [r for r in cfg["require"] if not any(layer.startswith(r) for layer in layers)]
         if missing:
             raise RuntimeError(f"required isolation not available: {missing}")
@@ -245,17 +344,42 @@ def run_child(cfg: dict) -> None:
     except Exception as exc:  # noqa: BLE001 - any setup failure must be reported, not raised
         _status(cfg, token, stage="setup-error", detail=f"{type(exc).__name__}: {exc}")
         _exit(3)
+    return layers
+
+
+def run_child(cfg: dict) -> None:
+    """Isolate, run the program described by `cfg`, report, exit. Never returns."""
+    token = os.read(cfg["token_fd"], 256).decode()
+    os.close(cfg["token_fd"])
+    with open(cfg["program"], encoding="utf-8") as f:  # read before privileges drop and /tmp is hidden
+        source = f.read()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    layers = _isolate(cfg, token)
     # the kernel's SIGXCPU is ignored by a pid-namespace init that has no handler: exit with 128 + SIGXCPU instead
     signal.signal(signal.SIGXCPU, lambda *_: _exit(128 + signal.SIGXCPU))
     _status(cfg, token, stage="setup", isolation=layers)
-    outcome, detail = _run_program(source)
+    code = _compile(cfg, token, source)
+    glb = {"__name__": "__main__", "__builtins__": builtins}
+    mode = cfg.get("mode", "program")
+    if mode == "calls":
+        os.close(cfg["status_fd"])  # nothing the program could write there is read any more
+        _sandbox_calls.serve_calls(code, glb, cfg["entry"], cfg["calls_fd"], cfg["results_fd"], cfg.get("trace"))
+        _flush()
+        _exit(0)
+    if mode == "record":
+        glb["_mt_case"] = _sandbox_calls.recorder(cfg["results_fd"])
+    outcome, detail = _run_program(code, glb)
+    _flush()
+    _status(cfg, token, stage="done", outcome=outcome, phase="run", detail=detail)
+    _exit(0 if outcome == "passed" else 1)
+
+
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # noqa: BLE001, S110 - the program may have replaced or broken its streams
             pass
-    _status(cfg, token, stage="done", outcome=outcome, detail=detail)
-    _exit(0 if outcome == "passed" else 1)
 
 
 def _serve_spawn(sock, children: dict, sel) -> bool:
@@ -263,7 +387,7 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
     import socket
 
     try:
-        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
+        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 6)
     except OSError:
         return False
     if not msg:
@@ -278,13 +402,12 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
     if pid == 0:
         sock.close()  # first of all: the control channel must never reach the program
         os.setsid()
-        out, err, status_fd, token_fd = fds
-        os.dup2(out, 1)
-        os.dup2(err, 2)
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         cfg = req["cfg"]
-        cfg.update(status_fd=status_fd, token_fd=token_fd)
+        cfg.update(zip(cfg.pop("fd_names"), fds[2:]))
         try:
             run_child(cfg)
         finally:
@@ -298,23 +421,64 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
     return True
 
 
-def serve(sock_fd: int) -> None:
+def _reap_orphans(children: dict) -> None:
+    """Reap exited processes that are not our own programs' relays (those are reaped after their pidfd fires)."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid in children:
+            return
+        os.waitpid(info.si_pid, 0)
+
+
+def _remove_root(root: str) -> None:
+    """The evaluator is gone (killed, maybe): remove its temp root once its lock is free (sandbox docs)."""
+    import fcntl
+    import time
+
+    try:
+        fd = os.open(os.path.join(root, "owner.lock"), os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        for _ in range(100):  # the dying evaluator may close the socket a moment before the lock file
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                time.sleep(0.02)
+                continue
+            shutil.rmtree(root, ignore_errors=True)
+            return
+    finally:
+        os.close(fd)
+
+
+def serve(sock_fd: int, root: str) -> None:
     """Fork server: one per sandbox user, started with a clean environment. Forking a warm interpreter saves the
-    interpreter start-up per program. Ends (killing its programs) when the parent closes the socket."""
+    interpreter start-up per program. Ends (killing its programs and removing the evaluator's temp root) when the
+    parent closes the socket or dies."""
     import selectors
     import socket
 
     _preimport()  # shared, copy-on-write, by every program forked from here
+    # a killed relay's pid-namespace init is re-parented here (not to the machine's init, which may reap late)
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     sock = socket.socket(fileno=sock_fd)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, None)
     children: dict[int, tuple[int, int]] = {}
     while True:
-        for key, _ in sel.select():
+        _reap_orphans(children)
+        for key, _ in sel.select(timeout=0.02):
             if key.data is None:
                 if not _serve_spawn(sock, children, sel):
                     for pid in children:
                         os.killpg(pid, signal.SIGKILL)
+                    for pid in children:
+                        os.waitpid(pid, 0)
+                    _remove_root(root)
                     _exit(0)
                 continue
             pid = key.data
@@ -331,7 +495,7 @@ def serve(sock_fd: int) -> None:
 
 def main() -> None:
     if sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]))
+        serve(int(sys.argv[2]), sys.argv[3])
     else:
         run_child(json.loads(sys.argv[1]))
 
