@@ -349,6 +349,10 @@ def _isolate(cfg: dict, token: str) -> list[str]:
 
 def run_child(cfg: dict) -> None:
     """Isolate, run the program described by `cfg`, report, exit. Never returns."""
+    # die with whoever started us (the evaluator's thread or the fork server); if it is already gone, go now
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != cfg.get("parent", os.getppid()):
+        _exit(5)
     token = os.read(cfg["token_fd"], 256).decode()
     os.close(cfg["token_fd"])
     with open(cfg["program"], encoding="utf-8") as f:  # read before privileges drop and /tmp is hidden
@@ -396,8 +400,9 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
     if "kill" in req:
         pid = next((p for p, (rid, _) in children.items() if rid == req["kill"]), None)
         if pid is not None:
-            os.killpg(pid, signal.SIGKILL)  # not reaped yet, so the group id is still this program's
+            _kill(pid)
         return True
+    server = os.getpid()
     pid = os.fork()
     if pid == 0:
         sock.close()  # first of all: the control channel must never reach the program
@@ -407,7 +412,7 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         cfg = req["cfg"]
-        cfg.update(zip(cfg.pop("fd_names"), fds[2:]))
+        cfg.update(zip(cfg.pop("fd_names"), fds[2:]), parent=server)
         try:
             run_child(cfg)
         finally:
@@ -417,7 +422,25 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
     pidfd = os.pidfd_open(pid)
     children[pid] = (req["id"], pidfd)
     sel.register(pidfd, 1, pid)
-    sock.send(json.dumps({"id": req["id"], "pid": pid}).encode())
+    return _reply(sock, {"id": req["id"], "pid": pid})
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a program's group (not reaped yet, so the group id is still its own) and the program itself, which
+    may not have made its group yet (setsid) when the kill comes right after the fork."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _reply(sock, msg: dict) -> bool:
+    """Send to the evaluator; False when it is gone (e.g. killed between its request and our answer)."""
+    try:
+        sock.send(json.dumps(msg).encode())
+    except OSError:
+        return False
     return True
 
 
@@ -469,28 +492,38 @@ def serve(sock_fd: int, root: str) -> None:
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, None)
     children: dict[int, tuple[int, int]] = {}
-    while True:
-        _reap_orphans(children)
-        for key, _ in sel.select(timeout=0.02):
-            if key.data is None:
-                if not _serve_spawn(sock, children, sel):
-                    for pid in children:
-                        os.killpg(pid, signal.SIGKILL)
-                    for pid in children:
-                        os.waitpid(pid, 0)
-                    _remove_root(root)
-                    _exit(0)
-                continue
-            pid = key.data
-            rid, pidfd = children.pop(pid)
-            sel.unregister(pidfd)
-            os.close(pidfd)
-            try:
-                os.killpg(pid, signal.SIGKILL)  # leftovers of the group, before the leader is reaped
-            except ProcessLookupError:
-                pass
-            _, status = os.waitpid(pid, 0)
-            sock.send(json.dumps({"id": rid, "exit": os.waitstatus_to_exitcode(status)}).encode())
+    try:
+        while _serve_once(sock, sel, children):
+            pass
+    finally:  # the evaluator is gone (or this loop failed): nothing of ours may outlive it
+        for pid in children:
+            _kill(pid)
+        for pid in children:
+            os.waitpid(pid, 0)
+        _remove_root(root)
+        _exit(0)
+
+
+def _serve_once(sock, sel, children: dict) -> bool:
+    """One round of the fork server's loop; False when the evaluator has gone."""
+    _reap_orphans(children)
+    for key, _ in sel.select(timeout=0.02):
+        if key.data is None:
+            if not _serve_spawn(sock, children, sel):
+                return False
+            continue
+        pid = key.data
+        rid, pidfd = children.pop(pid)
+        sel.unregister(pidfd)
+        os.close(pidfd)
+        try:
+            os.killpg(pid, signal.SIGKILL)  # leftovers of the group, before the leader is reaped
+        except ProcessLookupError:
+            pass
+        _, status = os.waitpid(pid, 0)
+        if not _reply(sock, {"id": rid, "exit": os.waitstatus_to_exitcode(status)}):
+            return False
+    return True
 
 
 def main() -> None:

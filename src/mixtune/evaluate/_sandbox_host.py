@@ -213,7 +213,7 @@ class Runner:
         if self.server is not None:
             self.rid, self.box, pid = self.server.spawn({**cfg, "fd_names": names}, fds)
         else:
-            cfg = {**cfg, **dict(zip(names, fds[2:]))}
+            cfg = {**cfg, **dict(zip(names, fds[2:])), "parent": os.getpid()}
             self.proc = subprocess.Popen([sys.executable, *flags(site_packages), CHILD, json.dumps(cfg)],
                                          stdin=subprocess.DEVNULL, stdout=fds[0], stderr=fds[1],
                                          pass_fds=tuple(fds[2:]), env=clean_env(cfg["workdir"]),
