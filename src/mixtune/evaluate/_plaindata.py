@@ -47,9 +47,9 @@ def _enc(x, depth: int):
     if t is float:
         return x if math.isfinite(x) else {"t": "float", "v": repr(x)}
     if t is list:
-        return [_enc(i, depth + 1) for i in x]
+        return _enc_items(x, depth)
     if t is tuple or t is set or t is frozenset:
-        return {"t": t.__name__, "v": [_enc(i, depth + 1) for i in x]}
+        return {"t": t.__name__, "v": _enc_items(x, depth)}
     if t is dict or t in _MAPPINGS:  # the stdlib mappings cross as a plain dict, read with dict's own method
         return {"t": "dict", "v": [[_enc(k, depth + 1), _enc(v, depth + 1)] for k, v in dict.items(x)]}
     if t is bytes:
@@ -57,6 +57,18 @@ def _enc(x, depth: int):
     if t is complex:
         return {"t": "complex", "v": [_enc(x.real, depth + 1), _enc(x.imag, depth + 1)]}
     raise NotPlainData(f"a {t.__module__}.{t.__qualname__} is not plain data")
+
+
+def _enc_items(items, depth: int) -> list:
+    """Elements of a list / tuple / set: scalars inline (the common case, and the fast one), the rest recursively."""
+    out = []
+    for i in items:
+        t = type(i)
+        if (t is int and -_BIG < i < _BIG) or t is str or t is bool or i is None or (t is float and math.isfinite(i)):
+            out.append(i)
+        else:
+            out.append(_enc(i, depth + 1))
+    return out
 
 
 def decode(text: str | bytes):
@@ -83,10 +95,21 @@ def _dec(x, depth: int):
             raise ValueError("a big int must be hex-tagged")
         return x
     if t is list:
-        return [_dec(i, depth + 1) for i in x]
+        return _dec_items(x, depth)
     if t is not dict or set(x) != {"t", "v"}:
         raise ValueError(f"unexpected JSON {t.__name__}")
     return _dec_tagged(x["t"], x["v"], depth)
+
+
+def _dec_items(items: list, depth: int) -> list:
+    out = []
+    for i in items:
+        t = type(i)
+        if t is str or t is float or t is bool or i is None or (t is int and -_BIG < i < _BIG):
+            out.append(i)
+        else:
+            out.append(_dec(i, depth + 1))
+    return out
 
 
 def _dec_tagged(tag, v, depth: int):
@@ -99,9 +122,9 @@ def _dec_tagged(tag, v, depth: int):
     if type(v) is not list:
         raise ValueError(f"bad payload for tag {tag!r}")
     if tag == "tuple":
-        return tuple(_dec(i, depth + 1) for i in v)
+        return tuple(_dec_items(v, depth))
     if tag in ("set", "frozenset"):
-        items = [_dec(i, depth + 1) for i in v]
+        items = _dec_items(v, depth)
         return (set if tag == "set" else frozenset)(_unflooded(items))
     if tag == "dict":
         if not all(type(kv) is list and len(kv) == 2 for kv in v):

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from mixtune.evaluate import code_io
 from mixtune.evaluate.base import Task
+from mixtune.evaluate.code_plus import MBPP_RULE_OF, NOT_NONE, SET_EQ, SPECIAL
 from mixtune.evaluate.sandbox import Limits, isolation_available, run_program
 
 _FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
@@ -170,33 +171,14 @@ def _mt_check(cand, ref, spec):
 '''
 
 
-# MBPP+ input deserialisation (evalplus `mbpp_deserialize_inputs`): JSON has no tuples, sets or complex numbers.
-_MBPP_RULES = {
-    "args": [2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596, 616, 630, 726, 740, 744,
-             809],
-    "nested": [63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780],
-    "first_nested": [75, 413, 444, 753],
-    "second": [106, 750],
-    "sets": [115], "float_complex": [124], "complex": [252], "first_mixed": [278], "dict_values": [722],
-    "first": [250, 405, 446, 617, 720, 763, 808, 307],
-    "nested_args": [259, 401, 445],
-    "all": [580, 615, 791],
-}
-_MBPP_RULE_OF = {n: rule for rule, ids in _MBPP_RULES.items() for n in ids}
-_NOT_NONE = ["check_str", "text_match_three", "text_starta_endb"]
-_SET_EQ = ["similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
-           "intersection_array", "find_dissimilar", "Diff"]
-_SPECIAL = {"HumanEval/32": "poly", "Mbpp/164": "always_true", "Mbpp/295": "always_zero"}
-
-
 def _differential_harness(example: dict) -> str:
     """Harness code comparing the candidate with the reference solution on every base and plus input."""
     mbpp = example["format"] == "mbpp+"
     number = int(example["task_id"].split("/")[-1])
     spec = {"entry_point": example["entry_point"], "atol": float(example["atol"] or 0),
             "inputs": list(example["base_input"] or []) + list(example["plus_input"] or []),
-            "rule": _MBPP_RULE_OF.get(number, "") if mbpp else "", "special": _SPECIAL.get(example["task_id"], ""),
-            "not_none": _NOT_NONE if mbpp else [], "set_eq": _SET_EQ if mbpp else []}
+            "rule": MBPP_RULE_OF.get(number, "") if mbpp else "", "special": SPECIAL.get(example["task_id"], ""),
+            "not_none": NOT_NONE if mbpp else [], "set_eq": SET_EQ if mbpp else []}
     return (_HARNESS + f"_mt_ref_ns = {{'__name__': '_mt_reference'}}\n"
             f"exec({example['reference']!r}, _mt_ref_ns)\n"
             f"_mt_check({example['entry_point']}, _mt_ref_ns[{example['entry_point']!r}], "

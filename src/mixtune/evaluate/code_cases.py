@@ -22,7 +22,7 @@ from typing import Any
 from mixtune.evaluate._plaindata import _unflooded
 
 VIEWS = ("set", "frozenset", "sorted", "tuple", "list")
-KINDS = ("eq", "ne", "is", "is_not", "truthy", "falsy", "abs_lt", "abs_le", "isclose", "diff")
+KINDS = ("eq", "ne", "is", "is_not", "truthy", "falsy", "abs_lt", "abs_le", "isclose", "diff", "poly")
 
 
 class NotConvertible(ValueError):
@@ -176,10 +176,35 @@ def mbpp_reference(solution: str, test_imports: list[str], test_list: list[str],
     return f"{solution}\n\n{ast.unparse(tree)}\n", ""
 
 
-def _view(view: str, out: Any) -> Any:
+def view_of(view: str, out: Any) -> Any:
+    """The test's wrapper (set(...), sorted(...), ...) applied to plain data; sets guarded against hash flooding."""
     if view in ("set", "frozenset"):
         return (set if view == "set" else frozenset)(_unflooded(list(out)))
     return {"": lambda x: x, "sorted": sorted, "tuple": tuple, "list": list}[view](out)
+
+
+def _is_floats(x: Any) -> bool:
+    return type(x) is float or (type(x) in (list, tuple) and len(x) > 0 and all(type(i) is float for i in x))
+
+
+def _close(out: Any, exp: Any, atol: float) -> bool:
+    """evalplus's approximate equality: recursive over lists/tuples, |out - exp| <= atol + 1e-7 |exp| for numbers."""
+    if isinstance(exp, (list, tuple)):
+        return isinstance(out, (list, tuple)) and len(out) == len(exp) and all(
+            _close(o, e, atol) for o, e in zip(out, exp))
+    if isinstance(out, (int, float)) and isinstance(exp, (int, float)):
+        if math.isnan(exp) or math.isnan(out):
+            return math.isnan(exp) and math.isnan(out)
+        return out == exp or abs(out - exp) <= atol + 1e-7 * abs(exp)
+    return out == exp
+
+
+def _diff(value: Any, expected: Any, atol: float) -> bool:
+    """The differential rule (evalplus): exact, else within atol (1e-6 for float outputs when atol is 0)."""
+    if value == expected:
+        return True
+    tol = atol if atol or not _is_floats(expected) else 1e-6
+    return bool(tol) and _close(value, expected, tol)
 
 
 def holds(kind: str, view: str, out: Any, expected: Any, tol: Any) -> bool:
@@ -188,20 +213,30 @@ def holds(kind: str, view: str, out: Any, expected: Any, tol: Any) -> bool:
     Same rule as the assertion it came from; any error while applying it (a wrong type, say) means it does not.
     """
     try:
-        value = _view(view, out)
-        if kind == "eq":
-            return bool(value == expected)
-        if kind == "ne":
-            return bool(value != expected)
-        if kind in ("is", "is_not"):
-            return (value is expected) == (kind == "is")
-        if kind in ("truthy", "falsy"):
-            return bool(value) == (kind == "truthy")
-        if kind in ("abs_lt", "abs_le"):
-            gap = abs(value - expected)
-            return bool(gap < tol) if kind == "abs_lt" else bool(gap <= tol)
-        if kind == "isclose":
-            return math.isclose(value, expected, **tol)
+        value = view_of(view, out)
+        if kind in _RULES:
+            return bool(_RULES[kind](value, expected, tol))
     except (TypeError, ValueError, OverflowError, ZeroDivisionError, RecursionError, MemoryError):
         return False
     raise ValueError(f"unknown case kind {kind!r}; known: {', '.join(KINDS)}")
+
+
+def _poly(value: Any, expected: Any, tol: dict) -> bool:
+    """HumanEval/32: the output must be a root of the input polynomial (and match the reference as "diff")."""
+    root = sum(c * math.pow(value, j) for j, c in enumerate(tol["xs"]))
+    return abs(root) <= tol["atol"] and _diff(value, expected, tol["atol"])
+
+
+_RULES = {
+    "eq": lambda v, e, t: v == e,
+    "ne": lambda v, e, t: v != e,
+    "is": lambda v, e, t: v is e,
+    "is_not": lambda v, e, t: v is not e,
+    "truthy": lambda v, e, t: bool(v),
+    "falsy": lambda v, e, t: not v,
+    "abs_lt": lambda v, e, t: abs(v - e) < t,
+    "abs_le": lambda v, e, t: abs(v - e) <= t,
+    "isclose": lambda v, e, t: math.isclose(v, e, **t),
+    "diff": _diff,
+    "poly": _poly,
+}

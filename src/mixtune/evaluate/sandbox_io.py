@@ -75,7 +75,9 @@ class _Driver:
         self.run, self.calls, self.judge, self.call_s, self.caps = run, calls, judge, call_s, caps
         self.out, self.err, self.status = _Tail(limits.output_bytes), _Tail(limits.output_bytes), _Head(1 << 16)
         self.wall_end = run.start + limits.wall_s
-        self.k, self.sent_at, self.pending, self.buf = -1, run.start, b"", bytearray()
+        # every call is written as soon as the pipe takes it (the inputs are no secret); call k's clock starts when
+        # result k-1 (or the ready line) arrives, so each call still gets exactly its own budget
+        self.k, self.sent_at, self.pending, self.buf = -1, run.start, b"".join(calls), bytearray()
         self.load: CallResult | None = None
         self.results: list[CallResult] = []
         self.lines: set[int] | None = set()
@@ -88,6 +90,8 @@ class _Driver:
         poll = select.poll()
         for fd in [*sinks, run.results_r] + ([run.runner.pidfd] if run.runner.pidfd is not None else []):
             poll.register(fd, select.POLLIN)
+        if self.pending:
+            poll.register(run.calls_w, select.POLLOUT)
         while not self.done:
             now = time.monotonic()
             end = min(self.wall_end, self.sent_at + self.call_s[self.k]) if self.k >= 0 else self.wall_end
@@ -160,12 +164,9 @@ class _Driver:
 
     def _next(self, poll) -> None:
         self.k += 1
+        self.sent_at = time.monotonic()
         if self.k >= len(self.calls):
             self.done = True
-            return
-        self.pending, self.sent_at = self.calls[self.k], time.monotonic()
-        if poll is not None:  # None: the runner has ended, nothing more is sent
-            poll.register(self.run.calls_w, select.POLLOUT)
 
     def _take_lines(self, lines) -> None:
         if self.lines is None or lines is None:
