@@ -20,6 +20,9 @@ from collections import Counter, OrderedDict, defaultdict
 
 MAX_DEPTH = 200
 """Deepest nesting encoded or decoded (cycles and absurd nesting end as errors, not as a RecursionError)."""
+MAX_ITEMS = 10_000_000
+"""Most container elements in one value: a bigger result (Mbpp/255's canonical output for one input is 128 million
+strings, ~1 GB of JSON) is refused while it is being encoded instead of after minutes."""
 MAX_SAME_HASH = 16
 """Most set elements / dict keys sharing one hash value: more is refused as hash flooding (honest data has 1-2)."""
 _BIG = 1 << 63
@@ -33,10 +36,15 @@ class NotPlainData(TypeError):
 
 def encode(value) -> str:
     """Compact JSON text of `value`; raises `NotPlainData` naming the first refused type."""
-    return json.dumps(_enc(value, 0), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return json.dumps(encode_value(value), ensure_ascii=True, separators=(",", ":"), allow_nan=False)
 
 
-def _enc(x, depth: int):
+def encode_value(value, max_items: int = MAX_ITEMS):
+    """The JSON-compatible structure of `value` (what `encode` serialises); `NotPlainData` when refused."""
+    return _enc(value, 0, [max_items])
+
+
+def _enc(x, depth: int, budget: list):
     if depth > MAX_DEPTH:
         raise NotPlainData(f"nested deeper than {MAX_DEPTH} (or a cycle)")
     t = type(x)
@@ -47,27 +55,36 @@ def _enc(x, depth: int):
     if t is float:
         return x if math.isfinite(x) else {"t": "float", "v": repr(x)}
     if t is list:
-        return _enc_items(x, depth)
+        return _enc_items(x, depth, budget)
     if t is tuple or t is set or t is frozenset:
-        return {"t": t.__name__, "v": _enc_items(x, depth)}
+        return {"t": t.__name__, "v": _enc_items(x, depth, budget)}
     if t is dict or t in _MAPPINGS:  # the stdlib mappings cross as a plain dict, read with dict's own method
-        return {"t": "dict", "v": [[_enc(k, depth + 1), _enc(v, depth + 1)] for k, v in dict.items(x)]}
+        _spend(budget, 2 * len(x))
+        return {"t": "dict", "v": [[_enc(k, depth + 1, budget), _enc(v, depth + 1, budget)]
+                                   for k, v in dict.items(x)]}
     if t is bytes:
         return {"t": "bytes", "v": x.hex()}
     if t is complex:
-        return {"t": "complex", "v": [_enc(x.real, depth + 1), _enc(x.imag, depth + 1)]}
+        return {"t": "complex", "v": [_enc(x.real, depth + 1, budget), _enc(x.imag, depth + 1, budget)]}
     raise NotPlainData(f"a {t.__module__}.{t.__qualname__} is not plain data")
 
 
-def _enc_items(items, depth: int) -> list:
+def _spend(budget: list, n: int) -> None:
+    budget[0] -= n
+    if budget[0] < 0:
+        raise NotPlainData(f"more than {MAX_ITEMS} elements")
+
+
+def _enc_items(items, depth: int, budget: list) -> list:
     """Elements of a list / tuple / set: scalars inline (the common case, and the fast one), the rest recursively."""
+    _spend(budget, len(items))
     out = []
     for i in items:
         t = type(i)
         if (t is int and -_BIG < i < _BIG) or t is str or t is bool or i is None or (t is float and math.isfinite(i)):
             out.append(i)
         else:
-            out.append(_enc(i, depth + 1))
+            out.append(_enc(i, depth + 1, budget))
     return out
 
 

@@ -22,7 +22,7 @@ import os
 import sys
 import time
 
-from _plaindata import NotPlainData, _dec, _enc
+from _plaindata import NotPlainData, _dec, encode_value
 
 PROGRAM = "program.py"
 
@@ -137,7 +137,7 @@ def serve_calls(code, glb: dict, entry: str, calls_fd: int, results_fd: int, tra
 
 def _encoded(k: int, result) -> dict:
     try:
-        return {"i": k, "v": _enc(result, 0)}
+        return {"i": k, "v": encode_value(result)}
     except NotPlainData as exc:
         return {"i": k, "unplain": str(exc)}
     except BaseException as exc:  # noqa: BLE001 - e.g. MemoryError while encoding a huge result
@@ -151,8 +151,8 @@ def recorder(results_fd: int):
     def _mt_case(fn, line, kind, view, args, kwargs, expected, tol) -> None:
         msg = {"line": line, "kind": kind, "view": view}
         try:
-            msg.update(args=_enc(list(args), 0), kwargs=_enc(dict(kwargs), 0), expected=_enc(expected, 0),
-                       tol=_enc(tol, 0))
+            msg.update(args=encode_value(list(args)), kwargs=encode_value(dict(kwargs)),
+                       expected=encode_value(expected), tol=encode_value(tol))
         except NotPlainData as exc:
             out.send({"line": line, "unplain": f"test values: {exc}"})
             return
@@ -162,7 +162,7 @@ def recorder(results_fd: int):
         if kind in ("truthy", "falsy") and not view:
             ref = bool(ref)  # as the candidate's result will be reduced (serve_calls)
         try:
-            msg["ref"] = _enc(ref, 0)
+            msg["ref"] = encode_value(ref)
         except NotPlainData as exc:
             msg["ref_unplain"] = str(exc)
         out.send(msg)

@@ -246,6 +246,8 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
         cfg.update(zip(cfg.pop("fd_names"), fds[2:]), parent=server)
         try:
             run_child(cfg)
+        except BaseException:  # noqa: BLE001 - the runner itself failed (or a program broke it): say how, then end
+            _flush_traceback()
         finally:
             _exit(4)
     for fd in fds:
@@ -254,6 +256,14 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
     children[pid] = (req["id"], pidfd)
     sel.register(pidfd, 1, pid)
     return _reply(sock, {"id": req["id"], "pid": pid})
+
+
+def _flush_traceback() -> None:
+    try:
+        traceback.print_exc()
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001, S110 - stderr may be gone; the exit status still says it
+        pass
 
 
 def _kill(pid: int) -> None:

@@ -22,7 +22,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mixtune.evaluate._plaindata import _dec, _enc
+from mixtune.evaluate._plaindata import _dec, encode_value
 from mixtune.evaluate.code_cases import holds, humaneval_reference, mbpp_reference
 from mixtune.evaluate.sandbox import ExecResult, Limits, run_recorded
 from mixtune.evaluate.sandbox_io import CallResult, CallsRun, run_calls
@@ -78,7 +78,7 @@ def make_case(where: str, kind: str, view: str, args, kwargs, expected, tol, ref
               reduce: str = "") -> Case:
     """A Case from encoded arguments (`_plaindata` JSON values) and decoded expected value / tolerance."""
     call = [args, kwargs] + ([reduce] if reduce else [])
-    size = max(ref_size, len(json.dumps(_enc(expected, 0))))
+    size = max(ref_size, len(json.dumps(encode_value(expected))))
     return Case(where, kind, view, (json.dumps(call, separators=(",", ":")) + "\n").encode(), expected, tol,
                 max(CALL_MIN_S, CALL_FACTOR * ref_s), CAP_MIN + CAP_FACTOR * size, CALL_FACTOR * ref_s)
 

@@ -12,7 +12,7 @@ in `code_io.score_io`). Each input has its own time budget derived from the refe
 
 import json
 
-from mixtune.evaluate._plaindata import _enc
+from mixtune.evaluate._plaindata import encode_value
 from mixtune.evaluate.code_cases import holds, view_of
 from mixtune.evaluate.code_io import REFERENCE_SLACK, Plan, make_case, slack
 from mixtune.evaluate.sandbox import Limits
@@ -81,8 +81,8 @@ def plus_plan(example: dict, limits: Limits) -> Plan:
     special = SPECIAL.get(task_id, "")
     atol = float(example["atol"] or 0)
     inputs = list(example["base_input"] or []) + list(example["plus_input"] or [])
-    args = [_enc(list(deserialize(raw, rule)), 0) for raw in inputs]
-    kwargs = _enc({}, 0)
+    args = [encode_value(list(deserialize(raw, rule))) for raw in inputs]
+    kwargs = encode_value({})
     calls = [(json.dumps([a, kwargs] + ([reduce] if reduce else []), separators=(",", ":")) + "\n").encode()
              for a in args]
     refs = []
