@@ -23,12 +23,12 @@ ADD_PROMPT = 'def add(a: int, b: int) -> int:\n    """Add."""\n'
 ADD_TEST = "def check(candidate):\n    assert candidate(2, 3) == 5\n    assert candidate(-1, 1) == 0\n"
 
 
-def _minilab(tmp_path, test: str = ADD_TEST) -> tuple[MiniLabCode, dict]:
+def _minilab(tmp_path, test: str = ADD_TEST, timeout_s: float = 3.0) -> tuple[MiniLabCode, dict]:
     (tmp_path / "bench").mkdir(exist_ok=True)
     rec = {"task_id": "minilab_code/0", "prompt": ADD_PROMPT, "canonical_solution": "    return a + b\n",
            "test": test, "entry_point": "add"}
     (tmp_path / "bench" / "code_test.jsonl").write_text(json.dumps(rec) + "\n")
-    task = MiniLabCode(world_dir=str(tmp_path), workers=2)
+    task = MiniLabCode(world_dir=str(tmp_path), workers=2, timeout_s=timeout_s)
     return task, task.examples()[0]
 
 

@@ -238,9 +238,10 @@ class CodeTask(Task):
         Fields: task_id; passed (bool); result ("passed" | "failed" | "timed out" | "error"); outcome (one of
         `code_io.OUTCOMES`: the RL reward class, `code_io.STEPCODER_REWARD`); verdict_path ("io": decided in this
         process, or "legacy-harness"); detail; isolation; on the io path cases_passed / cases_total. With
-        `trace_lines` (io path only) also executed_lines (line numbers of the candidate program run under a line
-        tracer in the sandbox: untrusted, for loss masking only, None when unavailable) and code_line_offset
-        (lines of the program before the completion's code, so completion line = executed line - offset).
+        `trace_lines` also executed_lines (line numbers of the candidate program run under a line tracer in the
+        sandbox: untrusted, for loss masking only; None when unavailable, e.g. on the legacy path) and
+        code_line_offset (lines of the program before the completion's code as `extract_code` returns it, so
+        code line = executed line - offset).
         """
         if len(examples) != len(completions):
             raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
@@ -252,6 +253,8 @@ class CodeTask(Task):
             try:
                 if plan.cases is None:
                     row = code_io.legacy_row(run_program(build_program(ex, completion), self.limits))
+                    if trace_lines:
+                        row.update(executed_lines=None, code_line_offset=None)  # no trace on this path
                 else:
                     source, offset = candidate_program(ex, completion)
                     row = code_io.score_io(plan, source, ex["entry_point"], self.limits, trace_lines)

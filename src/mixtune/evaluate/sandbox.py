@@ -7,9 +7,10 @@ and only guard it with monkey-patched builtins, which is not a sandbox (METHODS.
   from the caller) and stdin from /dev/null;
 - wall-clock (`Limits.wall_s`, enforced here) and CPU (`RLIMIT_CPU`) limits, address-space (`RLIMIT_AS`),
   process-count (`RLIMIT_NPROC`), file-size (`RLIMIT_FSIZE`), open-file and core-dump limits;
-- where the kernel allows: new net (no network at all, not even loopback), mount (read-only view of the whole tree,
-  private tmpfs /tmp with the working directory), pid (fresh /proc; everything dies with the program), ipc and uts
-  namespaces (see `_sandbox_child.py`);
+- where the kernel allows: new net (no network at all, not even loopback), mount (a minimal root holding only the
+  interpreter's import folders and system libraries, read-only, with a private tmpfs /tmp holding the working
+  directory; else a read-only view of the whole tree), pid (fresh /proc; everything dies with the program), ipc and
+  uts namespaces (see `_sandbox_mounts.py`);
 - as root: a separate unprivileged uid per concurrently running program (so RLIMIT_NPROC applies and one program's
   fork bomb does not starve another); as a user in a user namespace: capabilities dropped; no_new_privs always;
 - a throw-away working directory, removed afterwards;
@@ -17,7 +18,11 @@ and only guard it with monkey-patched builtins, which is not a sandbox (METHODS.
 - stdout and stderr drained as they come and only their last `output_bytes` kept (huge output is truncated, never
   buffered);
 - a verdict that needs a per-run secret token, written by the runner only after the program returned normally, so
-  a program that exits (even with status 0) before its tests ran is a failure.
+  a program that exits (even with status 0) before its tests ran is a failure. A program can still reach that
+  runner from inside; code benchmarks therefore decide their verdicts outside it wherever they can
+  (`sandbox_io.run_calls`, `code_io.py`);
+- a private temp folder under one folder per evaluating process, removed even when the evaluator is killed
+  (`_sandbox_host.py`).
 
 `ExecResult.isolation` lists the layers that were actually active for that program; `isolation_available()`
 probes them once. docs/sandbox.md says what is and is not isolated under which conditions.
