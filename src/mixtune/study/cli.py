@@ -4,6 +4,8 @@ The base (world, tokenizer, pre-training) is prepared once and cached. Independe
 torch thread each (on 2 cores two single-thread runs beat one two-thread run). Runs that share a stage prefix train
 it once (a shared stage cache with a file lock per prefix). Resumable: a finished run is never redone, an
 interrupted one continues from its checkpoints. Results: `runs/<study>/results.sqlite`; then the report.
+`study.executor: ray` runs the same worker functions as Ray tasks (study/ray_exec.py). With train.tensorboard every
+run logs to `<study>/tensorboard/<run_id>`: `tensorboard --logdir runs/<study>/tensorboard`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import multiprocessing as mp
 import os
 import time
 import traceback
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
@@ -25,8 +28,27 @@ from mixtune.study.base import prepare_base
 from mixtune.study.grid import GridRun, expand_grid
 
 
-def _run_one(run: GridRun, study_dir: str, threads: int) -> tuple[str, float, str | None]:
-    """Worker: train and evaluate one run (resuming it if it was interrupted)."""
+def _run_one(run: GridRun, study_dir: str, threads: int, *_after: object) -> tuple[str, float, str | None]:
+    """Worker: train and evaluate one run (resuming it if it was interrupted); its status goes to the database.
+    `_after`: results of the tasks it waited for (the shared prefixes, under Ray), unused."""
+    with ResultsDB(Path(study_dir) / DB_NAME) as db:
+        db.set_status(run.run_id, "running")
+    wall, error = _train_in_worker(run, Path(study_dir), threads)
+    with ResultsDB(Path(study_dir) / DB_NAME) as db:
+        db.set_status(run.run_id, "failed" if error else "finished")
+    return run.run_id, wall, error
+
+
+def train_prefix(run: GridRun, study_dir: str, threads: int, stage_index: int,
+                 *_after: object) -> tuple[str, float, str | None]:
+    """Worker (Ray): train `run`'s stages 0..stage_index into the study's stage cache, for the runs sharing them.
+    The run itself continues later from its finished stages; its status is left to `_run_one`."""
+    wall, error = _train_in_worker(run, Path(study_dir), threads, stop_after_stage=stage_index)
+    return run.run_id, wall, error
+
+
+def _train_in_worker(run: GridRun, study_dir: Path, threads: int, **options) -> tuple[float, str | None]:
+    """Train (resuming) in this worker process, its output into the run's train.log; (seconds, traceback or None)."""
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     os.environ["TQDM_MININTERVAL"] = "30"  # progress lines in train.log, not thousands of redraws
     import torch
@@ -35,21 +57,34 @@ def _run_one(run: GridRun, study_dir: str, threads: int) -> tuple[str, float, st
 
     torch.set_num_threads(threads)
     recipe = run.recipe.model_copy(update={"train": run.recipe.train.model_copy(update={"threads": threads})})
-    study_dir = Path(study_dir)
     log_path = Path(recipe.run_dir) / "train.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    with ResultsDB(study_dir / DB_NAME) as db:
-        db.set_status(run.run_id, "running")
     try:  # the run's own output (progress, stage logs) goes to its train.log, not the study's terminal
         with log_path.open("a") as fh, redirect_stdout(fh), redirect_stderr(fh):
-            train(recipe, resume=True, stage_cache=study_dir / "stage-cache", db_path=study_dir / DB_NAME)
-        status, error = "finished", None
+            train(recipe, resume=True, stage_cache=study_dir / "stage-cache", db_path=study_dir / DB_NAME,
+                  tensorboard_dir=study_dir / "tensorboard" / run.run_id, **options)
+        error = None
     except Exception:  # noqa: BLE001 -- a failed run is recorded and reported; the others go on
-        status, error = "failed", traceback.format_exc()
-    with ResultsDB(study_dir / DB_NAME) as db:
-        db.set_status(run.run_id, status)
-    return run.run_id, time.perf_counter() - t0, error
+        error = traceback.format_exc()
+    return time.perf_counter() - t0, error
+
+
+def _execute(study: Recipe, todo: list[GridRun], study_dir: Path, workers: int, threads: int,
+             log) -> Iterator[tuple[str, float, str | None]]:
+    """(run_id, seconds, error) of each run of `todo` as it ends, from the local pool or Ray."""
+    if not todo:
+        return
+    if study.study.executor == "ray":
+        from mixtune.study.ray_exec import run_on_ray
+
+        yield from run_on_ray(study.study, todo, study_dir, log)
+        return
+    ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(_run_one, run, str(study_dir), threads) for run in todo]
+        for fut in as_completed(futures):
+            yield fut.result()
 
 
 class StudyConfigError(ValueError):
@@ -92,19 +127,17 @@ def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
     todo = [r for r in runs if r.run_id not in done]
     workers = min(workers or study.study.workers, max(1, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    log(f"[study] {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished), "
-        f"{workers} workers x {threads} thread(s), protocol {study.study.protocol}")
+    how = (f"{workers} workers x {threads} thread(s)" if study.study.executor == "local" else
+           f"ray ({study.study.ray_address or 'local cluster'}), {study.study.cpus_per_run:g} CPU + "
+           f"{study.study.gpus_per_run:g} GPU per run")
+    log(f"[study] {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished), {how}, "
+        f"protocol {study.study.protocol}")
     failures = []
-    if todo:
-        ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_one, run, str(study_dir), threads) for run in todo]
-            for n, fut in enumerate(as_completed(futures), 1):
-                run_id, wall, error = fut.result()
-                log(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
-                if error:
-                    failures.append(run_id)
-                    log(error)
+    for n, (run_id, wall, error) in enumerate(_execute(study, todo, study_dir, workers, threads, log), 1):
+        log(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
+        if error:
+            failures.append(run_id)
+            log(error)
     atomic_write_json(study_dir / "study.json", {
         "study": study.name, "protocol": study.study.protocol, "fractions": study.study.fractions,
         "seeds": study.study.seeds, "runs": [r.run_id for r in runs], "base": str(base),

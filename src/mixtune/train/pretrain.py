@@ -91,6 +91,8 @@ def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = No
     accelerate launch each rank trains its share of every step; rank 0 holds the lock and writes."""
     cfg = recipe.train
     dist = engine.dist_setup(cfg)
+    if dist.world_size > 1 and dist.is_main:
+        print(f"distributed: {dist.world_size} processes, {dist.mode} on {dist.device.type}")
     engine.setup_torch(cfg)
     texts = read_corpus(corpus_paths(recipe))  # checked before the run folder exists
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir, seed=cfg.seed)

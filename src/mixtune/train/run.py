@@ -138,6 +138,8 @@ def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None,
     """
     dist = engine.dist_setup(recipe.train)
     log = log if dist.is_main else _quiet
+    if dist.world_size > 1:
+        log(f"distributed: {dist.world_size} processes, {dist.mode} on {dist.device.type}")
     engine.setup_torch(recipe.train)
     plan = plan_run(recipe, log)
     with RunLock(recipe.run_dir) if dist.is_main else nullcontext():
