@@ -135,12 +135,14 @@ def assert_same_losses(got: dict[int, float], want: dict[int, float]) -> None:
 
 @pytest.mark.slow
 def test_torchrun_ddp_two_by_four_equals_one_by_eight_full(tmp_path, base_dir, data_files, reference):
-    run = launch(torchrun("-m", "mixtune"), tmp_path, tree_for(tmp_path / "ddp", base_dir, data_files, 4))
+    run = launch(torchrun("-m", "mixtune"), tmp_path, tree_for(tmp_path / "ddp", base_dir, data_files, 4,
+                                                               tensorboard=True))
     assert_same_losses(losses(run), losses(reference["full"]))
-    # one writer: the files of a one-process run, once; the lock was held by one pid
-    names = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file()}
+    # one writer: the files of a one-process run, once; one TensorBoard events file; the lock held by one pid
+    names = {p.relative_to(run).as_posix() for p in run.rglob("*") if p.is_file() and "tensorboard" not in p.parts}
     assert names == {p.relative_to(reference["full"]).as_posix() for p in reference["full"].rglob("*")
                      if p.is_file()}
+    assert len(list((run / "tensorboard").glob("events.out.tfevents.*"))) == 1
     assert len((run / ".lock").read_text().split()) == 1
     a, b = (AutoModelForCausalLM.from_pretrained(r / "final") for r in (run, reference["full"]))
     ids = torch.tensor([[5, 6, 7, 8]])
@@ -185,3 +187,32 @@ def test_accelerate_launch_fsdp_trains_like_one_process_and_saves_whole_models(t
     ids = torch.tensor([[5, 6, 7, 8]])
     assert torch.allclose(final(ids).logits, ref(ids).logits, atol=1e-4)
     assert not torch.allclose(final(ids).logits, one(ids).logits, atol=1e-3)  # it trained
+
+
+@pytest.mark.slow
+def test_torchrun_pretrain_two_by_four_equals_one_by_eight(tmp_path, tiny_tokenizer_dir, tiny_corpus):
+    from conftest import tiny_model_section
+
+    from mixtune.train.pretrain import pretrain
+
+    def tree(name: str, batch_size: int) -> dict:
+        return {"name": name, "out_dir": str(tmp_path / name), "model": tiny_model_section(tiny_tokenizer_dir),
+                "pretrain_corpus": [str(tiny_corpus)],
+                "train": {"lr": 3e-3, "batch_size": batch_size, "bf16": False, "max_steps": 6, "seq_len": 32,
+                          "warmup_ratio": 0.0, "log_every": 1, "grad_accum": 3}}  # 4 rows in 3 micro-batches
+
+    pretrain(Recipe.model_validate(tree("one", 8)))
+    recipe = tmp_path / "two.yaml"
+    recipe.write_text(yaml.safe_dump(tree("two", 4)))
+    out = subprocess.run([*torchrun("-m", "mixtune"), "pretrain", "-c", str(recipe)], capture_output=True, text=True,
+                         timeout=TIMEOUT_S, env=_env(), cwd=tmp_path, check=False)
+    assert out.returncode == 0, out.stderr[-4000:]
+
+    def rows(name):  # (step, loss) of every metric row: one writer, no duplicates
+        return [(r["step"], r["loss"]) for r in map(json.loads, (tmp_path / name / "metrics.jsonl").open())
+                if "loss" in r]
+
+    one, two = rows("one"), rows("two")
+    assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, 7))
+    assert max(abs(a - b) for (_, a), (_, b) in zip(one, two)) < TOL
+    assert (tmp_path / "two" / "final" / "model.safetensors").exists()

@@ -53,7 +53,12 @@ def shared_prefixes(runs: list[GridRun], cache: Path) -> tuple[dict[str, tuple[G
 def run_on_ray(cfg: StudyConfig, todo: list[GridRun], study_dir: Path,
                log) -> Iterator[tuple[str, float, str | None]]:
     """Run `todo` as Ray tasks; yields (run_id, seconds, error) as each run ends."""
-    import ray
+    try:
+        import ray
+    except ImportError:
+        from mixtune.config import RecipeError
+
+        raise RecipeError("study.executor: ray needs Ray: pip install 'mixtune[ray]' (or ray==2.60.0)") from None
 
     from mixtune.study.cli import _run_one, train_prefix
 

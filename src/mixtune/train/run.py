@@ -194,6 +194,8 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
                 optimizer_state = _load_optimizer(folder)
                 log(f"stage {i} {stage.name}: already finished, weights loaded")
                 record = finished_stage(folder)
+                if cached and dist.is_main and not finished_stage(cached):  # killed before it was published
+                    _publish(folder, cached)
             elif how == "cached":
                 record = _restore_cached(model, cached, folder, stage, run_dir, db_path)
                 optimizer_state = _load_optimizer(cached)
@@ -238,17 +240,21 @@ def _save_stage(model, folder: Path, record: dict, optimizer_state: dict | None,
 
 
 def _tensorboard_scores(folder: Path, step: int, record: dict) -> None:
-    """A stage's ability scores (`score/<benchmark>/<metric>`) and kind-specific metrics (`<kind>/<name>`) as
-    TensorBoard scalars at the stage's last step of the run."""
+    """A stage's ability scores (`score/<benchmark>/<metric>`) and kind-specific metrics (`<kind>/<name>`, or the
+    name itself when it has a `/`) as TensorBoard scalars at the stage's last step of the run."""
+    scalars = {f"score/{bench}/{metric}": value for bench, summary in (record.get("scores") or {}).items()
+               for metric, value in summary.items()}
+    scalars.update({name if "/" in name else f"{record.get('kind', 'stage')}/{name}": value
+                    for name, value in (record.get("metrics") or {}).items()})
+    scalars = {k: v for k, v in scalars.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    if not scalars:
+        return
     from torch.utils.tensorboard import SummaryWriter
 
     with SummaryWriter(str(folder)) as writer:
-        for bench, summary in (record.get("scores") or {}).items():
-            for metric, value in summary.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-                    writer.add_scalar(f"score/{bench}/{metric}", value, step)
-        for name, value in (record.get("metrics") or {}).items():
-            writer.add_scalar(f"{record.get('kind', 'stage')}/{name}", value, step)
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
 
 
 def _train_stage(ctx: StageContext, stage_manifest: dict) -> tuple[dict | None, dict | None]:
