@@ -54,6 +54,23 @@ def test_each_rank_trains_its_share_and_all_run_the_same_number_of_micro_batches
     assert single.all_reduce_sum([1.5, 2]) == [1.5, 2] and single.is_main
 
 
+def test_shipped_accelerate_configs_parse_and_a_deepspeed_launch_is_refused(monkeypatch):
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    from mixtune.train import distributed
+
+    configs = {p.stem: load_config_from_file(str(p)) for p in (REPO / "recipes" / "accelerate").glob("*.yaml")}
+    assert {k: str(c.distributed_type).split(".")[-1] for k, c in configs.items()} == {
+        "ddp": "MULTI_GPU", "fsdp": "FSDP", "fsdp-zero2": "FSDP"}
+    assert [configs[k].fsdp_config["fsdp_reshard_after_forward"] for k in ("fsdp", "fsdp-zero2")] == [True, False]
+    # what `accelerate launch` with a DeepSpeed config sets: one clear line, before any process group
+    monkeypatch.setattr(distributed, "_CURRENT", None)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
+    with pytest.raises(distributed.DistributedError, match="fsdp.yaml"):
+        distributed.dist_setup()
+
+
 # ------------------------------------------------------------------------------------------------ 2 processes
 @pytest.fixture(scope="module")
 def data_files(tmp_path_factory):

@@ -51,7 +51,7 @@ class TrainConfig(Section):
     save_every: int = Field(0, ge=0)
     """Steps between checkpoints (0: only at the end)."""
     eval_batches: int = Field(20, ge=1)
-    """Pre-training: held-out batches per eval-loss pass."""
+    """Pre-training: held-out rows, in optimizer steps (batch_size x processes rows each), for the eval loss."""
     fresh_optimizer: bool = True
     """Multi-stage: each stage starts with a new optimizer and schedule (DMT §3.5)."""
     tensorboard: bool = False

@@ -4,8 +4,8 @@ The base (world, tokenizer, pre-training) is prepared once and cached. Independe
 torch thread each (on 2 cores two single-thread runs beat one two-thread run). Runs that share a stage prefix train
 it once (a shared stage cache with a file lock per prefix). Resumable: a finished run is never redone, an
 interrupted one continues from its checkpoints. Results: `runs/<study>/results.sqlite`; then the report.
-`study.executor: ray` runs the same worker functions as Ray tasks (study/ray_exec.py). With train.tensorboard every
-run logs to `<study>/tensorboard/<run_id>`: `tensorboard --logdir runs/<study>/tensorboard`.
+`study.executor: ray` runs the same worker functions (study/workers.py) as Ray tasks (study/ray_exec.py). With
+train.tensorboard every run logs to `<study>/tensorboard/<run_id>`: `tensorboard --logdir runs/<study>/tensorboard`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,8 @@ import json
 import multiprocessing as mp
 import os
 import time
-import traceback
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from mixtune.config import Recipe, load_recipe
@@ -26,48 +24,7 @@ from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_json, prepare_run_dir
 from mixtune.study.base import prepare_base
 from mixtune.study.grid import GridRun, expand_grid
-
-
-def _run_one(run: GridRun, study_dir: str, threads: int, *_after: object) -> tuple[str, float, str | None]:
-    """Worker: train and evaluate one run (resuming it if it was interrupted); its status goes to the database.
-    `_after`: results of the tasks it waited for (the shared prefixes, under Ray), unused."""
-    with ResultsDB(Path(study_dir) / DB_NAME) as db:
-        db.set_status(run.run_id, "running")
-    wall, error = _train_in_worker(run, Path(study_dir), threads)
-    with ResultsDB(Path(study_dir) / DB_NAME) as db:
-        db.set_status(run.run_id, "failed" if error else "finished")
-    return run.run_id, wall, error
-
-
-def train_prefix(run: GridRun, study_dir: str, threads: int, stage_index: int,
-                 *_after: object) -> tuple[str, float, str | None]:
-    """Worker (Ray): train `run`'s stages 0..stage_index into the study's stage cache, for the runs sharing them.
-    The run itself continues later from its finished stages; its status is left to `_run_one`."""
-    wall, error = _train_in_worker(run, Path(study_dir), threads, stop_after_stage=stage_index)
-    return run.run_id, wall, error
-
-
-def _train_in_worker(run: GridRun, study_dir: Path, threads: int, **options) -> tuple[float, str | None]:
-    """Train (resuming) in this worker process, its output into the run's train.log; (seconds, traceback or None)."""
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.environ["TQDM_MININTERVAL"] = "30"  # progress lines in train.log, not thousands of redraws
-    import torch
-
-    from mixtune.train.run import train
-
-    torch.set_num_threads(threads)
-    recipe = run.recipe.model_copy(update={"train": run.recipe.train.model_copy(update={"threads": threads})})
-    log_path = Path(recipe.run_dir) / "train.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    try:  # the run's own output (progress, stage logs) goes to its train.log, not the study's terminal
-        with log_path.open("a") as fh, redirect_stdout(fh), redirect_stderr(fh):
-            train(recipe, resume=True, stage_cache=study_dir / "stage-cache", db_path=study_dir / DB_NAME,
-                  tensorboard_dir=study_dir / "tensorboard" / run.run_id, **options)
-        error = None
-    except Exception:  # noqa: BLE001 -- a failed run is recorded and reported; the others go on
-        error = traceback.format_exc()
-    return time.perf_counter() - t0, error
+from mixtune.study.workers import run_one
 
 
 def _execute(study: Recipe, todo: list[GridRun], study_dir: Path, workers: int, threads: int,
@@ -82,7 +39,7 @@ def _execute(study: Recipe, todo: list[GridRun], study_dir: Path, workers: int, 
         return
     ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(_run_one, run, str(study_dir), threads) for run in todo]
+        futures = [pool.submit(run_one, run, str(study_dir), threads) for run in todo]
         for fut in as_completed(futures):
             yield fut.result()
 

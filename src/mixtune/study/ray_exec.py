@@ -6,7 +6,7 @@ study's stage cache), then one task per run, which takes the results of the pref
 Ray starts it only once they are done. Every task asks for `study.cpus_per_run` CPUs and `study.gpus_per_run` GPUs.
 A task whose worker process dies (killed, out of memory, node lost) is started again up to `study.max_retries` times
 and resumes from its run's checkpoints. A run's results reach the study's database from its worker, through the same
-code as the local pool (`cli._run_one`); the database's rows are keyed (run, stage, step, benchmark, metric; stage
+code as the local pool (`workers.run_one`); the database's rows are keyed (run, stage, step, benchmark, metric; stage
 metrics by (run, stage, step, name)), so a retried or resumed run replaces its rows instead of adding to them.
 
 Where the files are: workers read and write the study folder (checkpoints, the stage cache, results.sqlite). On one
@@ -22,6 +22,7 @@ from pathlib import Path
 from mixtune.config import StudyConfig
 from mixtune.results import DB_NAME, ResultsDB
 from mixtune.study.grid import GridRun
+from mixtune.study.workers import run_one, train_prefix
 
 
 def shared_prefixes(runs: list[GridRun], cache: Path) -> tuple[dict[str, tuple[GridRun, int, str | None]],
@@ -60,14 +61,13 @@ def run_on_ray(cfg: StudyConfig, todo: list[GridRun], study_dir: Path,
 
         raise RecipeError("study.executor: ray needs Ray: pip install 'mixtune[ray]' (or ray==2.60.0)") from None
 
-    from mixtune.study.cli import _run_one, train_prefix
-
+    
     started = not ray.is_initialized()
     if started:  # the cluster at ray_address ("auto": the one `ray start` began on this machine), else a new local one
         ray.init(address=cfg.ray_address or "local", include_dashboard=False, log_to_driver=False)
     threads = max(1, int(cfg.cpus_per_run))
     options = {"num_cpus": cfg.cpus_per_run, "num_gpus": cfg.gpus_per_run, "max_retries": cfg.max_retries}
-    run_task, prefix_task = ray.remote(**options)(_run_one), ray.remote(**options)(train_prefix)
+    run_task, prefix_task = ray.remote(**options)(run_one), ray.remote(**options)(train_prefix)
     prefixes, uses = shared_prefixes(todo, study_dir / "stage-cache")
     prefix_refs = {}
     for key, (run, index, parent) in prefixes.items():

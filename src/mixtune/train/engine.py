@@ -28,9 +28,7 @@ from transformers.optimization import (
 
 from mixtune.config import TrainConfig
 from mixtune.runs import MetricsLog, atomic_dir, atomic_write_file, atomic_write_json
-from mixtune.train.distributed import Distributed, DistributedError, dist_close, dist_setup
-
-__all__ = ["Distributed", "DistributedError", "dist_close", "dist_setup"]  # re-exported: stages use engine.*
+from mixtune.train.distributed import Distributed, DistributedError, dist_close, dist_setup  # noqa: F401 -- re-exported
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2

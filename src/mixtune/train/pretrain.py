@@ -79,7 +79,7 @@ def lm_loss_sum(model, rows: torch.Tensor, cfg) -> tuple[torch.Tensor, int]:
 def eval_loss(model, rows: torch.Tensor, cfg) -> float:
     model.eval()
     total, n = 0.0, 0
-    for start in range(0, min(len(rows), cfg.eval_batches * cfg.batch_size), cfg.batch_size):
+    for start in range(0, len(rows), cfg.batch_size):  # rows: the held-out rows, at most eval_batches steps
         loss_sum, count = lm_loss_sum(model, rows[start:start + cfg.batch_size], cfg)
         total, n = total + float(loss_sum), n + int(count)
     model.train()
@@ -111,9 +111,10 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
     dist = engine.dist_setup()
     model.to(engine.pick_device())
     rows = tokenize_rows(texts, tokenizer, cfg.seq_len)
-    n_eval = min(max(cfg.batch_size, len(rows) // 100), cfg.eval_batches * cfg.batch_size, len(rows) // 2)
-    train_rows, eval_rows = rows[:-n_eval], rows[-n_eval:]
     step_size = cfg.batch_size * dist.world_size  # batch_size is per process
+    # held out: as many rows whatever the number of processes (the split fixes the training data)
+    n_eval = min(max(step_size, len(rows) // 100), cfg.eval_batches * step_size, len(rows) // 2)
+    train_rows, eval_rows = rows[:-n_eval], rows[-n_eval:]
     steps_per_epoch = max(1, len(train_rows) // step_size)
     total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
