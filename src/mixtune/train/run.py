@@ -214,13 +214,18 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
         offset += int(record.get("steps") or 0)
         if stop_after_stage is not None and i >= stop_after_stage:
             return {**summary, "stopped": True}
-    with dist.main_model(model) as plain:  # rank 0 saves (a whole copy under FSDP); the others wait
+    _save_run(model, tokenizer, recipe, run_dir, mixture, summary)
+    log(f"train done: final model in {run_dir / 'final'}")
+    return summary
+
+
+def _save_run(model, tokenizer, recipe: Recipe, run_dir: Path, mixture: Mixture, summary: dict) -> None:
+    """final/, mixture.json and summary.json, by rank 0 (from a whole copy under FSDP); the other ranks wait."""
+    with engine.dist_setup().main_model(model) as plain:
         if plain is not None:
             atomic_write_json(run_dir / "mixture.json", manifest_summary(mixture.manifest))
             save_final(plain, tokenizer, run_dir / "final", adapter=recipe.adapter.type, base=recipe.model.path)
             atomic_write_json(run_dir / "summary.json", summary)
-    log(f"train done: final model in {run_dir / 'final'}")
-    return summary
 
 
 def _save_stage(model, folder: Path, record: dict, optimizer_state: dict | None, full: bool,
