@@ -57,6 +57,10 @@ class StageContext:
     token_cache: dict = field(default_factory=dict)
     """(source, id) -> tokenised example, shared by the stages of one run."""
     log: Callable[[str], None] = print
+    tensorboard_dir: Path | None = None
+    """The run's TensorBoard folder (with train.tensorboard; `engine.metrics_log` writes there)."""
+    step_offset: int = 0
+    """Optimizer steps of the run's earlier stages: TensorBoard's x axis goes on across stages."""
 
 
 @dataclass
@@ -95,11 +99,16 @@ def stage_runner(kind: str) -> Callable[[StageContext], StageResult]:
 def evaluate_abilities(ctx: StageContext, step: int | None = None) -> dict[str, dict]:
     """Score the model on every benchmark of the recipe, now: after the stage (`step` None, `eval.limit` examples) or
     mid-stage (`step`, `eval.subset` examples). Outputs go to `<run>/eval/<stage>[/step-N]/`, scores to the results
-    database. {} when the recipe names no benchmarks."""
+    database. {} when the recipe names no benchmarks. Under several processes rank 0 evaluates (on a whole copy of
+    the model under FSDP) while the others wait; they get {}."""
     if not ctx.recipe.eval.benchmarks:
         return {}
     from mixtune.evaluate.runner import evaluate_model
+    from mixtune.train.distributed import dist_setup
 
     subset = ctx.recipe.eval.subset if step is not None else None
-    return evaluate_model(ctx.model, ctx.tokenizer, ctx.recipe, ctx.run_dir, stage=ctx.name, step=step,
-                          subset=subset, db_path=ctx.db_path, log=ctx.log)
+    with dist_setup().main_model(ctx.model) as model:
+        if model is None:
+            return {}
+        return evaluate_model(model, ctx.tokenizer, ctx.recipe, ctx.run_dir, stage=ctx.name, step=step,
+                              subset=subset, db_path=ctx.db_path, log=ctx.log)
