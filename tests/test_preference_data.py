@@ -71,10 +71,9 @@ def test_hh_hand_made_records(tmp_path):
     assert ex["messages"] == [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello!"},
                               {"role": "user", "content": "Sum 2+2?"}]
     assert (ex["chosen"], ex["rejected"]) == ("4", "5")
-    assert res.skipped == [
-        f"{path}:2: rejected: the dialogue before the last assistant turn differs from chosen's (first difference "
-        f"at character 10)",
-        f"{path}:3: rejected: identical to chosen (a pair needs two different answers)"]
+    drifted = f"{path}:2: rejected: the dialogue before the last assistant turn differs from chosen's (first " \
+              f"difference at character 10)"
+    assert res.skipped == [drifted, f"{path}:3: rejected: identical to chosen (a pair needs two different answers)"]
 
 
 def test_trl_standard_and_conversational(tmp_path):
@@ -177,7 +176,7 @@ def test_data_check_runs_as_a_module_on_sft_and_preference_files(tmp_path):
     pairs = write(tmp_path / "p.jsonl", [{"chosen": "\n\nHuman: a\n\nAssistant: b",
                                           "rejected": "\n\nHuman: a\n\nAssistant: c"}])
     done = subprocess.run([sys.executable, "-m", "mixtune.data.check", str(sft), str(pairs)], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert "total alpaca: 1 file(s), 1 records, 1 examples, 0 bad records" in done.stdout
     assert "total hh: 1 file(s), 1 records, 1 examples, 0 bad records" in done.stdout
