@@ -27,6 +27,8 @@ from safetensors.torch import load_file
 from mixtune.cliutil import recipe_parser
 from mixtune.config import Recipe, apply_override, load_recipe, parse_override, validate
 from mixtune.data.mixture import Mixture, add_token_counts, draw_mixture, manifest_summary
+from mixtune.data.pair_dataset import build_pair_rows
+from mixtune.data.preference import is_pair
 from mixtune.data.sft_dataset import build_sft_rows
 from mixtune.model.adapters import apply_adapter
 from mixtune.model.load import count_parameters, load_model_and_tokenizer
@@ -41,7 +43,7 @@ from mixtune.runs import (
 )
 from mixtune.train import engine
 from mixtune.train.save import save_final
-from mixtune.train.stages import StageContext, evaluate_abilities, stage_runner
+from mixtune.train.stages import StageContext, check_stage, evaluate_abilities, generates, output_model, stage_runner
 from mixtune.train.strategies import Stage, plan_stages, stage_examples
 
 STAGE_WEIGHTS = "stage_weights.safetensors"
@@ -95,6 +97,8 @@ def prefix_key(recipe: Recipe, stages: list[Stage], index: int) -> str:
     what["stages"] = [[sorted(s.sources), sorted(s.replay)] + ([s.kind, list(s.overrides)] if s.kind != "sft"
                                                                 or s.overrides else [])
                       for s in stages[:index + 1]]
+    if any(s.kind != "sft" for s in stages[:index + 1]):  # SFT-only keys stay as they were
+        what["preference"] = tree["preference"]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -115,6 +119,10 @@ def plan_run(recipe: Recipe, log=print) -> RunPlan:
     stages = plan_stages(recipe.strategy, recipe.data.sources)
     recipes = [stage_recipe(recipe, s) for s in stages]
     mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed, log=log)
+    pools = group_by_source(mixture.train)
+    for stage, srecipe in zip(stages, recipes):
+        check_stage(stage.name, stage.kind, srecipe, {n: pools.get(n, []) for n in (*stage.sources,
+                                                                                   *(s for s, _ in stage.replay))})
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir,
                                                 seed=recipe.train.seed)
     model = apply_adapter(model, recipe.adapter).to(engine.pick_device())
@@ -145,8 +153,11 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
         f"stages {' -> '.join(f'{s.name}:{s.kind}' for s in plan.stages)}")
     pools = group_by_source(mixture.train)
     token_cache: dict = {}  # each drawn example is tokenised once per run, whatever the stages
-    drawn = build_sft_rows(mixture.train, tokenizer, recipe.data, token_cache)
-    add_token_counts(mixture.manifest, drawn.summary()["per_source"], drawn.no_target_by_source())
+    drawn = build_sft_rows([ex for ex in mixture.train if not is_pair(ex)], tokenizer, recipe.data, token_cache)
+    pairs = build_pair_rows([ex for ex in mixture.train if is_pair(ex)], tokenizer, recipe.data,
+                            recipe.preference.max_prompt_len, token_cache)
+    add_token_counts(mixture.manifest, {**drawn.summary()["per_source"], **pairs.per_source()},
+                     {**drawn.no_target_by_source(), **pairs.dropped_by_source()})
     atomic_write_json(run_dir / "manifest.json", {"sources": mixture.manifest,
                                                   "stages": [s.key() for s in plan.stages]})
     full = recipe.adapter.type == "none"
@@ -163,11 +174,13 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
         cached = stage_cache / prefix_key(recipe, plan.stages, i) if stage_cache else None
         with _cache_lock(cached):
             if resume and (done := finished_stage(folder)):
+                model = ctx.model = output_model(stage.kind, model, srecipe, tokenizer)
                 load_stage_weights(model, folder)
                 optimizer_state = _load_optimizer(folder)
                 log(f"stage {i} {stage.name}: already finished, weights loaded")
                 record = done
             elif cached and finished_stage(cached):
+                model = ctx.model = output_model(stage.kind, model, srecipe, tokenizer)
                 record = _restore_cached(model, cached, folder, stage, run_dir, db_path)
                 optimizer_state = _load_optimizer(cached)
                 log(f"stage {i} {stage.name}: reused from {cached}")
@@ -176,6 +189,7 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
                 record, optimizer_state = _train_stage(ctx, stage_manifest)
                 if record is None:
                     return {**summary, "stopped": True}
+                model = ctx.model  # a stage may hand back a new model (reward: a sequence-classification model)
                 engine.save_weights(model, folder / STAGE_WEIGHTS, full)
                 if optimizer_state is not None:
                     atomic_write_file(folder / STAGE_OPTIMIZER, lambda tmp, st=optimizer_state: torch.save(st, tmp))
@@ -199,7 +213,9 @@ def _train_stage(ctx: StageContext, stage_manifest: dict) -> tuple[dict | None, 
     result = stage_runner(ctx.kind)(ctx)
     if not result.finished:
         return None, None
-    scores = evaluate_abilities(ctx)
+    if result.model is not None:
+        ctx.model = result.model
+    scores = evaluate_abilities(ctx) if generates(ctx.model) else {}  # a reward model has no text to score
     atomic_write_json(ctx.folder / "manifest.json", {
         "drawn": stage_manifest, "n_drawn": len(ctx.examples), "n_trained": result.n_examples,
         "dropped": result.dropped})
