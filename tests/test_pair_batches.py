@@ -178,3 +178,15 @@ def test_dpo_learns_a_toy_preference(tmp_path, base_dir, tokenizer):
     assert float(gap_after.mean()) > float(gap_before.mean()) + 1.0
     assert result.metrics["rewards/accuracy"] == 1.0 and result.metrics["rewards/margin"] > 0.5
     assert result.metrics["loss"] < 0.5 and result.finished and result.steps == 30
+
+
+def test_eval_fraction_holds_out_seeded_disjoint_pairs(tmp_path, base_dir, tokenizer):
+    cfg = recipe(preference={"eval_fraction": 0.25})
+    examples = pair_examples(16)
+    held_out = {"other": pair_examples(3, seed=9, source="other")}
+    ctx = dpo_context(tmp_path, None, tokenizer, cfg, examples, eval_sets=held_out)
+    train_set, held = dpo.stage_pairs(ctx)
+    assert len(train_set) == 12 and len(held["heldout"]) == 4 and len(held["other"]) == 3
+    assert not {r["id"] for r in train_set.rows} & {r["id"] for r in held["heldout"].rows}
+    _, held_again = dpo.stage_pairs(ctx)
+    assert [r["id"] for r in held_again["heldout"].rows] == [r["id"] for r in held["heldout"].rows]  # seeded

@@ -285,7 +285,7 @@ def _record_stage(db_path: Path | None, run_dir: Path, index: int, record: dict)
 
 def main(argv: list[str]) -> int:
     parser = recipe_parser("train", __doc__.split("\n")[0],
-                           sections=["model", "data", "train", "adapter", "strategy", "eval"])
+                           sections=["model", "data", "train", "adapter", "strategy", "preference", "eval"])
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     args = parser.parse_args(argv)
     train(load_recipe(args.config, args.overrides), resume=args.resume)
