@@ -28,7 +28,7 @@ from mixtune.data.pair_dataset import PairSet, build_pair_rows, pair_micro_batch
 from mixtune.data.preference import is_pair
 from mixtune.runs import MetricsLog, atomic_write_json
 from mixtune.train import engine
-from mixtune.train.pair_forward import _pad_id, capacity, dpo_micro_loss, mean_stats, packs, reference_logps
+from mixtune.train.pair_forward import capacity, dpo_micro_loss, mean_stats, packs, pad_id, reference_logps
 from mixtune.train.stages import StageContext, StageResult, evaluate_abilities
 
 
@@ -64,7 +64,7 @@ def evaluate_pairs(model, held: dict[str, PairSet], recipe, reference: dict[str,
         sums = []
         for start in range(0, len(pairs), n):
             (micro,) = pair_micro_batches(pairs, list(range(start, min(start + n, len(pairs)))), 1,
-                                          capacity(recipe), _pad_id(model), packs(recipe))
+                                          capacity(recipe), pad_id(model), packs(recipe))
             sums.append(dpo_micro_loss(model, micro, reference[name], recipe)[1])
         out.update({f"eval/{name}/{k}" if k == "loss" else f"eval/{name}/rewards/{k}": v
                     for k, v in mean_stats(sums).items()})
@@ -94,7 +94,7 @@ def run_stage(ctx: StageContext) -> StageResult:
         state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
     log = MetricsLog(ctx.folder, tensorboard=cfg.tensorboard, resume_at=state.step if ctx.resume else None)
     full = recipe.adapter.type == "none"
-    pad_id = _pad_id(model)
+    pad = pad_id(model)
     speed = engine.Throughput()
     order, order_epoch, window, last = [], -1, [], {}
     # ---- loop
@@ -109,7 +109,7 @@ def run_stage(ctx: StageContext) -> StageResult:
             order, order_epoch = engine.epoch_order(len(pairs), cfg.seed, epoch), epoch
             log.log(step, epoch=epoch, shuffle_seed=engine.epoch_seed(cfg.seed, epoch))
         picked = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-        micros = pair_micro_batches(pairs, picked, cfg.grad_accum, capacity(recipe), pad_id, packs(recipe))
+        micros = pair_micro_batches(pairs, picked, cfg.grad_accum, capacity(recipe), pad, packs(recipe))
         step_tokens = 0
         for micro in micros:
             loss, sums = dpo_micro_loss(model, micro, reference, recipe)

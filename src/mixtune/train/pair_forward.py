@@ -75,14 +75,14 @@ def reference_logps(model, pairs: PairSet, recipe: Recipe, pairs_per_batch: int 
     cfg = recipe.train
     per_batch = pairs_per_batch or max(1, cfg.batch_size // cfg.grad_accum)
     out = torch.zeros(len(pairs), 2)
-    pad_id = _pad_id(model)
+    pad = pad_id(model)
     was_training = model.training
     model.eval()
     try:
         with reference_context(model, recipe.preference.reference):
             for start in range(0, len(pairs), per_batch):
                 indices = list(range(start, min(start + per_batch, len(pairs))))
-                (micro,) = pair_micro_batches(pairs, indices, 1, capacity(recipe), pad_id, packs(recipe))
+                (micro,) = pair_micro_batches(pairs, indices, 1, capacity(recipe), pad, packs(recipe))
                 logps, _ = sequence_logps(model, micro, recipe)
                 out[indices, 0] = logps[micro["chosen_index"].to(logps.device)].cpu()
                 out[indices, 1] = logps[micro["rejected_index"].to(logps.device)].cpu()
@@ -91,7 +91,7 @@ def reference_logps(model, pairs: PairSet, recipe: Recipe, pairs_per_batch: int 
     return out
 
 
-def _pad_id(model) -> int:
+def pad_id(model) -> int:
     pad = getattr(unwrap_base(model).config, "pad_token_id", None)
     return 0 if pad is None else int(pad)
 

@@ -29,7 +29,7 @@ from mixtune.runs import MetricsLog, atomic_write_json
 from mixtune.train import engine
 from mixtune.train.dpo import stage_pairs
 from mixtune.train.losses import reward_pairwise_loss
-from mixtune.train.pair_forward import _pad_id, capacity, mean_stats, packs
+from mixtune.train.pair_forward import capacity, mean_stats, packs, pad_id
 from mixtune.train.stages import StageContext, StageResult
 
 
@@ -62,7 +62,7 @@ def evaluate_rewards(model, held: dict[str, PairSet], recipe: Recipe) -> dict[st
         n = max(1, recipe.train.batch_size // recipe.train.grad_accum)
         sums = [reward_micro_loss(model, micro, recipe)[1] for start in range(0, len(pairs), n)
                 for micro in pair_micro_batches(pairs, list(range(start, min(start + n, len(pairs)))), 1,
-                                                capacity(recipe), _pad_id(model), packs(recipe))]
+                                                capacity(recipe), pad_id(model), packs(recipe))]
         out.update({f"eval/{name}/{k}" if k == "loss" else f"eval/{name}/reward/{k}": v
                     for k, v in mean_stats(sums).items()})
     model.train()
@@ -88,7 +88,7 @@ def run_stage(ctx: StageContext) -> StageResult:
         state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
     log = MetricsLog(ctx.folder, tensorboard=cfg.tensorboard, resume_at=state.step if ctx.resume else None)
     full = recipe.adapter.type == "none"
-    pad_id = _pad_id(model)
+    pad = pad_id(model)
     speed = engine.Throughput()
     order, order_epoch, window, last = [], -1, [], {}
     # ---- loop
@@ -103,7 +103,7 @@ def run_stage(ctx: StageContext) -> StageResult:
             order, order_epoch = engine.epoch_order(len(pairs), cfg.seed, epoch), epoch
             log.log(step, epoch=epoch, shuffle_seed=engine.epoch_seed(cfg.seed, epoch))
         picked = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-        micros = pair_micro_batches(pairs, picked, cfg.grad_accum, capacity(recipe), pad_id, packs(recipe))
+        micros = pair_micro_batches(pairs, picked, cfg.grad_accum, capacity(recipe), pad, packs(recipe))
         step_tokens = 0
         for micro in micros:
             loss, sums = reward_micro_loss(model, micro, recipe)
