@@ -19,6 +19,7 @@ from mixtune.config.loading import (
     validate,
 )
 from mixtune.config.model import AdapterConfig, ModelConfig
+from mixtune.config.preference import PreferenceConfig
 from mixtune.config.recipe import Recipe
 from mixtune.config.study import RatioSetup, StudyConfig, StudyRun
 from mixtune.config.train import StageSpec, StrategyConfig, TrainConfig
@@ -26,8 +27,8 @@ from mixtune.config.world import TokenizerConfig, WorldConfig
 
 __all__ = [
     "REGISTRIES", "Ability", "AdapterConfig", "DataConfig", "EvalConfig", "JudgeConfig", "ModelConfig",
-    "RatioSetup", "Recipe", "RecipeError", "Section", "SourceConfig", "StageSpec", "StrategyConfig", "StudyConfig",
-    "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override", "check_name", "describe_fields",
-    "dump_recipe", "format_validation_error", "load_recipe", "load_tree", "parse_override", "registry_names",
-    "validate",
+    "PreferenceConfig", "RatioSetup", "Recipe", "RecipeError", "Section", "SourceConfig", "StageSpec",
+    "StrategyConfig", "StudyConfig", "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override",
+    "check_name", "describe_fields", "dump_recipe", "format_validation_error", "load_recipe", "load_tree",
+    "parse_override", "registry_names", "validate",
 ]

@@ -31,6 +31,8 @@ from safetensors.torch import load_file
 from mixtune.cliutil import recipe_parser
 from mixtune.config import Recipe, apply_override, load_recipe, parse_override, validate
 from mixtune.data.mixture import Mixture, add_token_counts, draw_mixture, manifest_summary
+from mixtune.data.pair_dataset import build_pair_rows
+from mixtune.data.preference import is_pair
 from mixtune.data.sft_dataset import build_sft_rows
 from mixtune.model.adapters import apply_adapter
 from mixtune.model.load import count_parameters, load_model_and_tokenizer
@@ -45,7 +47,7 @@ from mixtune.runs import (
 )
 from mixtune.train import engine
 from mixtune.train.save import save_final
-from mixtune.train.stages import StageContext, evaluate_abilities, stage_runner
+from mixtune.train.stages import StageContext, check_stage, evaluate_abilities, generates, output_model, stage_runner
 from mixtune.train.strategies import Stage, plan_stages, stage_examples
 
 STAGE_WEIGHTS = "stage_weights.safetensors"
@@ -129,6 +131,8 @@ def prefix_key(recipe: Recipe, stages: list[Stage], index: int, recipes: list[Re
     what["stages"] = [[sorted(s.sources), sorted(s.replay)] + ([s.kind, list(s.overrides)] if s.kind != "sft"
                                                                 or s.overrides else [])
                       for s in stages[:index + 1]]
+    if any(s.kind != "sft" for s in stages[:index + 1]):  # SFT-only keys stay as they were
+        what["preference"] = tree["preference"]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -161,7 +165,11 @@ def plan_run(recipe: Recipe, log=print) -> RunPlan:
     stages = plan_stages(recipe.strategy, recipe.data.sources)
     recipes = [stage_recipe(recipe, s) for s in stages]
     mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed, log=log)
-    recipes = budget_recipes(recipe, stages, recipes, group_by_source(mixture.train))
+    pools = group_by_source(mixture.train)
+    recipes = budget_recipes(recipe, stages, recipes, pools)
+    for stage, srecipe in zip(stages, recipes):
+        check_stage(stage.name, stage.kind, srecipe, {n: pools.get(n, []) for n in (*stage.sources,
+                                                                                   *(s for s, _ in stage.replay))})
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir,
                                                 seed=recipe.train.seed)
     model = apply_adapter(model, recipe.adapter).to(engine.pick_device())
@@ -211,8 +219,11 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
         f"stages {' -> '.join(f'{s.name}:{s.kind}' for s in plan.stages)}{budget}")
     pools = group_by_source(mixture.train)
     token_cache: dict = {}  # each drawn example is tokenised once per run, whatever the stages
-    drawn = build_sft_rows(mixture.train, tokenizer, recipe.data, token_cache)
-    add_token_counts(mixture.manifest, drawn.summary()["per_source"], drawn.no_target_by_source())
+    drawn = build_sft_rows([ex for ex in mixture.train if not is_pair(ex)], tokenizer, recipe.data, token_cache)
+    pairs = build_pair_rows([ex for ex in mixture.train if is_pair(ex)], tokenizer, recipe.data,
+                            recipe.preference.max_prompt_len, token_cache)
+    add_token_counts(mixture.manifest, {**drawn.summary()["per_source"], **pairs.per_source()},
+                     {**drawn.no_target_by_source(), **pairs.dropped_by_source()})
     dist = engine.dist_setup()
     if dist.is_main:
         atomic_write_json(run_dir / "manifest.json", {"sources": mixture.manifest,
@@ -235,6 +246,7 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
             how = dist.broadcast("finished" if resume and finished_stage(folder) else
                                  "cached" if cached and finished_stage(cached) else "train")
             if how == "finished":
+                model = ctx.model = output_model(stage.kind, model, srecipe, tokenizer)
                 load_stage_weights(model, folder)
                 optimizer_state = _load_optimizer(folder)
                 log(f"stage {i} {stage.name}: already finished, weights loaded")
@@ -242,6 +254,7 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
                 if cached and dist.is_main and not finished_stage(cached):  # killed before it was published
                     _publish(folder, cached)
             elif how == "cached":
+                model = ctx.model = output_model(stage.kind, model, srecipe, tokenizer)
                 record = _restore_cached(model, cached, folder, stage, run_dir, db_path)
                 optimizer_state = _load_optimizer(cached)
                 log(f"stage {i} {stage.name}: reused from {cached}")
@@ -249,6 +262,7 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
                 record, optimizer_state = _train_stage(ctx, stage_manifest)
                 if record is None:
                     return {**summary, "stopped": True}
+                model = ctx.model  # a stage may hand back a new model (reward: a sequence-classification model)
                 _save_stage(model, folder, record, optimizer_state, full, cached)
             if how != "finished" and srecipe.train.tensorboard and dist.is_main:
                 _tensorboard_scores(tensorboard_dir, offset + int(record.get("steps") or 0), record)
@@ -316,7 +330,9 @@ def _train_stage(ctx: StageContext, stage_manifest: dict) -> tuple[dict | None, 
     result = stage_runner(ctx.kind)(ctx)
     if not result.finished:
         return None, None
-    scores = evaluate_abilities(ctx)
+    if result.model is not None:
+        ctx.model = result.model
+    scores = evaluate_abilities(ctx) if generates(ctx.model) else {}  # a reward model has no text to score
     if engine.dist_setup().is_main:
         atomic_write_json(ctx.folder / "manifest.json", {
             "drawn": stage_manifest, "n_drawn": len(ctx.examples), "n_trained": result.n_examples,
@@ -389,7 +405,7 @@ def _record_stage(db_path: Path | None, run_dir: Path, index: int, record: dict)
 
 def main(argv: list[str]) -> int:
     parser = recipe_parser("train", __doc__.split("\n")[0],
-                           sections=["model", "data", "train", "adapter", "strategy", "eval"])
+                           sections=["model", "data", "train", "adapter", "strategy", "preference", "eval"])
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     args = parser.parse_args(argv)
     try:

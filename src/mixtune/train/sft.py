@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from mixtune.config import Recipe
+from mixtune.data.preference import is_pair
 from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
 from mixtune.model.adapters import unwrap_base
 from mixtune.runs import atomic_write_json
@@ -114,7 +115,9 @@ def run_stage(ctx: StageContext) -> StageResult:
     dist = engine.dist_setup()  # one process, or a rank of torchrun / accelerate launch
     t0 = time.perf_counter()
     rows = build_sft_rows(ctx.examples, ctx.tokenizer, recipe.data, ctx.token_cache)
-    eval_sets = {k: build_sft_rows(v, ctx.tokenizer, recipe.data, ctx.token_cache) for k, v in ctx.eval_sets.items()}
+    eval_sets = {k: build_sft_rows(v, ctx.tokenizer, recipe.data, ctx.token_cache) for k, v in ctx.eval_sets.items()
+                 if not any(is_pair(ex) for ex in v)}  # held-out preference pairs are the preference stages'
+
     stats = rows.summary()
     n_tokens = sum(v["tokens"] for v in stats["per_source"].values())
     ctx.log(f"stage {ctx.name}: {len(rows)} examples, {n_tokens} tokens, {len(rows.truncated)} truncated to "
