@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixtune.errors import UserError
 from mixtune.jsonl import iter_lines, parse_line
 
 MAX_LISTED = 20
@@ -31,7 +32,7 @@ KEEP_FIELDS = ("answer", "tests", "entry_point", "instruction_ids", "kwargs", "c
 """Extra fields of a mixtune (messages-format) record kept on the example."""
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Invalid data; `problems` holds every `path:n: field: problem` message."""
 
     def __init__(self, header: str, problems: list[str] | None = None):

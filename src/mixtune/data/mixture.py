@@ -14,11 +14,12 @@ from pathlib import Path
 
 from mixtune.config import SourceConfig
 from mixtune.data.formats import read_examples
+from mixtune.errors import UserError
 
 MINILAB_FILES = {"math": "math.jsonl", "code": "code.jsonl", "general": "general.jsonl", "knowledge": "knowledge.jsonl"}
 
 
-class MixtureError(ValueError):
+class MixtureError(UserError, ValueError):
     """A mixture that cannot be drawn (unknown ratio reference, more examples than a source holds, ...)."""
 
 

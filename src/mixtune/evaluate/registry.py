@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mixtune.errors import UserError
+
 TASKS: dict[str, str] = {
     "gsm8k": "mixtune.evaluate.gsm8k:GSM8K",
     "minilab_math": "mixtune.evaluate.gsm8k:MiniLabMath",
@@ -44,7 +46,7 @@ ABILITY_OF: dict[str, str] = {
 }
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(UserError, ValueError):
     """A benchmark name that is not in `TASKS`; the message lists the valid names."""
 
 

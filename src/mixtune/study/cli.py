@@ -19,6 +19,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from mixtune.config import Recipe, load_recipe
+from mixtune.errors import UserError
 from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_json, prepare_run_dir
 from mixtune.study.base import prepare_base
@@ -52,7 +53,7 @@ def _run_one(run: GridRun, study_dir: str, threads: int) -> tuple[str, float, st
     return run.run_id, time.perf_counter() - t0, error
 
 
-class StudyConfigError(ValueError):
+class StudyConfigError(UserError, ValueError):
     """The study folder holds runs made from a different configuration."""
 
 

@@ -25,13 +25,14 @@ from transformers.optimization import (
 )
 
 from mixtune.config import TrainConfig
+from mixtune.errors import UserError
 from mixtune.runs import atomic_dir, atomic_write_file, atomic_write_json
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
