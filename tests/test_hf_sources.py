@@ -96,8 +96,8 @@ def test_dataset_info_entries_with_their_column_and_tag_mappings(tmp_path):
     assert [e["messages"] for e in same.examples] == [e["messages"] for e in qa.examples]
     with pytest.raises(DataError) as err:
         read_source(folder / "dataset_info.json", dataset_info="chat")
-    assert err.value.problems == [f"{folder / 'chat.parquet'}: row 1: msgs[1].role: role 'robot' is not one of "
-                                  "the entry's tags ['assistant', 'system', 'user']"]
+    assert err.value.problems == [(f"{folder / 'chat.parquet'}: row 1: msgs[1].role: role 'robot' is not one of "
+                                   "the entry's tags ['assistant', 'system', 'user']")]
     chat = read_source(folder, dataset_info="chat", skip_invalid=True)
     assert chat.format == "sharegpt" and chat.examples[0]["messages"][1] == {"role": "assistant", "content": "pong"}
     with pytest.raises(DataError, match="holds 3 entries; name one with dataset_info: NAME"):

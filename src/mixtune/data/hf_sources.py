@@ -118,7 +118,7 @@ def open_records(path: str | Path, dataset_info: str | None = None, split: str |
     if path.is_dir() and (path / llamafactory.INFO_NAME).is_file() and not _is_hf_disk(path):
         path = path / llamafactory.INFO_NAME
     if path.name == llamafactory.INFO_NAME and path.is_file() and not _is_hf_disk(path.parent):
-        entry_name, entry = llamafactory.load_entry(path, name)
+        _, entry = llamafactory.load_entry(path, name)
         fmt, convert = llamafactory.entry_converter(entry)
         inner = open_records(llamafactory.entry_data_path(path, entry), split=split or entry.get("split"))
         return Records(inner.rows, inner.position, fmt, convert)
