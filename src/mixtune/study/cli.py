@@ -1,9 +1,13 @@
 """`mixtune study -c recipe.yaml`: run a strategy × data-fraction × seed grid from one shared base model.
 
-The base (world, tokenizer, pre-training) is prepared once and cached. Independent runs execute in parallel, one
-torch thread each (on 2 cores two single-thread runs beat one two-thread run). Runs that share a stage prefix train
-it once (a shared stage cache with a file lock per prefix). Resumable: a finished run is never redone, an
-interrupted one continues from its checkpoints. Results: `runs/<study>/results.sqlite`; then the report.
+The base is any local checkpoint (`study.base`) or the mini-lab base (world, tokenizer, pre-training; prepared once
+and cached). Before the study folder exists, what every run would check is checked once (`study.base.check_study`:
+context length, tokenizer and template, judge, data sources), so a bad study fails in one line. The base is scored
+once on the study's benchmarks (run `base`, stage `base`). Independent runs execute in parallel, one torch thread
+each (on 2 cores two single-thread runs beat one two-thread run), under one overall progress bar with an ETA. Runs
+that share a stage prefix train it once (a shared stage cache with a file lock per prefix). Resumable: a finished run
+is never redone, an interrupted one continues from its checkpoints. Results: `runs/<study>/results.sqlite`; then the
+report.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from mixtune.config import Recipe, load_recipe
 from mixtune.errors import UserError
 from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_json, prepare_run_dir
-from mixtune.study.base import prepare_base
+from mixtune.study.base import BASE_RUN, base_run_recipe, check_study, study_base
 from mixtune.study.grid import GridRun, expand_grid
 
 
@@ -44,13 +48,38 @@ def _run_one(run: GridRun, study_dir: str, threads: int) -> tuple[str, float, st
         db.set_status(run.run_id, "running")
     try:  # the run's own output (progress, stage logs) goes to its train.log, not the study's terminal
         with log_path.open("a") as fh, redirect_stdout(fh), redirect_stderr(fh):
-            train(recipe, resume=True, stage_cache=study_dir / "stage-cache", db_path=study_dir / DB_NAME)
-        status, error = "finished", None
+            if run.setup == BASE_RUN:
+                summary = {"scores": {BASE_RUN: score_base(recipe, study_dir)}}
+            else:
+                summary = train(recipe, resume=True, stage_cache=study_dir / "stage-cache",
+                                db_path=study_dir / DB_NAME)
+        status, error = "finished", _failed_benchmarks(summary)
     except Exception:  # noqa: BLE001 -- a failed run is recorded and reported; the others go on
         status, error = "failed", traceback.format_exc()
     with ResultsDB(study_dir / DB_NAME) as db:
         db.set_status(run.run_id, status)
     return run.run_id, time.perf_counter() - t0, error
+
+
+def score_base(recipe: Recipe, study_dir: Path) -> dict:
+    """Score the base model on the study's benchmarks: run `base`, stage `base` (index 0, no training)."""
+    from mixtune.evaluate.runner import evaluate_model
+    from mixtune.model.load import load_model_and_tokenizer, prepare_tokenizer
+    from mixtune.train.engine import pick_device
+
+    tokenizer = prepare_tokenizer(recipe.model, recipe.data.template)
+    model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer=tokenizer)
+    with ResultsDB(study_dir / DB_NAME) as db:
+        db.add_stage(BASE_RUN, 0, BASE_RUN, n_examples=0, n_tokens=0, steps=0, wall_s=0.0)
+    return evaluate_model(model.to(pick_device()), tokenizer, recipe, recipe.run_dir, stage=BASE_RUN,
+                          db_path=study_dir / DB_NAME)
+
+
+def _failed_benchmarks(summary: dict) -> str | None:
+    """A note naming the benchmarks that have no valid score (status failed), or None."""
+    failed = [f"{stage}/{name}" for stage, scores in summary.get("scores", {}).items()
+              for name, record in (scores or {}).items() if record.get("status") == "failed"]
+    return f"no valid score for {', '.join(failed)}" if failed else None
 
 
 class StudyConfigError(UserError, ValueError):
@@ -81,12 +110,24 @@ def register_runs(db: ResultsDB, study: Recipe, runs: list[GridRun]) -> None:
                       status="pending")
 
 
-def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
-    """Prepare the base, run every unfinished run of the grid, write the study meta; returns the study folder."""
-    t0 = time.perf_counter()
-    study_dir = prepare_run_dir(study, verb="study")
-    base = prepare_base(load_recipe(study.study.base_recipe), log=log)
+def study_runs(study: Recipe, study_dir: Path, base: Path) -> list[GridRun]:
+    """The grid's runs, preceded by the base-scoring run when the study has benchmarks."""
     runs = expand_grid(study, study_dir, base)
+    if study.eval.benchmarks:
+        runs.insert(0, GridRun(BASE_RUN, BASE_RUN, None, study.seed, BASE_RUN,
+                               base_run_recipe(study, study_dir, base)))
+    return runs
+
+
+def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
+    """Prepare (or find) the base, check the study, run every unfinished run of the grid, write the study meta;
+    returns the study folder. Runs that fail, or finish with a benchmark left without a valid score, are listed
+    in study.json (`failed`) and raise a StudyRunError after the others have finished."""
+    t0 = time.perf_counter()
+    base = study_base(study, log=log)
+    check_study(study, base, log=log)
+    study_dir = prepare_run_dir(study, verb="study")
+    runs = study_runs(study, study_dir, base)
     with ResultsDB(study_dir / DB_NAME) as db:
         register_runs(db, study, runs)
         done = db.finished_runs(study.name)
@@ -95,17 +136,7 @@ def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
     threads = max(1, (os.cpu_count() or 1) // workers)
     log(f"[study] {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished), "
         f"{workers} workers x {threads} thread(s), protocol {study.study.protocol}")
-    failures = []
-    if todo:
-        ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_one, run, str(study_dir), threads) for run in todo]
-            for n, fut in enumerate(as_completed(futures), 1):
-                run_id, wall, error = fut.result()
-                log(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
-                if error:
-                    failures.append(run_id)
-                    log(error)
+    failures = _run_all(todo, study_dir, workers, threads, log) if todo else []
     atomic_write_json(study_dir / "study.json", {
         "study": study.name, "protocol": study.study.protocol, "fractions": study.study.fractions,
         "seeds": study.study.seeds, "runs": [r.run_id for r in runs], "base": str(base),
@@ -113,21 +144,58 @@ def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
         "failed": failures,
     })
     if failures:
-        raise RuntimeError(f"{len(failures)} runs failed: {failures}; see their train.log")
+        raise StudyRunError(f"{len(failures)} run(s) failed or have no valid score: {', '.join(failures)}; "
+                            f"see their train.log in {study_dir}")
     return study_dir
 
 
+def _run_all(todo: list[GridRun], study_dir: Path, workers: int, threads: int, log) -> list[str]:
+    """Run `todo` in a spawn pool under one overall progress bar (runs done / total, elapsed, ETA)."""
+    from tqdm import tqdm
+
+    failures = []
+    ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool, \
+            tqdm(total=len(todo), desc="study", unit="run", leave=True, dynamic_ncols=True) as bar:
+        futures = [pool.submit(_run_one, run, str(study_dir), threads) for run in todo]
+        for n, fut in enumerate(as_completed(futures), 1):
+            run_id, wall, error = fut.result()
+            bar.update(1)
+            emit = bar.write if log is print else log  # lines above the bar, which stays at the bottom
+            emit(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
+            if error:
+                failures.append(run_id)
+                emit(error)
+    return failures
+
+
+class StudyRunError(RuntimeError):
+    """Some runs of a study failed (their tracebacks are in their train.log and were printed)."""
+
+
 def main(argv: list[str]) -> int:
+    """Exit 0 when every run finished with valid scores, 1 when some failed (the report is still written), 2 for a
+    user error (one line, `mixtune.cli`)."""
+    import sys
+
     from mixtune.cliutil import recipe_parser
 
-    parser = recipe_parser("study", __doc__.split("\n")[0], sections=["study", "data", "train", "eval", "adapter"])
+    parser = recipe_parser("study", __doc__.split("\n")[0], sections=["study", "model", "data", "train", "eval",
+                                                                       "adapter"])
     parser.add_argument("--workers", type=int, default=None, help="parallel runs (default: study.workers)")
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
     args: argparse.Namespace = parser.parse_args(argv)
     study = load_recipe(args.config, args.overrides)
-    study_dir = run_study(study, workers=args.workers)
+    failed = None
+    try:
+        study_dir = run_study(study, workers=args.workers)
+    except StudyRunError as e:
+        study_dir, failed = study.run_dir, str(e)
     if not args.no_report:
         from mixtune.study.report_cli import main as report_main
 
         report_main([str(study_dir)])
+    if failed:
+        print(f"mixtune study: {failed}", file=sys.stderr)
+        return 1
     return 0
