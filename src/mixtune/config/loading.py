@@ -58,10 +58,15 @@ def format_validation_error(source: str, err: ValidationError) -> str:
 
 def load_tree(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a folder; -c takes a recipe YAML file (e.g. recipes/quickstart.yaml)")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise RecipeError(f"{path}: no such recipe") from None
+        raise RecipeError(f"{path}: no such recipe; -c takes a recipe YAML file (see recipes/)") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not a text file ({e.reason} at byte {e.start}); -c takes a recipe YAML file") \
+            from None
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(tree, dict):
