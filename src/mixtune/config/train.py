@@ -40,6 +40,9 @@ class TrainConfig(Section):
     """Gradient clipping norm (0 disables)."""
     bf16: bool = True
     """bf16 autocast (CPU and GPU)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory for long sequences or large models, ~30% slower;
+    the same loss and gradients)."""
     threads: int = Field(1, ge=1)
     """torch CPU threads for this run (one per run is fastest on small machines)."""
     seed: int = 0

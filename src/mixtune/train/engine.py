@@ -62,6 +62,24 @@ def autocast(cfg: TrainConfig, device: torch.device | str = "cpu"):
     return torch.autocast(device_type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
 
 
+def set_gradient_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them (`train.gradient_checkpointing`:
+    less memory, ~30% more compute, the same loss and gradients). Non-reentrant checkpointing, so frozen inputs
+    (LoRA on a frozen base) need no `enable_input_require_grads`."""
+    from mixtune.model.adapters import unwrap_base
+
+    base = unwrap_base(model)
+    if not hasattr(base, "activation_checkpointing_enable"):
+        if on:
+            raise ValueError(f"{type(base).__name__} does not support gradient checkpointing; "
+                             "set train.gradient_checkpointing=false")
+        return
+    if on:
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif base.is_activation_checkpointing:
+        base.activation_checkpointing_disable()
+
+
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, carried: dict | None = None) -> torch.optim.Optimizer:
     """AdamW over trainable parameters; no weight decay on vectors (norms, biases).
 
