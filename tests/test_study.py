@@ -157,7 +157,7 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
         (label, f, 0, s) for label in ("mixed sequential", "DMT k=1/4") for f in (1.0, 0.5)
         for s in ("specialized", "general")} | {("base", None, 0, "base")}
     assert {(r["ability"], r["benchmark"]) for r in rows} == {("math", "minilab_math")}
-    assert "data-fraction protocol: matched steps" in (study_dir / "report" / "index.html").read_text()
+    assert "training protocol: matched steps" in (study_dir / "report" / "index.html").read_text()
 
 
 def test_fixed_epochs_halves_the_steps_and_workers_are_spawned_processes(tmp_path, base, monkeypatch):

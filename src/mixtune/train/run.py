@@ -48,7 +48,7 @@ from mixtune.train.strategies import Stage, plan_stages, stage_examples
 
 STAGE_WEIGHTS = "stage_weights.safetensors"
 STAGE_OPTIMIZER = "stage_optimizer.pt"  # only with train.fresh_optimizer: false
-STAGE_FILES = (STAGE_WEIGHTS, "stage.json", "manifest.json", STAGE_OPTIMIZER)
+STAGE_FILES = (STAGE_WEIGHTS, "stage.json", "manifest.json", "metrics.jsonl", STAGE_OPTIMIZER)
 """What a finished stage folder holds (and what the study's stage cache keeps of it)."""
 
 
