@@ -21,9 +21,9 @@ class SourceConfig(Section):
     path: str | None = None
     """File or folder to read: JSONL / JSON list (.gz allowed), parquet, csv, arrow; a folder of such files; a
     `save_to_disk` folder; a LLaMA-Factory `dataset_info.json` (or its folder; `file#entry` names the entry)."""
-    minilab: str | None = None
+    minilab: str | None = Field(None, json_schema_extra={"registry": "mini-lab source"})
     """Instead of `path`: the mini-lab world's source for this ability (math, code, general, knowledge, ...)."""
-    format: str = "auto"
+    format: str = Field("auto", json_schema_extra={"registry": "data format"})
     """Record format (a name of the data-format registry); `auto` detects it from the first record."""
     ability: Ability | None = None
     """Ability the examples train; defaults to the mini-lab ability or the format's natural one."""
@@ -86,7 +86,7 @@ class DataConfig(Section):
 
     sources: list[SourceConfig] = Field(default_factory=list)
     """The sources of the mixture."""
-    template: str = "tokenizer"
+    template: str = Field("tokenizer", json_schema_extra={"registry": "chat template"})
     """Chat template: `tokenizer` (the tokenizer's own), `auto` (the checkpoint's own, else its family's from
     config.json model_type) or a family template of the registry; it is saved with the trained model."""
     system_prompt: str | None = None

@@ -36,7 +36,7 @@ class JudgeConfig(Section):
 class EvalConfig(Section):
     """Ability benchmarks: which to run, how to generate, where the data lies."""
 
-    benchmarks: list[str] = Field(default_factory=list)
+    benchmarks: list[str] = Field(default_factory=list, json_schema_extra={"registry": "benchmark"})
     """Benchmark names from the task registry (`mixtune eval list`)."""
     limit: int | None = Field(None, ge=1)
     """Examples per benchmark (None: all)."""

@@ -45,7 +45,7 @@ class ModelConfig(Section):
 class AdapterConfig(Section):
     """Parameter-efficient fine-tuning; `none` trains every weight."""
 
-    type: str = "none"
+    type: str = Field("none", json_schema_extra={"registry": "adapter"})
     """Adapter kind: none or a name of the adapter registry (lora, loramoe, prefix, prompt, bottleneck)."""
     r: int = Field(8, ge=1)
     """LoRA / LoRAMoE rank."""

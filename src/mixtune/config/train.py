@@ -67,7 +67,7 @@ class StageSpec(Section):
 
     name: str
     """Stage name (used for folders, logs and the per-stage scores)."""
-    kind: str = "sft"
+    kind: str = Field("sft", json_schema_extra={"registry": "stage kind"})
     """Stage kind, a name of the stage registry (`train/stages.py`): sft, dpo, reward, grpo, ..."""
     sources: list[str] = Field(default_factory=list)
     """Names of data sources this stage trains on in full (SFT examples, preference pairs or RL prompts)."""
@@ -94,7 +94,7 @@ class StageSpec(Section):
 class StrategyConfig(Section):
     """How the sources are split into stages (DMT paper §3.5, METHODS.md §1), and what follows the SFT stages."""
 
-    name: str = "multi_task"
+    name: str = Field("multi_task", json_schema_extra={"registry": "strategy"})
     """A name of the strategy registry. multi_task: one stage on all; sequential: one stage per ability in `order`;
     mixed_sequential: specialised then general; dmt: specialised, then general + k of each specialised source;
     stages: the explicit list."""

@@ -229,7 +229,7 @@ class CodeTask(Task):
         if len(examples) != len(completions):
             raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
         programs = [build_program(ex, c) for ex, c in zip(examples, completions)]
-        results = run_many(programs, self.limits, self.workers)
+        results = run_many(programs, self.limits, self.workers, desc=f"{self.name} sandbox")
         return [{"task_id": ex["task_id"], "passed": r.passed, "result": r.status, "detail": r.detail,
                  "isolation": r.isolation} for ex, r in zip(examples, results)]
 

@@ -18,9 +18,6 @@ from typing import Any
 
 from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_text
-from mixtune.study.curves import loss_plot, read_loss_curves
-from mixtune.study.html import write_page
-from mixtune.study.plots import make_plots
 from mixtune.study.tables import (
     BASE_RUN,
     annotate_rows,
@@ -68,6 +65,10 @@ def write_report(study_dir: str | Path, rows: list[dict], meta: dict[str, Any] |
                  unscored: list[str] | None = None) -> tuple[Path, list]:
     """Write tables, plots and the HTML page into `study_dir/report/`; return (html path, tables). `runs` (with
     their protocol) name the loss curves read from the run folders."""
+    from mixtune.study.curves import loss_plot, read_loss_curves  # matplotlib: only when a report is drawn
+    from mixtune.study.html import write_page
+    from mixtune.study.plots import make_plots
+
     study_dir = Path(study_dir)
     meta = meta or {}
     out_dir = study_dir / "report"
