@@ -233,7 +233,7 @@ def test_report_page_loads_cleanly_and_shows_tables_and_plots(browser, tmp_path)
     assert browser.console_errors() == []
     assert browser.evaluate("document.title") == "mixtune report: browser-study"
     assert browser.evaluate("document.querySelectorAll('table').length") == 3
-    assert browser.evaluate("document.querySelector('.protocol').textContent") == "data-fraction protocol: fixed epochs"
+    assert browser.evaluate("document.querySelector('.protocol').textContent") == "training protocol: fixed epochs"
     # fraction table: per fraction, single-source runs then each mixed strategy; single math and code cells come
     # from the "math only" / "code only" runs, and there is no general-only run
     fraction_rows = browser.evaluate("Array.from(document.querySelectorAll('table')[1].tBodies[0].rows)"
@@ -242,7 +242,9 @@ def test_report_page_loads_cleanly_and_shows_tables_and_plots(browser, tmp_path)
                                               for src in ("single", "mixed: sequential", "mixed: dmt")]
     assert fraction_rows[0][2:] == ["0.625 ± 0.035 (n=2)", "0.625 ± 0.035 (n=2)", "–", "–"]
     images = browser.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.height])")
-    assert len(images) == 2 and all(ok and w > 300 and h > 100 for ok, w, h in images), images
+    assert len(images) == 3 and all(ok and w > 300 and h > 100 for ok, w, h in images), images  # bars, scaling, stages
+    alts = browser.evaluate("Array.from(document.images).map(i => i.alt)")
+    assert alts == ["headline plot", "scaling plot", "stages plot"]
 
     shot = browser.screenshot(tmp_path / "report.png")
     if os.environ.get("MIXTUNE_SCREENSHOT_DIR"):  # keep a copy to look at

@@ -125,7 +125,7 @@ def open_records(path: str | Path, dataset_info: str | None = None, split: str |
     if name is not None:
         raise DataError(f"{path}: dataset_info {name!r} given, but there is no {llamafactory.INFO_NAME} there")
     if not path.exists():
-        raise DataError(f"{path}: no such file or folder; fix the source's path")
+        raise DataError(f"{path}: data file not found; fix the source's path")
     if path.is_dir():
         if _is_hf_disk(path):
             return Records(_disk_rows(path, split), "0-based rows")

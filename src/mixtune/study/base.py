@@ -94,6 +94,7 @@ def base_run_recipe(study: Recipe, study_dir: Path, base: Path) -> Recipe:
     tree.update(name=BASE_RUN, out_dir=str(study_dir / BASE_RUN))
     tree["model"] = {**tree["model"], "path": str(base), "tokenizer": None}
     tree["data"] = {**tree["data"], "sources": []}
+    tree["adapter"] = {"type": "none"}  # the base as it is, whatever adapter the runs train
     return validate(Recipe, tree, "study base")
 
 
