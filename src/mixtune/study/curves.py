@@ -51,7 +51,9 @@ def loss_plot(curves: dict[str, Curve], runs: list[dict], out_path: str | Path) 
     info = {r["run_id"]: r for r in runs}
     protocols = sorted({str(r.get("protocol")) for r in runs if r.get("protocol") and r["run_id"] in curves})
     groups: dict[str, list[str]] = {}
-    for run in curves:
+    order = {r["run_id"]: i for i, r in enumerate(sorted(runs, key=lambda r: (r.get("fraction") is None,
+                                                                            -(r.get("fraction") or 0))))}
+    for run in sorted(curves, key=lambda r: order.get(r, len(order))):  # the full-data runs first
         r = info.get(run, {})
         label = " · ".join(str(v).replace("_", " ") for v in (r.get("strategy") or run, r.get("adapter"),
                                                                r.get("protocol") if len(protocols) > 1 else None)

@@ -19,10 +19,12 @@ import math
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.patches import Patch
 
 from mixtune.study.cells import Summary, fmt_fraction
 from mixtune.study.tables import (
     ABILITIES,
+    BASE_RUN,
     KEY_FIELDS,
     ability_columns,
     aggregate,
@@ -101,7 +103,7 @@ def headline_plot(rows: list[dict], out_path: str | Path, metric_map: dict[str, 
     used = tuple(f for f in key_fields(final) if f != "protocol")
 
     def name_of(r: dict) -> str:
-        return group_title(run_key(r, used), used)
+        return BASE_RUN if is_base(r) else group_title(run_key(r, used), used)
 
     agg = aggregate(final, lambda r: (r.get("protocol") or "", name_of(r), r.get("ability") or "other",
                                       r["benchmark"]))
@@ -109,7 +111,7 @@ def headline_plot(rows: list[dict], out_path: str | Path, metric_map: dict[str, 
     rate_of = {c: is_rate([s for k, s in agg.items() if k[2:] == c]) for c in cols}
     scales = [g for g in ([c for c in cols if rate_of[c]], [c for c in cols if not rate_of[c]]) if g]
     protocols = protocols_of(final) or [""]
-    base_names = {name_of(r) for r in final if is_base(r)}
+    base_names = {BASE_RUN}
     n_names = len({k[1] for k in agg})
     width = min(16.0, max(7.0, (0.3 * len(cols) + 0.4) * n_names * len(protocols) + 3.0))
     fig = Figure(figsize=(width, 4.4 * len(scales)), dpi=DPI, layout="constrained")
@@ -119,23 +121,20 @@ def headline_plot(rows: list[dict], out_path: str | Path, metric_map: dict[str, 
         for i, group in enumerate(scales):
             ax, width = axes[i][j], 0.8 / len(group)
             for c, (ability, bench) in enumerate(group):
-                label = column_title(ability, bench, chosen)
                 for x, name in enumerate(names):
                     s = agg.get((protocol, name, ability, bench)) or agg.get(("", name, ability, bench))
                     if s is None:
                         continue
                     pos = x - 0.4 + width * (c + 0.5)
-                    ax.bar(pos, s.mean, width * 0.9, color=ability_color(ability), label=label,
+                    ax.bar(pos, s.mean, width * 0.9, color=ability_color(ability),
                            alpha=0.4 if name in base_names else 0.8)
                     draw_point(ax, pos, s, "black", rate_of[(ability, bench)], width * 0.5)
-                    label = None  # one legend entry per ability
             ax.set_xticks(range(len(names)), names, rotation=25, ha="right", fontsize="small")
             _finish_axes(ax, rate_of[group[0]])
             ax.set_ylabel("score (main metric)")
             ax.set_title(f"final stage, protocol: {_protocol_text([protocol] if protocol else [])}", fontsize="medium")
-    handles = {lab: h for ax in fig.axes for h, lab in zip(*ax.get_legend_handles_labels())}
-    fig.legend(handles.values(), handles.keys(), loc="outside lower center", ncols=min(4, len(handles)),
-               fontsize="small")
+    handles = [Patch(color=ability_color(a), alpha=0.8, label=column_title(a, b, chosen)) for a, b in cols]
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(4, len(handles)), fontsize="small")
     fig.suptitle("Strategy × ability: mean over seeds (bar), each seed (dots), 95% interval (t, clipped to [0, 1])",
                  fontsize="medium")
     return _save(fig, out_path)
