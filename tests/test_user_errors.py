@@ -60,7 +60,7 @@ def test_a_data_format_error_names_file_line_and_field(tmp_path, capsys, tiny_to
     line = one_line_error(capsys, ["train", "-c", str(recipe), f"data.sources.0.path={bad}"], "train")
     assert line.startswith(f"mixtune train: {bad}: 1 invalid record(s) of 2 (alpaca format; numbers are 1-based "
                            "lines); fix them or set skip_invalid: true on the source")
-    assert line.endswith(f"(first of 1: {bad}:2: output: expected a string, got int)")
+    assert line.endswith(f"on the source ({bad}:2: output: expected a string, got int)")
     assert not (tmp_path / "run").exists()
 
 
@@ -112,6 +112,13 @@ def test_a_locked_run_folder_and_a_full_disk(tmp_path, capsys, tiny_tokenizer_di
     monkeypatch.setattr("mixtune.train.run.prepare_run_dir", full)
     line = one_line_error(capsys, ["train", "-c", str(recipe)], "train")
     assert line.startswith("mixtune train: [Errno 28] no space left on device while writing")
+
+
+def test_one_line_of_a_message_listing_problems():
+    from mixtune.errors import UserError
+
+    assert UserError("a: 3 bad\n p1\n p2\n p3").one_line() == "a: 3 bad (first: p1; +2 more)"
+    assert UserError("a: 1 bad\n p1").one_line() == "a: 1 bad (p1)" and UserError("plain").one_line() == "plain"
 
 
 def test_debug_shows_the_traceback(tmp_path):

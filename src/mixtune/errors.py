@@ -20,10 +20,10 @@ class UserError(Exception):
     """An error the user can fix (bad recipe, data, model folder, a locked or full disk...): one line, exit 2."""
 
     def one_line(self) -> str:
-        """The message on one line: the first line, plus how many more lines the full message has."""
-        lines = [ln for ln in str(self).splitlines() if ln.strip()]
-        if not lines:
-            return type(self).__name__
-        more = len(lines) - 1
-        return lines[0] + (f" (first of {more}: {lines[1].strip()}" + (f"; +{more - 1} more)" if more > 1 else ")")
-                           if more else "")
+        """The message on one line: its first line, then the second (the first listed problem) and how many more:
+        `header (problem)` or `header (first: problem; +2 more)`."""
+        lines = [ln.strip() for ln in str(self).splitlines() if ln.strip()]
+        if len(lines) < 2:
+            return lines[0] if lines else type(self).__name__
+        more = len(lines) - 2
+        return f"{lines[0]} ({'first: ' if more else ''}{lines[1]}{f'; +{more} more' if more else ''})"
