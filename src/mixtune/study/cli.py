@@ -114,8 +114,8 @@ def study_runs(study: Recipe, study_dir: Path, base: Path) -> list[GridRun]:
     """The grid's runs, preceded by the base-scoring run when the study has benchmarks."""
     runs = expand_grid(study, study_dir, base)
     if study.eval.benchmarks:
-        runs.insert(0, GridRun(BASE_RUN, BASE_RUN, None, study.seed, BASE_RUN,
-                               base_run_recipe(study, study_dir, base)))
+        runs.insert(0, GridRun(run_id=BASE_RUN, label=BASE_RUN, fraction=None, seed=study.seed, setup=BASE_RUN,
+                               recipe=base_run_recipe(study, study_dir, base)))
     return runs
 
 
