@@ -18,7 +18,7 @@ import multiprocessing as mp
 import os
 import time
 import traceback
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
@@ -28,6 +28,9 @@ from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_json, prepare_run_dir
 from mixtune.study.base import BASE_RUN, base_run_recipe, check_study, study_base
 from mixtune.study.grid import GridRun, expand_grid
+
+REFRESH_S = 15.0
+"""Seconds between redraws of the study's progress bar (elapsed time, ETA) while no run finishes."""
 
 
 def _run_one(run: GridRun, study_dir: str, threads: int) -> tuple[str, float, str | None]:
@@ -157,15 +160,20 @@ def _run_all(todo: list[GridRun], study_dir: Path, workers: int, threads: int, l
     ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool, \
             tqdm(total=len(todo), desc="study", unit="run", leave=True, dynamic_ncols=True) as bar:
-        futures = [pool.submit(_run_one, run, str(study_dir), threads) for run in todo]
-        for n, fut in enumerate(as_completed(futures), 1):
-            run_id, wall, error = fut.result()
-            bar.update(1)
-            emit = bar.write if log is print else log  # lines above the bar, which stays at the bottom
-            emit(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
-            if error:
-                failures.append(run_id)
-                emit(error)
+        pending = {pool.submit(_run_one, run, str(study_dir), threads) for run in todo}
+        n = 0
+        while pending:
+            done, pending = wait(pending, timeout=REFRESH_S, return_when=FIRST_COMPLETED)
+            bar.refresh()  # elapsed time and ETA move on while long runs train
+            for fut in done:
+                n += 1
+                run_id, wall, error = fut.result()
+                bar.update(1)
+                emit = bar.write if log is print else log  # lines above the bar, which stays at the bottom
+                emit(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
+                if error:
+                    failures.append(run_id)
+                    emit(error)
     return failures
 
 
