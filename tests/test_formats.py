@@ -38,7 +38,7 @@ def test_code_alpaca_real_file_has_two_empty_outputs():
     assert err.value.problems == [f"{path}:238: output: empty", f"{path}:1860: output: empty"]
     assert "numbers are 1-based items" in str(err.value)
     res = read_examples(path, source="code_alpaca", ability="code", skip_invalid=True)
-    assert len(res.examples) == 2015 and len(res.skipped) == 2 and res.position == "item"
+    assert len(res.examples) == 2015 and len(res.skipped) == 2 and res.position == "1-based items"
     ex = res.examples[0]
     assert ex["ability"] == "code" and ex["id"] == "code_alpaca/0"
     # instruction + blank line + input

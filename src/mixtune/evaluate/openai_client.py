@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from mixtune.errors import UserError
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -32,6 +34,10 @@ RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 class ChatError(RuntimeError):
     """A request that failed for good (non-retryable status, bad body, or retries exhausted)."""
+
+
+class ServerUnreachableError(UserError, ChatError):
+    """The endpoint does not answer, or refuses our key: found by `ChatClient.check` before any generation."""
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
@@ -67,8 +73,9 @@ class ChatClient:
     ):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.completions_url = base_url.rstrip("/") + "/completions"  # raw prompts: no chat template
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.completions_url = self.base_url + "/completions"  # raw prompts: no chat template
         self.model = model
         self.concurrency = concurrency
         self.max_retries = max_retries
@@ -167,6 +174,20 @@ class ChatClient:
                 delay = self.backoff_s * 2**attempt * (0.5 + random.random() / 2)  # jitter spreads retry storms
             time.sleep(min(delay, self.max_backoff_s))
         raise ChatError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+
+    def check(self, timeout_s: float = 3.0, fix: str = "start the server or fix its base URL") -> None:
+        """One GET of `<base_url>/models` with a short timeout, before any real request: a server that does not
+        answer (or rejects the key) fails in seconds instead of after every retry of every request. Any other
+        answer, a 404 or 501 of a server without that route included, counts as reachable."""
+        url = self.base_url + "/models"
+        try:
+            response = self._http.get(url, timeout=timeout_s)
+        except httpx.TransportError as e:
+            raise ServerUnreachableError(f"{url}: no answer within {timeout_s:g} s ({type(e).__name__}: {e}); "
+                                         f"{fix}") from None
+        if response.status_code in (401, 403):
+            raise ServerUnreachableError(f"{url}: HTTP {response.status_code}, the server refuses the API key; "
+                                         f"{fix}")
 
     # ---------------------------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
