@@ -11,10 +11,10 @@ and the verb exits 2; `--debug` (anywhere on the command line, or MIXTUNE_DEBUG=
 
 from __future__ import annotations
 
-import importlib
 import os
 import sys
 
+from mixtune.cliutil import verb_function, verb_usage
 from mixtune.errors import EXIT_USER_ERROR, UserError
 
 # verb -> ("module[:function]" taking argv, one-line help). The registry of verbs, in pipeline order.
@@ -39,16 +39,8 @@ FILE_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, Permiss
 
 
 def usage() -> str:
-    lines = ["usage: mixtune [--debug] <verb> [-h] ...", "", "verbs:"]
-    lines += [f"  {verb:<10} {text}" for verb, (_, text) in VERBS.items()]
-    lines += ["", "--debug: show the traceback of an error instead of its one-line message"]
-    return "\n".join(lines)
-
-
-def verb_function(verb: str):
-    """The callable of a verb (`module:function`, default function `main`), imported now."""
-    module, _, name = VERBS[verb][0].partition(":")
-    return getattr(importlib.import_module(module), name or "main")
+    return verb_usage("mixtune", VERBS, "[--debug] <verb> [-h] ...",
+                      ("", "--debug: show the traceback of an error instead of its one-line message"))
 
 
 def error_line(exc: BaseException) -> str:
@@ -75,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        return int(verb_function(verb)(rest) or 0)
+        return int(verb_function(VERBS, verb)(rest) or 0)
     except (UserError, *FILE_ERRORS) as e:
         if debug:
             raise
