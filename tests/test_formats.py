@@ -160,3 +160,21 @@ def test_detection_and_unknown_format():
         read_examples("x.jsonl", format="yaml")
     assert sorted(FORMATS) == ["alpaca", "gsm8k", "hh", "humaneval", "messages", "pairs", "ranked", "sharegpt",
                                "text", "trl_conversational", "trl_standard"]
+
+
+def test_misspelled_fields_are_named_once_per_file(tmp_path):
+    path = tmp_path / "typos.jsonl"
+    rows = [{"instruction": f"say {i}", "inptu": "extra context", "output": str(i), "category": "x"} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = read_examples(path, format="alpaca")
+    assert result.warnings == [f"{path}: field 'inptu' in 3 record(s) looks like a misspelling of 'input', which the "
+                               f"alpaca format reads; it is ignored (rename it, or map it with `columns`)"]
+    assert [ex["messages"][0]["content"] for ex in result.examples] == ["say 0", "say 1", "say 2"]  # input ignored
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instrcution": "say", "output": "x"}) + "\n")
+    with pytest.raises(DataError) as err:
+        read_examples(bad, format="alpaca")
+    assert err.value.problems == [f"{bad}:1: instruction: missing (the record has 'instrcution': a misspelling?)"]
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(json.dumps({"instruction": "a", "output": "b", "source": "web", "lang": "en"}) + "\n")
+    assert read_examples(clean).warnings == []  # other extra fields are not misspellings: no noise

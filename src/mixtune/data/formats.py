@@ -19,6 +19,7 @@ Our own code: the formats are plain dict records, no library reads them with val
 
 from __future__ import annotations
 
+import difflib
 import json
 from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
@@ -67,6 +68,8 @@ class ReadResult:
     """What valid records left out on purpose, counted (e.g. tied pairs of ranked lists)."""
     n_records: int = 0
     """Records in the source (read or passed over); a ranked list gives several examples from one record."""
+    warnings: list[str] = field(default_factory=list)
+    """Said once per file: fields that look like misspellings of a field the format reads (they are ignored)."""
 
 
 # -------------------------------------------------------------------------------------------------- converters
@@ -252,6 +255,43 @@ def read_examples(path: str | Path, format: str = "auto", source: str | None = N
                            format, source or path.name.split(".")[0], ability, task_type, skip_invalid)
 
 
+class _Watched(dict):
+    """A record that notes which fields its converter asked for (read, `get` or `in`), so a field the converter
+    wanted and did not find can be matched against the fields nobody read: a misspelling (`instrcution`)."""
+
+    def __init__(self, rec: dict):
+        super().__init__(rec)
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key) -> bool:
+        self.asked.add(key)
+        return super().__contains__(key)
+
+    def misspelled(self) -> dict[str, str]:
+        """{field present but never read: the asked-for absent field it is close to}."""
+        unread = [k for k in self if k not in self.asked and isinstance(k, str)]
+        wanted = [k for k in self.asked if isinstance(k, str) and not dict.__contains__(self, k)]
+        out = {}
+        for key in wanted:
+            close = difflib.get_close_matches(key, unread, n=1, cutoff=0.8)
+            if close:
+                out[close[0]] = key
+        return out
+
+
+def _misspelling_warnings(origin: str, fmt: str, seen: dict[tuple[str, str], int]) -> list[str]:
+    return [f"{origin}: field {bad!r} in {n} record(s) looks like a misspelling of {good!r}, which the {fmt} "
+            f"format reads; it is ignored (rename it, or map it with `columns`)" for (bad, good), n in seen.items()]
+
+
 def convert_records(rows: Iterable[tuple[str, Any, str | None]], origin: str, position: str, format: str = "auto",
                     source: str = "", ability: str | None = None, task_type: int | None = None,
                     skip_invalid: bool = False, convert: Callable[[dict], dict] | None = None,
@@ -266,6 +306,7 @@ def convert_records(rows: Iterable[tuple[str, Any, str | None]], origin: str, po
     rows = iter(rows)
     result = ReadResult(examples=[], position=position)
     seen: dict[str, str] = {}
+    misspelt: dict[tuple[str, str], int] = {}  # (field in the file, field the format reads) -> records
     n_rows = 0
     for index, (where, rec, bad) in enumerate(rows):
         n_rows += 1
@@ -283,8 +324,16 @@ def convert_records(rows: Iterable[tuple[str, Any, str | None]], origin: str, po
                 raise RecordError("<json>", bad)
             if not isinstance(rec, dict):
                 raise RecordError("<record>", f"expected an object, got {type(rec).__name__}")
-            made, counted = _examples_of(rec, (convert or FORMATS[format])(rec), index, format, source, ability,
-                                         task_type)
+            watched = _Watched(rec)
+            try:
+                part = (convert or FORMATS[format])(watched)
+            except RecordError as e:
+                hint = next((k for k, v in watched.misspelled().items() if v == e.field), None)
+                raise RecordError(e.field, e.problem + (f" (the record has {hint!r}: a misspelling?)" if hint else "")
+                                  ) from None
+            for pair in watched.misspelled().items():
+                misspelt[pair] = misspelt.get(pair, 0) + 1
+            made, counted = _examples_of(rec, part, index, format, source, ability, task_type)
             for ex in made:
                 if ex["id"] in seen:
                     raise RecordError("id", f"duplicate id {ex['id']!r} "
@@ -299,6 +348,7 @@ def convert_records(rows: Iterable[tuple[str, Any, str | None]], origin: str, po
     if format == "auto" and convert is None:
         raise DataError(f"{origin}: no readable record to detect the format from", result.skipped)
     result.format, result.n_records = format, n_rows
+    result.warnings = _misspelling_warnings(origin, format, misspelt)
     if result.skipped and not skip_invalid:
         raise DataError(f"{origin}: {len(result.skipped)} invalid record(s) of {n_rows} ({format} format; numbers "
                         f"are {position}); fix them or set skip_invalid: true on the source", result.skipped)

@@ -61,6 +61,8 @@ def load_source(src: SourceConfig, world_dir: str | Path, log=print,
     if keep is not None:
         for ex, index in zip(result.examples, result.indices):
             ex["_index"] = index
+    for warning in result.warnings:  # once per file
+        log(f"source {src.name}: warning: {warning}")
     if result.skipped:
         log(f"source {src.name}: skipped {len(result.skipped)} invalid records (first: {result.skipped[0]})")
     for note, count in result.notes.items():
