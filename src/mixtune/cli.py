@@ -12,6 +12,7 @@ and the verb exits 2; `--debug` (anywhere on the command line, or MIXTUNE_DEBUG=
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from mixtune.cliutil import verb_function, verb_usage
@@ -53,6 +54,8 @@ def error_line(exc: BaseException) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if argv is None:  # the command line (not a test calling main): `mixtune ... | head` ends quietly, as a CLI does
+        signal.signal(signal.SIGPIPE, signal.SIG_DFL)
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = DEBUG_FLAG in argv or os.environ.get("MIXTUNE_DEBUG", "") not in ("", "0")
     argv = [a for a in argv if a != DEBUG_FLAG]
