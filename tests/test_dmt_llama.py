@@ -127,15 +127,15 @@ def test_study_dry_run_from_a_saved_checkpoint_and_the_real_files(tmp_path, tiny
         runs = {r["run_id"]: r for r in db.runs("dmt-llama")}
         rows = db.rows()
         skipped = [r for r in db.rows(numeric_only=False) if r["metric"] == "status" and r["text"] == "skipped"]
-    assert set(runs) == {"base", "general-only-f1-s0", "math-only-f1-s0", "code-only-f1-s0", "multi-task-f1-s0",
-                         "sequential-f1-s0", "mixed-sequential-f1-s0", "dmt-k-1-256-f1-s0"}
+    assert set(runs) == {"base", "general-only-f1-s0-epochs", "math-only-f1-s0-epochs", "code-only-f1-s0-epochs", "multi-task-f1-s0-epochs",
+                         "sequential-f1-s0-epochs", "mixed-sequential-f1-s0-epochs", "dmt-k-1-256-f1-s0-epochs"}
     assert {r["status"] for r in runs.values()} == {"finished"}
     stages = {(r["run_id"], r["stage"]) for r in rows}
-    assert ("base", "base") in stages and {s for r, s in stages if r == "sequential-f1-s0"} == {"code", "math",
+    assert ("base", "base") in stages and {s for r, s in stages if r == "sequential-f1-s0-epochs"} == {"code", "math",
                                                                                                  "general"}
     assert {r["benchmark"] for r in rows} == {"gsm8k", "humaneval"}  # mt_bench: skipped, never a score
     assert {(r["run_id"], r["stage"]) for r in skipped} == stages
-    final = study / "dmt-k-1-256-f1-s0" / "final"
+    final = study / "dmt-k-1-256-f1-s0-epochs" / "final"
     assert "USER: " in (final / "chat_template.jinja").read_text()  # the Vicuna prompt it was trained with
     assert (study / "report" / "index.html").exists() and (study / "report" / "stages.png").exists()
     assert "Strategy × ability" in capsys.readouterr().out

@@ -167,8 +167,9 @@ def test_misspelled_fields_are_named_once_per_file(tmp_path):
     rows = [{"instruction": f"say {i}", "inptu": "extra context", "output": str(i), "category": "x"} for i in range(3)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     result = read_examples(path, format="alpaca")
-    assert result.warnings == [f"{path}: field 'inptu' in 3 record(s) looks like a misspelling of 'input', which the "
-                               f"alpaca format reads; it is ignored (rename it, or map it with `columns`)"]
+    expected = (f"{path}: field 'inptu' in 3 record(s) looks like a misspelling of 'input', which the alpaca format "
+                "reads; it is ignored (rename it, or map it with `columns`)")
+    assert result.warnings == [expected]
     assert [ex["messages"][0]["content"] for ex in result.examples] == ["say 0", "say 1", "say 2"]  # input ignored
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"instrcution": "say", "output": "x"}) + "\n")

@@ -137,15 +137,15 @@ def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
     returns the study folder. One `mixtune study` at a time per study folder (a second is refused, naming the first
     one's pid). Runs that fail, or finish with a benchmark left without a valid score, are listed in study.json
     (`failed`) and raise a StudyRunError after the others have finished."""
-    with RunLock(study.run_dir, what="study"):
-        return _run_study(study, workers, log)
-
-
-def _run_study(study: Recipe, workers: int | None, log) -> Path:
     t0 = time.perf_counter()
-    bases = prepare_bases(study, log=log)
+    bases = prepare_bases(study, log=log)  # before the lock: a study that cannot start leaves no folder
     for b in bases.values():
         check_study(study, Path(b["path"]), log=log)
+    with RunLock(study.run_dir, what="study"):
+        return _run_study(study, bases, workers, log, t0)
+
+
+def _run_study(study: Recipe, bases: dict[str, dict], workers: int | None, log, t0: float) -> Path:
     study_dir = prepare_run_dir(study, verb="study")
     contamination = check_contamination(study, study_dir, log) if study.study.contamination == "check" else None
     runs = study_runs(study, study_dir, bases)
@@ -164,6 +164,7 @@ def _run_study(study: Recipe, workers: int | None, log) -> Path:
     atomic_write_json(study_dir / "study.json", {
         "study": study.name, "protocols": list(study.study.protocols), "fractions": study.study.fractions,
         "seeds": study.study.seeds, "runs": [r.run_id for r in runs], "bases": bases,
+        "base": next(iter(bases.values()))["path"] if len(bases) == 1 else None,
         "step_budget": next((r.recipe.train.step_budget for r in runs if r.recipe.train.step_budget), None),
         "benchmarks": study.eval.benchmarks, "wall_s_last_invocation": round(time.perf_counter() - t0, 1),
         "contamination": {name: {k: c[k] for k in ("records", "flagged", "by_benchmark")}

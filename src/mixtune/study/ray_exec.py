@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mixtune.config import StudyConfig
 from mixtune.results import DB_NAME, ResultsDB
+from mixtune.study.base import BASE_RUN
 from mixtune.study.grid import GridRun
 from mixtune.study.workers import run_one, train_prefix
 
@@ -36,6 +37,8 @@ def shared_prefixes(runs: list[GridRun], cache: Path) -> tuple[dict[str, tuple[G
     parent_of: dict[str, str | None] = {}
     keys_of: dict[str, list[str]] = {}
     for run in runs:
+        if run.setup == BASE_RUN:  # scores a base model: trains no stage, shares none
+            continue
         parent = None
         for index, key in enumerate(prefix_keys(run.recipe)):
             users.setdefault(key, []).append((run, index))
