@@ -52,6 +52,8 @@ class PreferenceConfig(Section):
     """Self-rewarding: temperature of the answers and of the judgements (the paper: 0.7)."""
     self_reward_top_p: float = Field(0.9, gt=0, le=1)
     """Self-rewarding: nucleus top-p of the answers and of the judgements (the paper: 0.9)."""
+    judge_max_new_tokens: int = Field(256, ge=1)
+    """Self-rewarding: longest judgement in tokens (the prompt asks for up to 100 words, then "Score: <points>")."""
     judge_samples: int = Field(3, ge=1)
     """Self-rewarding: judgements per answer, averaged over the parsable ones (the paper: 3)."""
     judge_eval_prompts: int = Field(50, ge=0)

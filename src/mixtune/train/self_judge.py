@@ -164,16 +164,17 @@ def agreement(judge: list[list[float | None]], truth: list[list[float]]) -> dict
     return out
 
 
-def judged_agreement(backend: GenerationBackend, examples: list[dict], n: int, samples: int, seed: int,
-                     **sampling) -> dict[str, float]:
+def judged_agreement(backend: GenerationBackend, examples: list[dict], n: int, samples: int, seed: int, *,
+                     max_new_tokens: int, judge_max_new_tokens: int, **sampling) -> dict[str, float]:
     """Sample `n` answers per example, judge them and score them with the ability scorers: `agreement` (examples
     without a scorer are left out)."""
     examples = [ex for ex in examples if has_scorer(ex)]
     if not examples:
         return {}
     prompts = [prompt_of(ex) for ex in examples]
-    answers = sample_answers(backend, prompts, n, seed=seed, **sampling)
-    scores, _ = judge_answers(backend, prompts, answers, samples, seed=seed + 1, **sampling)
+    answers = sample_answers(backend, prompts, n, seed=seed, max_new_tokens=max_new_tokens, **sampling)
+    scores, _ = judge_answers(backend, prompts, answers, samples, seed=seed + 1, max_new_tokens=judge_max_new_tokens,
+                              **sampling)
     return agreement(scores, score_by_ability(examples, answers))
 
 

@@ -47,12 +47,14 @@ def judge_iteration(ctx: StageContext, examples: list[dict], held: list[dict], t
     """Sample, judge and pair with the model as it is (M_t); (pairs, counts with the judge's agreement)."""
     pref = ctx.recipe.preference
     seed = iteration_seed(ctx.recipe.train.seed, t)
-    sampling = {"temperature": pref.self_reward_temperature, "top_p": pref.self_reward_top_p,
-                "max_new_tokens": pref.max_new_tokens}
+    sampling = {"temperature": pref.self_reward_temperature, "top_p": pref.self_reward_top_p}
+    lengths = {"max_new_tokens": pref.max_new_tokens, "judge_max_new_tokens": pref.judge_max_new_tokens}
     backend = make_backend(ctx)
     prompts = [prompt_of(ex) for ex in examples]
-    answers = sample_answers(backend, prompts, pref.self_reward_samples, seed=seed, **sampling)
-    scores, judged = judge_answers(backend, prompts, answers, pref.judge_samples, seed=seed + 1, **sampling)
+    answers = sample_answers(backend, prompts, pref.self_reward_samples, seed=seed, max_new_tokens=pref.max_new_tokens,
+                             **sampling)
+    scores, judged = judge_answers(backend, prompts, answers, pref.judge_samples, seed=seed + 1,
+                                   max_new_tokens=pref.judge_max_new_tokens, **sampling)
     pairs, paired = self_reward_pairs(examples, answers, scores, tag=f"sr{t}")
     counts = {"prompts": len(examples), "pairs": len(pairs), **paired, **judged,
               "invalid_rate": judged["invalid_judgements"] / max(judged["judgements"], 1)}
@@ -63,7 +65,7 @@ def judge_iteration(ctx: StageContext, examples: list[dict], held: list[dict], t
         counts["answers_correct"] = sum(map(sum, truth)) / max(sum(map(len, truth)), 1)
     if held:
         counts.update({f"judge/heldout/{k}": v for k, v in judged_agreement(
-            backend, held, pref.self_reward_samples, pref.judge_samples, seed + 2, **sampling).items()})
+            backend, held, pref.self_reward_samples, pref.judge_samples, seed + 2, **lengths, **sampling).items()})
     ctx.log(f"stage {ctx.name}: iteration {t}: {len(pairs)} pairs from {len(examples)} prompts, {paired['ties']} "
             f"ties, {judged['invalid_judgements']}/{judged['judgements']} judgements unparsable" +
             "".join(f", {k} {counts[k]:.3f}" for k in ("judge/train/pairwise_accuracy",
