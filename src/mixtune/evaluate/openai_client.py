@@ -105,6 +105,21 @@ class ChatClient:
         body["messages"] = list(messages)
         return _content(self._post_with_retries(body))
 
+    def complete_logprobs(self, messages: Sequence[Message], *, max_tokens: int = 1, top_logprobs: int = 20,
+                          seed: int | None = None) -> list[tuple[str, dict[str, float]]]:
+        """Greedy reply tokens with their top log-probs (`logprobs: true`): per generated position, (the token,
+        {candidate token: log-prob} of the `top_logprobs` most likely). Raises ChatError when the server sends
+        none (it does not support logprobs)."""
+        body = self._body(0.0, max_tokens, None, None, seed)
+        body.update(messages=list(messages), logprobs=True, top_logprobs=top_logprobs)
+        data = self._post_with_retries(body)
+        try:
+            positions = data["choices"][0]["logprobs"]["content"]
+            return [(p["token"], {c["token"]: float(c["logprob"]) for c in p["top_logprobs"]}) for p in positions]
+        except (KeyError, IndexError, TypeError):
+            raise ChatError(f"{self.url}: no logprobs in the reply (does the server support logprobs: true?): "
+                            f"{str(data)[:200]}") from None
+
     def complete_text(self, prompt: str, *, temperature: float = 0.0, max_tokens: int = 1024,
                       top_p: float | None = None, stop: Sequence[str] | None = None, seed: int | None = None) -> str:
         """The continuation of a raw prompt through `/completions` (no chat template), as a completion-style task

@@ -2,7 +2,8 @@
 
 Reads `STUDY_DIR/results.sqlite` (and `STUDY_DIR/study.json`, the study's meta, when present) and the runs' stage
 folders (loss curves); writes `STUDY_DIR/report/{index.html, tables.md, headline.png, scaling.png, stages.png,
-loss.png}` (the plots that have data); prints the strategy × ability table (and the fraction × ability table when
+loss.png}` (the plots that have data; the tables include what preference stages report besides ability scores,
+`study/stage_metrics.py`); prints the strategy × ability table (and the fraction × ability table when
 the study has one) and the path of the HTML page.
 With `--json` it writes nothing and prints only the score rows as one JSON list on one line; each row carries its
 run's `protocol`, `steps` (optimizer steps) and `tokens` (training tokens), summed over the run's stages.
@@ -18,6 +19,7 @@ from typing import Any
 
 from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_text
+from mixtune.study.stage_metrics import stage_metrics_table
 from mixtune.study.tables import (
     BASE_RUN,
     annotate_rows,
@@ -72,7 +74,8 @@ def write_report(study_dir: str | Path, rows: list[dict], meta: dict[str, Any] |
     study_dir = Path(study_dir)
     meta = meta or {}
     out_dir = study_dir / "report"
-    tables = [strategy_table(rows, metric_map), fraction_table(rows, metric_map), stage_table(rows, metric_map)]
+    tables = [strategy_table(rows, metric_map), fraction_table(rows, metric_map), stage_table(rows, metric_map),
+              stage_metrics_table(study_dir / DB_NAME)]
     images = make_plots(rows, out_dir, metric_map)
     runs = runs or []
     curves = read_loss_curves(study_dir, [r["run_id"] for r in runs])
