@@ -49,6 +49,20 @@ def chat_examples(n: int, seed: int = 0, ability: str = "general", source: str =
     return out
 
 
+def pair_examples(n: int, seed: int = 0, source: str = "prefs", chosen: str = "yes", rejected: str = "no"
+                  ) -> list[dict]:
+    """Preference-pair records of a learnable toy task: the chosen answer starts with `chosen`, the rejected one
+    with `rejected`, the rest of both answers is the same random words."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        q = " ".join(rng.choices(WORDS, k=rng.randint(3, 10))) + "?"
+        a = " ".join(rng.choices(WORDS, k=rng.randint(2, 12)))
+        out.append({"id": f"{source}/{i}", "source": source, "ability": "preference", "task_type": 0, "weight": 1.0,
+                    "messages": [{"role": "user", "content": q}], "chosen": f"{chosen} {a}", "rejected": f"{rejected} {a}"})
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     from mixtune.data.tokenizer_train import train_tokenizer
@@ -77,7 +91,7 @@ def tiny_corpus(tmp_path_factory):
 
 def tiny_model_section(tokenizer_dir) -> dict:
     return {"tokenizer": str(tokenizer_dir), "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
-            "num_heads": 2, "max_position_embeddings": 256}
+            "num_heads": 2, "max_position_embeddings": 512}
 
 
 @pytest.fixture(scope="session")

@@ -9,13 +9,14 @@ from mixtune.cli import main
 def test_analyze_lists_its_analyses(capsys):
     assert main(["analyze", "--help"]) == 0
     out = capsys.readouterr().out
-    assert all(name in out for name in ("capacity", "scaling", "cpt")) and set(ANALYSES) == {"capacity", "scaling",
-                                                                                             "cpt"}
+    assert all(name in out for name in ("capacity", "scaling", "cpt"))
+    assert {"capacity", "scaling", "cpt"} <= set(ANALYSES)
 
 
 def test_unknown_analysis_names_the_valid_ones(capsys):
     assert main(["analyze", "pruning"]) == 2
-    assert "valid: capacity, scaling, cpt" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "unknown verb 'pruning'" in err and all(name in err.split("valid verbs:")[1] for name in ANALYSES)
 
 
 def test_a_recipe_the_analysis_cannot_run_is_one_line(tmp_path, capsys):

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-GROUND = ("mixtune", "mixtune.config", "mixtune.runs", "mixtune.results", "mixtune.jsonl", "mixtune.cliutil")
+GROUND = ("mixtune", "mixtune.config", "mixtune.runs", "mixtune.results", "mixtune.jsonl", "mixtune.cliutil",
+          "mixtune.errors")
 FLOORS = {"world": 1, "data": 2, "model": 3, "train": 4, "evaluate": 5, "study": 6, "analysis": 6, "serve": 7}
 TOP = ("mixtune.cli", "mixtune.demo", "mixtune.__main__")
 ALLOWED_UP = {("train", "evaluate")}  # "train may call evaluate" (a stage scores abilities; RL rewards reuse scorers)

@@ -13,7 +13,6 @@ from safetensors.torch import load_file
 from mixtune.config import Recipe
 from mixtune.model.load import load_checkpoint
 from mixtune.train import engine
-from mixtune.train.pretrain import main as pretrain_main
 from mixtune.train.pretrain import pretrain
 from tests.conftest import tiny_model_section
 
@@ -111,7 +110,9 @@ def test_branching_from_a_missing_checkpoint_is_one_line(tmp_path, tiny_tokenize
     recipe_path = tmp_path / "r.yaml"
     recipe_path.write_text(json.dumps(_recipe(tmp_path, tiny_tokenizer_dir, tiny_corpus, "x").model_dump(mode="json",
                                                                                                      exclude={"analysis"})))
-    assert pretrain_main(["-c", str(recipe_path), "--branch-from", str(tmp_path / "nope")]) == 2
+    from mixtune.cli import main
+
+    assert main(["pretrain", "-c", str(recipe_path), "--branch-from", str(tmp_path / "nope")]) == 2
     assert "no checkpoint there" in capsys.readouterr().err
 
 

@@ -105,7 +105,8 @@ def test_resume_loads_finished_stages_and_never_retrains_them(tmp_path, base_dir
 def test_every_shipped_recipe_loads():
     from pathlib import Path
 
-    recipes = sorted(Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml"))
+    recipes = sorted(p for p in Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml")
+                     if p.parent.name != "accelerate")  # accelerate launcher configs: tests/test_distributed.py
     assert recipes, "no recipes shipped"
     for path in recipes:
         load_recipe(path)
@@ -155,3 +156,15 @@ def test_benchmarks_run_after_every_stage_and_every_n_steps(tmp_path, base_dir, 
         rows = [r for r in db.rows() if r["run_id"] == recipe.run_dir.name and r["metric"] == "strict"]
     steps = sorted({(r["stage"], r["step"]) for r in rows})
     assert steps == [("code", -1), ("code", 2), ("math", -1), ("math", 2)]  # 3 steps per stage, eval at step 2
+
+
+@pytest.mark.parametrize("strategy,expected", [
+    ({"name": "multi_task"}, [10]),
+    ({"name": "sequential"}, [4, 3, 3]),  # 24 : 24 : 24 examples, largest remainder to the first
+    ({"name": "dmt", "k": 0.5}, [7, 3]),  # 48 : 24 distinct examples (the replayed 2 × 12 add no steps)
+])
+def test_a_step_budget_gives_every_strategy_the_same_total_steps(tmp_path, base_dir, data_files, strategy, expected):
+    recipe = recipe_for(tmp_path, base_dir, data_files, strategy=strategy)
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"step_budget": 10})})
+    summary = train(recipe)
+    assert [s["steps"] for s in summary["stages"]] == expected and sum(expected) == 10

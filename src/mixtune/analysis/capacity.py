@@ -25,7 +25,7 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from mixtune.analysis.capacity_train import cell_id, tokenizer_texts, train_cell
-from mixtune.analysis.report import AnalysisError, markdown_table, record_run, run_parallel, write_page
+from mixtune.analysis.report import AnalysisError, analysis_main, markdown_table, record_run, run_parallel, write_page
 from mixtune.config import Recipe
 from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_json, atomic_write_text, prepare_run_dir
@@ -143,3 +143,8 @@ def capacity_plot(records: list[dict], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png")
     return path
+
+
+def main(argv: list[str]) -> int:
+    """`mixtune analyze capacity -c recipe.yaml [key.sub=value ...]`."""
+    return analysis_main("capacity", "knowledge capacity: bits per parameter on bioS(N)", run_capacity, argv)

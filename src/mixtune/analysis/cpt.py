@@ -33,7 +33,7 @@ import random
 import time
 from pathlib import Path
 
-from mixtune.analysis.report import AnalysisError, record_run, run_parallel, worker_threads
+from mixtune.analysis.report import AnalysisError, analysis_main, record_run, run_parallel, worker_threads
 from mixtune.config import Recipe, load_recipe
 from mixtune.jsonl import read_jsonl
 from mixtune.results import DB_NAME, ResultsDB
@@ -239,3 +239,8 @@ def run_cpt(recipe: Recipe, log=print) -> dict:
     write_cpt_report(out, summary, recipe)
     log(f"[cpt] report: {out / 'report' / 'index.html'}")
     return summary
+
+
+def main(argv: list[str]) -> int:
+    """`mixtune analyze cpt -c recipe.yaml [key.sub=value ...]`."""
+    return analysis_main("cpt", "continued pre-training from a stable vs a decayed checkpoint", run_cpt, argv)

@@ -20,13 +20,28 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from typing import Any
 
+from mixtune.errors import UserError
 from mixtune.results import ResultsDB
 from mixtune.runs import atomic_write_text
 from mixtune.study.html import CSS, png_data_uri
 
 
-class AnalysisError(ValueError):
+class AnalysisError(UserError, ValueError):
     """A recipe an analysis cannot run (an empty grid, a missing checkpoint...); the CLI prints it as one line."""
+
+
+SECTIONS = ["analysis", "model", "train", "world", "tokenizer"]
+"""The recipe sections `mixtune analyze <what> --help` lists."""
+
+
+def analysis_main(what: str, description: str, run: Callable[..., dict], argv: list[str]) -> int:
+    """`mixtune analyze <what> -c recipe.yaml [key.sub=value ...]`: parse the recipe, run the analysis (its user
+    errors are printed as one line with exit 2 by `mixtune.cli`)."""
+    from mixtune.cliutil import parse_recipe, recipe_parser
+
+    _, recipe = parse_recipe(recipe_parser(f"analyze {what}", description, sections=SECTIONS), argv)
+    run(recipe)
+    return 0
 
 
 def record_run(db: ResultsDB, analysis: str, name: str, kind: str, values: dict[str, float], step: int,

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from mixtune.analysis import scaling_fit
-from mixtune.analysis.report import AnalysisError, record_run, run_parallel, worker_threads
+from mixtune.analysis.report import AnalysisError, analysis_main, record_run, run_parallel, worker_threads
 from mixtune.config import ModelSize, Recipe
 from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_json, prepare_run_dir
@@ -211,3 +211,8 @@ def _record(out: Path, points: list[dict], holdout: dict, fit_row: dict, optimal
         record_run(db, "scaling", "fit", "fit", fit_row, 0)
         flat = {f"{k}_{i}": v for i, row in enumerate(optimal) for k, v in row.items()}
         record_run(db, "scaling", "compute-optimal", "compute-optimal", flat, 0)
+
+
+def main(argv: list[str]) -> int:
+    """`mixtune analyze scaling -c recipe.yaml [key.sub=value ...]`."""
+    return analysis_main("scaling", "scaling law L(N, D) from WSD runs with branched decays", run_scaling, argv)

@@ -27,6 +27,7 @@ from mixtune.config.loading import (
     validate,
 )
 from mixtune.config.model import AdapterConfig, ModelConfig
+from mixtune.config.preference import PreferenceConfig
 from mixtune.config.recipe import Recipe
 from mixtune.config.study import RatioSetup, StudyConfig, StudyRun
 from mixtune.config.train import StageSpec, StrategyConfig, TrainConfig
@@ -34,8 +35,9 @@ from mixtune.config.world import TokenizerConfig, WorldConfig
 
 __all__ = [
     "REGISTRIES", "Ability", "AdapterConfig", "AnalysisConfig", "CPTConfig", "CapacityConfig", "CapacityRun",
-    "DataConfig", "EvalConfig", "JudgeConfig", "ModelConfig", "ModelSize", "RatioSetup", "Recipe", "RecipeError",
-    "ScalingConfig", "Section", "SourceConfig", "StageSpec", "StrategyConfig", "StudyConfig", "StudyRun",
-    "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override", "check_name", "describe_fields", "dump_recipe",
-    "format_validation_error", "load_recipe", "load_tree", "parse_override", "registry_names", "validate",
+    "DataConfig", "EvalConfig", "JudgeConfig", "ModelConfig", "ModelSize", "PreferenceConfig", "RatioSetup", "Recipe",
+    "RecipeError", "ScalingConfig", "Section", "SourceConfig", "StageSpec", "StrategyConfig", "StudyConfig",
+    "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override", "check_name", "describe_fields",
+    "dump_recipe", "format_validation_error", "load_recipe", "load_tree", "parse_override", "registry_names",
+    "validate",
 ]

@@ -11,6 +11,7 @@ from mixtune.config.base import Section
 from mixtune.config.data import DataConfig
 from mixtune.config.evaluate import EvalConfig
 from mixtune.config.model import AdapterConfig, ModelConfig
+from mixtune.config.preference import PreferenceConfig
 from mixtune.config.study import StudyConfig
 from mixtune.config.train import StrategyConfig, TrainConfig
 from mixtune.config.world import TokenizerConfig, WorldConfig
@@ -41,6 +42,8 @@ class Recipe(Section):
     """Ability evaluation."""
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     """Training strategy: the stage plan."""
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    """Preference stages (reward, dpo): losses, β, the reference, pair lengths."""
     study: StudyConfig = Field(default_factory=StudyConfig)
     """Study grid (`mixtune study`)."""
     pretrain_corpus: list[str] = Field(default_factory=list)

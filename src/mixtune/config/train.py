@@ -25,7 +25,11 @@ class TrainConfig(Section):
     epochs: float = Field(3.0, gt=0)
     """Passes over the stage's data (ignored when max_steps is set)."""
     max_steps: int | None = Field(None, ge=1)
-    """Optimizer steps; overrides epochs."""
+    """Optimizer steps of each stage; overrides epochs."""
+    step_budget: int | None = Field(None, ge=1)
+    """Optimizer steps of the whole run, split over its stages in proportion to each stage's distinct (not
+    replayed) examples, rounded so the stages sum to exactly this; overrides epochs and max_steps. The study's
+    matched_steps protocol sets it, so every run of a study trains the same number of steps."""
     batch_size: int = Field(16, ge=1)
     """Examples (SFT, pairs for preference stages, prompts for RL) or rows (pre-training) per optimizer step."""
     grad_accum: int = Field(1, ge=1)
@@ -40,6 +44,9 @@ class TrainConfig(Section):
     """Gradient clipping norm (0 disables)."""
     bf16: bool = True
     """bf16 autocast (CPU and GPU)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory for long sequences or large models, ~30% slower;
+    the same loss and gradients)."""
     threads: int = Field(1, ge=1)
     """torch CPU threads for this run (one per run is fastest on small machines)."""
     seed: int = 0
@@ -53,11 +60,16 @@ class TrainConfig(Section):
     keep_checkpoints: int = Field(2, ge=0)
     """Pre-training: newest checkpoints kept (0 keeps every one, e.g. to branch decays from them later)."""
     eval_batches: int = Field(20, ge=1)
-    """Pre-training: held-out batches per eval-loss pass."""
+    """Pre-training: held-out rows, in optimizer steps (batch_size x processes rows each), for the eval loss."""
     fresh_optimizer: bool = True
     """Multi-stage: each stage starts with a new optimizer and schedule (DMT §3.5)."""
     tensorboard: bool = False
-    """Also log metrics to TensorBoard in the run folder."""
+    """Also log metrics and ability scores to TensorBoard (`<run>/tensorboard`, a study's `<study>/tensorboard`)."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun / accelerate launch: ddp replicates the model, fsdp shards parameters, gradients and optimizer
+    state (torch FSDP2). batch_size is per process either way."""
+    dist_timeout_s: int = Field(7200, ge=60)
+    """Under torchrun / accelerate launch: seconds a rank waits for the others (rank 0 evaluates and saves alone)."""
 
 
 class StageSpec(Section):
@@ -66,7 +78,7 @@ class StageSpec(Section):
 
     name: str
     """Stage name (used for folders, logs and the per-stage scores)."""
-    kind: str = "sft"
+    kind: str = Field("sft", json_schema_extra={"registry": "stage kind"})
     """Stage kind, a name of the stage registry (`train/stages.py`): sft, dpo, reward, grpo, ..."""
     sources: list[str] = Field(default_factory=list)
     """Names of data sources this stage trains on in full (SFT examples, preference pairs or RL prompts)."""
@@ -93,7 +105,7 @@ class StageSpec(Section):
 class StrategyConfig(Section):
     """How the sources are split into stages (DMT paper §3.5, METHODS.md §1), and what follows the SFT stages."""
 
-    name: str = "multi_task"
+    name: str = Field("multi_task", json_schema_extra={"registry": "strategy"})
     """A name of the strategy registry. multi_task: one stage on all; sequential: one stage per ability in `order`;
     mixed_sequential: specialised then general; dmt: specialised, then general + k of each specialised source;
     stages: the explicit list."""

@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mixtune.errors import UserError
 from mixtune.jsonl import iter_jsonl as read_jsonl_lines
 
 DEFAULT_DATA_DIR = "../shared/data"
@@ -30,7 +31,7 @@ DEFAULT_WORLD_DIR = "runs/world-mini"
 """The mini-lab world folder when none is given (WorldConfig.out_dir's default)."""
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(UserError, ValueError):
     """A benchmark file that is missing or malformed; the message names the file (and line)."""
 
 
@@ -104,6 +105,12 @@ class Task:
             raise KeyError(f"{self.name}: unknown task_id {task_id!r}")
         return self._by_id[task_id]
 
+    def subset(self, limit: int | None) -> list[dict[str, Any]]:
+        """The examples an evaluation with `eval.limit` scores: the first `limit` (the references' convention).
+        Tasks whose file order is not random (e.g. grouped by person) draw a seeded subset instead."""
+        examples = self.examples()
+        return examples[:limit] if limit else examples
+
     # -- scoring --------------------------------------------------------------------------------------------------
     def score(self, example: dict[str, Any], completion: str) -> dict[str, Any]:
         """Score one completion: `{"passed": bool, "result": str, **metrics}`."""
@@ -157,3 +164,11 @@ def score_samples(task: Any, samples: list[dict[str, Any]], ks: list[int] | None
     scores = task.score_all(examples, [s["completion"] for s in samples])
     rows = [{**s, **r} for s, r in zip(samples, scores)]
     return scores, summarize_task(task, rows, ks)
+
+
+def select_examples(task: Any, limit: int | None) -> list[dict[str, Any]]:
+    """`task.subset(limit)` when the task defines it (every `Task` does), else its first `limit` examples."""
+    if hasattr(task, "subset"):
+        return task.subset(limit)
+    examples = task.examples()
+    return examples[:limit] if limit else examples

@@ -15,14 +15,15 @@ stable-phase checkpoint needs no re-warm-up (MiniCPM, METHODS §9). The lr logge
 from __future__ import annotations
 
 import hashlib
-import sys
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from mixtune.cliutil import recipe_parser
-from mixtune.config import Recipe, load_recipe
+from mixtune.config import Recipe
+from mixtune.data.sft_dataset import split_micro_batches
+from mixtune.errors import UserError
 from mixtune.jsonl import iter_jsonl, read_text
 from mixtune.model.load import count_parameters, load_model_and_tokenizer
 from mixtune.runs import MetricsLog, RunLock, prepare_run_dir, remove_stale_temps
@@ -31,7 +32,7 @@ from mixtune.train.losses import masked_token_ce
 from mixtune.train.save import save_final
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A pre-training corpus that cannot be read; the message names the file and line."""
 
 
@@ -107,9 +108,11 @@ def lm_loss_sum(model, rows: torch.Tensor, cfg) -> tuple[torch.Tensor, int]:
     return masked_token_ce(logits.float(), rows)
 
 
-def split_eval(rows: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train rows, held-out rows): the last rows of the corpus are held out for the eval loss."""
-    n_eval = min(max(cfg.batch_size, len(rows) // 100), cfg.eval_batches * cfg.batch_size, len(rows) // 2)
+def split_eval(rows: torch.Tensor, cfg, world_size: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train rows, held-out rows): the last rows of the corpus are held out for the eval loss, as many whatever the
+    number of processes (`batch_size` is per process; the split fixes the training data)."""
+    step_size = cfg.batch_size * world_size
+    n_eval = min(max(step_size, len(rows) // 100), cfg.eval_batches * step_size, len(rows) // 2)
     return rows[:-n_eval], rows[-n_eval:]
 
 
@@ -117,7 +120,7 @@ def split_eval(rows: torch.Tensor, cfg) -> tuple[torch.Tensor, torch.Tensor]:
 def eval_loss(model, rows: torch.Tensor, cfg) -> float:
     model.eval()
     total, n = 0.0, 0
-    for start in range(0, min(len(rows), cfg.eval_batches * cfg.batch_size), cfg.batch_size):
+    for start in range(0, len(rows), cfg.batch_size):  # rows: the held-out rows, at most eval_batches steps
         loss_sum, count = lm_loss_sum(model, rows[start:start + cfg.batch_size], cfg)
         total, n = total + float(loss_sum), n + int(count)
     model.train()
@@ -126,22 +129,29 @@ def eval_loss(model, rows: torch.Tensor, cfg) -> float:
 
 def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None,
              branch_from: str | Path | None = None, eval_corpora: dict[str, list[Path]] | None = None) -> dict:
-    """Run (or resume) pre-training; returns a summary. `stop_at_step` simulates a kill (tests).
+    """Run (or resume) pre-training; returns a summary. `stop_at_step` simulates a kill (tests). Under torchrun /
+    accelerate launch each rank trains its share of every step; rank 0 holds the lock and writes.
 
     `branch_from`: a checkpoint folder to branch from (module docstring). `eval_corpora`: name -> corpus files whose
     last `eval_batches × batch_size` rows are evaluated too, logged as `eval_loss_<name>`: a held-out file, or the
     training corpus of another run, whose tail that run held out when it used at least as many eval rows."""
     cfg = recipe.train
+    dist = engine.dist_setup(cfg)
+    if dist.world_size > 1 and dist.is_main:
+        print(f"distributed: {dist.world_size} processes, {dist.mode} on {dist.device.type}")
     engine.setup_torch(cfg)
     texts = read_corpus(corpus_paths(recipe))  # checked before the run folder exists
     extra = {name: read_corpus([Path(p) for p in paths]) for name, paths in (eval_corpora or {}).items()}
     if branch_from is not None and not (Path(branch_from) / "trainer_state.pt").is_file():
-        raise FileNotFoundError(f"--branch-from {branch_from}: no checkpoint there (expected <run>/checkpoints/step-N)")
+        raise engine.BranchError(f"--branch-from {branch_from}: no checkpoint there (expected "
+                                 "<run>/checkpoints/step-N)")
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir, seed=cfg.seed)
-    with RunLock(recipe.run_dir):
-        run_dir = prepare_run_dir(recipe, verb="pretrain")
-        remove_stale_temps(run_dir)
-        return _pretrain(recipe, model, tokenizer, texts, run_dir, resume, stop_at_step, branch_from, extra)
+    with RunLock(recipe.run_dir) if dist.is_main else nullcontext():
+        if dist.is_main:
+            prepare_run_dir(recipe, verb="pretrain")
+            remove_stale_temps(recipe.run_dir)
+        dist.barrier()
+        return _pretrain(recipe, model, tokenizer, texts, recipe.run_dir, resume, stop_at_step, branch_from, extra)
 
 
 def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path, resume: bool,
@@ -149,42 +159,53 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
               extra_texts: dict[str, list[str]] | None = None) -> dict:
     # ---- setup
     cfg = recipe.train
+    dist = engine.dist_setup()
     model.to(engine.pick_device())
-    train_rows, eval_rows = split_eval(tokenize_rows(texts, tokenizer, cfg.seq_len), cfg)
+    rows = tokenize_rows(texts, tokenizer, cfg.seq_len)
+    step_size = cfg.batch_size * dist.world_size  # batch_size is per process
+    train_rows, eval_rows = split_eval(rows, cfg, dist.world_size)
     extra_eval = {name: tokenize_rows(t, tokenizer, cfg.seq_len)[-cfg.eval_batches * cfg.batch_size:]
                   for name, t in (extra_texts or {}).items()}
-    steps_per_epoch = max(1, len(train_rows) // cfg.batch_size)
+    steps_per_epoch = max(1, len(train_rows) // step_size)
     start, carried = 0, None
     if branch_from is not None:  # weights, moments and step of the checkpoint; the schedule is this recipe's
-        point = engine.load_branch_point(branch_from, model)
+        point = engine.load_branch_point(branch_from, model)  # before wrapping: FSDP shards the loaded weights
         start, carried = point.step, point.optimizer_state
     own_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
     total_steps = start + own_steps
+    forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=carried)
     scheduler = engine.make_scheduler(optimizer, cfg, own_steps)  # counted from the branch point
     state = engine.TrainState(step=start)
     if resume:
         resumed = engine.resume_from_checkpoints(run_dir, model, optimizer, scheduler)
         state = resumed if resumed.step > start else state
-    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard, resume_at=state.step if resume else None)
+    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard, resume_at=state.step if resume else None,
+                     enabled=dist.is_main)
 
     def log_eval(step: int) -> dict[str, float]:
-        losses = {"eval_loss": eval_loss(model, eval_rows, cfg)}
-        losses |= {f"eval_loss_{name}": eval_loss(model, rows, cfg) for name, rows in extra_eval.items()}
-        log.log(step, **losses)
-        return losses
+        """Held-out losses at `step`, logged; rank 0 alone (a whole copy under FSDP), NaN on the other ranks."""
+        with dist.main_model(model) as plain:
+            if plain is None:
+                return {"eval_loss": float("nan")}
+            losses = {"eval_loss": eval_loss(plain, eval_rows, cfg)}
+            losses |= {f"eval_loss_{name}": eval_loss(plain, held, cfg) for name, held in extra_eval.items()}
+            log.log(step, **losses)
+            return losses
 
     trainable, total = count_parameters(model)
-    print(f"pretrain {recipe.name}: {total / 1e6:.2f}M params, {len(train_rows)} rows x {cfg.seq_len} tokens, "
-          f"{total_steps} steps ({steps_per_epoch}/epoch), schedule {cfg.schedule}"
-          + (f", branched from {branch_from} at step {start}" if branch_from is not None else ""))
+    say = print if dist.is_main else (lambda *_: None)
+    say(f"pretrain {recipe.name}: {total / 1e6:.2f}M params, {len(train_rows)} rows x {cfg.seq_len} tokens, "
+        f"{total_steps} steps ({steps_per_epoch}/epoch), schedule {cfg.schedule}"
+        + (f", branched from {branch_from} at step {start}" if branch_from is not None else ""))
     order, order_epoch, window = [], -1, []
     speed = engine.Throughput()
     if branch_from is not None and cfg.eval_every and state.step == start:
         log_eval(start)  # where the branch's curves start
     # ---- loop
     model.train()
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc="pretrain", unit="step")
+    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc="pretrain", unit="step",
+               disable=not dist.is_main)
     for step in bar:
         if stop_at_step is not None and step >= stop_at_step:
             break
@@ -192,17 +213,21 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = engine.epoch_order(len(train_rows), cfg.seed, epoch), epoch
-        batch = train_rows[order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]  # (B, T)
-        n_targets = batch.shape[0] * (batch.shape[1] - 1)
+        picked = order[pos * step_size:(pos + 1) * step_size]  # every rank's rows; this rank trains its share
+        micros = dist.micro_batches(picked, cfg.grad_accum,
+                                    lambda ids, n: [train_rows[c] for c in split_micro_batches(ids, n)])  # (b, T)
+        n_targets = len(picked) * (cfg.seq_len - 1)
         step_loss = 0.0
-        for micro in batch.chunk(cfg.grad_accum):
-            loss_sum, _ = lm_loss_sum(model, micro, cfg)
-            (loss_sum / n_targets).backward()  # normalise by the whole step: accumulation is exact
-            step_loss += float(loss_sum.detach()) / n_targets
+        for micro, weight in micros:  # weight 0: a repeat that only keeps the ranks in step
+            loss_sum, _ = forward(lm_loss_sum, micro, cfg)
+            # normalise by the whole step (accumulation is exact); x world_size undoes DDP / FSDP's mean over ranks
+            (weight * dist.world_size * loss_sum / n_targets).backward()
+            step_loss += weight * float(loss_sum.detach()) / n_targets
+        step_loss = dist.all_reduce_sum(step_loss)
         engine.check_finite(step_loss, step + 1, run_dir)
         step_lr = scheduler.get_last_lr()[0]  # the lr this step uses
         grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
-        speed.step_done(batch.numel())
+        speed.step_done(len(picked) * cfg.seq_len)
         state.step = step + 1
         window.append(step_loss)
         if state.step % cfg.log_every == 0 or state.step == total_steps:
@@ -221,25 +246,12 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
         return {"step": state.step, "stopped": True}
     final = log_eval(state.step)
     final_eval = final["eval_loss"]
-    log.close()
-    save_final(model, tokenizer, run_dir / "final", adapter="none", base=None)
+    with dist.main_model(model) as plain:  # rank 0 saves; the others wait
+        log.close()
+        if plain is not None:
+            save_final(plain, tokenizer, run_dir / "final", adapter="none", base=None)
     summary = {"step": state.step, "start_step": start, "eval_loss": final_eval, "eval_losses": final,
                "params": total, "trainable": trainable, "final": str(run_dir / "final"),
                "tokens_per_s": speed.overall_rate()}
-    print(f"pretrain done: step {state.step}, eval loss {final_eval:.4f}, model in {run_dir / 'final'}")
+    say(f"pretrain done: step {state.step}, eval loss {final_eval:.4f}, model in {run_dir / 'final'}")
     return summary
-
-
-def main(argv: list[str]) -> int:
-    parser = recipe_parser("pretrain", __doc__.split("\n")[0], sections=["model", "train", "tokenizer", "world"])
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    parser.add_argument("--branch-from", default=None, metavar="CHECKPOINT",
-                        help="start from <run>/checkpoints/step-N (weights, optimizer, step) with this recipe's "
-                             "schedule for train.max_steps more steps")
-    args = parser.parse_args(argv)
-    try:
-        pretrain(load_recipe(args.config, args.overrides), resume=args.resume, branch_from=args.branch_from)
-    except (FileNotFoundError, engine.BranchError) as e:
-        print(f"mixtune pretrain: {e}", file=sys.stderr)
-        return 2
-    return 0
