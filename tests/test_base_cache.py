@@ -59,7 +59,7 @@ def test_base_cache_follows_the_files_each_step_reads(tmp_path):
     prepare_base(recipe, log=logs.append)
     assert any("(corpus, tokenizer changed)" in line for line in logs), logs  # the tokenizer reads it too
     metrics = [json.loads(r) for r in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics if "loss" in m][0] == 1  # from the first step, not resumed
+    assert next(m["step"] for m in metrics if "loss" in m) == 1  # from the first step, not resumed
     assert (final / "model.safetensors").read_bytes() != weights
 
     # killed before its stamp was written: the next call resumes and stamps
