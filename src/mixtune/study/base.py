@@ -8,7 +8,9 @@ configuration (a stamp file holds the resolved section), so a second study or `m
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -18,34 +20,47 @@ from mixtune.runs import atomic_write_json
 STAMP = ".mixtune-stamp.json"
 
 
-def _fresh(folder: Path, section: dict, must_exist: str) -> bool:
+def _digest(paths: list[Path]) -> dict[str, str]:
+    """sha256 of each file, by name: a cache is keyed by what a step reads, not by the configuration that wrote it
+    (a world that gains a file the step does not read leaves its tokenizer and base valid)."""
+    return {p.name if p.parent.name in ("", ".") else f"{p.parent.name}/{p.name}":
+            hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
+
+
+def _changed(folder: Path, key: dict) -> list[str] | None:
+    """None when `folder` has no stamp; else the top-level keys of `key` that differ from its stamp ([]: fresh)."""
     stamp = folder / STAMP
-    return (folder / must_exist).exists() and stamp.exists() and json.loads(stamp.read_text()) == section
+    if not stamp.exists():
+        return None
+    old = json.loads(stamp.read_text())
+    return sorted(k for k in {*old, *key} if old.get(k) != key.get(k))
 
 
-def _stamp(folder: Path, section: dict) -> None:
-    atomic_write_json(folder / STAMP, section)
+def _fresh(folder: Path, key: dict, must_exist: str) -> bool:
+    return (folder / must_exist).exists() and _changed(folder, key) == []
+
+
+def _stamp(folder: Path, key: dict) -> None:
+    atomic_write_json(folder / STAMP, key)
+
+
+def base_key(base: Recipe) -> dict:
+    """What the mini-lab base is made from: the tokenizer's file, the corpus files, the model and training sections."""
+    from mixtune.train.pretrain import corpus_paths
+
+    tok = Path(base.tokenizer.out_dir) / "tokenizer.json"
+    return {"tokenizer": _digest([tok]), "corpus": _digest(corpus_paths(base)),
+            "model": base.model.model_dump(mode="json"), "train": base.train.model_dump(mode="json")}
 
 
 def prepare_base(base: Recipe, log=print) -> Path:
     """World → tokenizer → pre-trained base, each cached; returns the base checkpoint folder."""
-    tok_cfg = prepare_corpus(base, log)
-    base_cfg = {**tok_cfg, "model": base.model.model_dump(mode="json"), "train": base.train.model_dump(mode="json")}
-    final = base.run_dir / "final"
-    if _fresh(base.run_dir, base_cfg, "final/config.json"):
-        log(f"[base] base model: cached in {final}")
-    else:
-        from mixtune.train.pretrain import pretrain
-
-        t0 = time.perf_counter()
-        pretrain(base, resume=True)
-        _stamp(base.run_dir, base_cfg)
-        log(f"[base] base model: pre-trained in {time.perf_counter() - t0:.0f} s")
-    return final
+    prepare_corpus(base, log)
+    return _pretrain_base(base, base_key(base), log)
 
 
-def prepare_corpus(base: Recipe, log=print) -> dict:
-    """World → tokenizer, each cached; returns the stamp of the pair (what a model trained on them depends on)."""
+def prepare_corpus(base: Recipe, log=print) -> None:
+    """World → tokenizer, each cached (what the analyses pre-train their own models on)."""
     world_dir, tok_dir = Path(base.world.out_dir), Path(base.tokenizer.out_dir)
     world_cfg = base.world.model_dump(mode="json")
     if _fresh(world_dir, world_cfg, "world.json"):
@@ -57,19 +72,40 @@ def prepare_corpus(base: Recipe, log=print) -> dict:
         generate_world(base.world)
         _stamp(world_dir, world_cfg)
         log(f"[base] world: generated in {time.perf_counter() - t0:.0f} s")
-    tok_cfg = {"tokenizer": base.tokenizer.model_dump(mode="json"), "world": world_cfg}
-    if _fresh(tok_dir, tok_cfg, "tokenizer.json"):
+    from mixtune.data.tokenizer_train import default_files, train_tokenizer
+
+    cfg = base.tokenizer
+    files = [Path(f) for f in cfg.files] if cfg.files else default_files(base.world.out_dir)
+    tok_key = {"tokenizer": cfg.model_dump(mode="json"), "files": _digest(files)}
+    if _fresh(tok_dir, tok_key, "tokenizer.json"):
         log(f"[base] tokenizer: cached in {tok_dir}")
     else:
-        from mixtune.data.tokenizer_train import default_files, train_tokenizer
-
         t0 = time.perf_counter()
-        cfg = base.tokenizer
-        files = [Path(f) for f in cfg.files] if cfg.files else default_files(base.world.out_dir)
         train_tokenizer(files, cfg.vocab_size, cfg.min_frequency, cfg.out_dir)
-        _stamp(tok_dir, tok_cfg)
+        _stamp(tok_dir, tok_key)
         log(f"[base] tokenizer: trained in {time.perf_counter() - t0:.0f} s")
-    return tok_cfg
+
+
+def _pretrain_base(base: Recipe, key: dict, log) -> Path:
+    """The cached base when its stamp matches `key`; a killed pre-training (no stamp yet) resumes; a base made from
+    other inputs is pre-trained again from scratch (its checkpoints must not seed a run on different data)."""
+    run_dir, final = base.run_dir, base.run_dir / "final"
+    changed = _changed(run_dir, key)
+    if changed == [] and (final / "config.json").exists():
+        log(f"[base] base model: cached in {final}")
+        return final
+    if changed:
+        log(f"[base] {run_dir} was pre-trained from other inputs ({', '.join(changed)} changed): pre-training again")
+        for stale in ("checkpoints", "final", "metrics.jsonl", STAMP):
+            path = run_dir / stale
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    from mixtune.train.pretrain import pretrain
+
+    t0 = time.perf_counter()
+    pretrain(base, resume=True)
+    _stamp(run_dir, key)
+    log(f"[base] base model: pre-trained in {time.perf_counter() - t0:.0f} s")
+    return final
 
 
 # ------------------------------------------------------------------------------------------ any checkpoint as base

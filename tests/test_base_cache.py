@@ -1,0 +1,69 @@
+"""The mini-lab base's cache (`study.base.prepare_base`): keyed by what each step reads. A world file no step reads
+leaves the tokenizer and base cached; a changed corpus re-trains the base from scratch (its old checkpoints are not
+resumed on other data); a killed pre-training (no stamp yet) resumes."""
+
+from __future__ import annotations
+
+import json
+
+import yaml
+
+from mixtune.config import load_recipe
+from mixtune.study.base import STAMP, prepare_base
+
+
+def _recipe(root):
+    tree = {
+        "name": "tiny-base", "out_dir": str(root / "base"),
+        "world": {"out_dir": str(root / "world"), "n_people": 20, "bio_exposures": 2, "math_train": 40,
+                  "math_test": 10, "code_train": 40, "code_test": 5, "instruct_train": 40, "instruct_test": 5,
+                  "knowledge_test": 5, "pretrain_math": 100, "pretrain_code": 30, "pretrain_text": 50},
+        "tokenizer": {"out_dir": str(root / "tok"), "vocab_size": 400},
+        "model": {"tokenizer": str(root / "tok"), "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                  "num_heads": 2, "max_position_embeddings": 512},
+        "train": {"max_steps": 3, "batch_size": 2, "seq_len": 64, "bf16": False, "threads": 1, "log_every": 1,
+                  "save_every": 1},
+    }
+    path = root / "base.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    return load_recipe(path)
+
+
+def test_base_cache_follows_the_files_each_step_reads(tmp_path):
+    recipe, logs = _recipe(tmp_path), []
+    final = prepare_base(recipe, log=logs.append)
+    weights = (final / "model.safetensors").read_bytes()
+    assert [line.split(":")[0] for line in logs] == ["[base] world", "[base] tokenizer", "[base] base model"]
+
+    # a file in the world that neither the tokenizer nor the pre-training reads: everything stays cached
+    (tmp_path / "world" / "sft" / "extra.jsonl").write_text('{"x": 1}\n')
+    logs.clear()
+    prepare_base(recipe, log=logs.append)
+    assert all("cached" in line for line in logs), logs
+
+    # an old-style stamp (the configuration, not the inputs): the base is made again, from scratch
+    stamp = tmp_path / "base" / STAMP
+    stamp.write_text(json.dumps({"world": {}, "model": {}}))
+    logs.clear()
+    prepare_base(recipe, log=logs.append)
+    assert any("pre-trained from other inputs (corpus, model, tokenizer, train, world changed)" in line
+               for line in logs), logs
+    assert not any("resume" in line for line in logs)
+    assert (final / "model.safetensors").read_bytes() == weights  # same inputs, same seed, from step 0: same bits
+
+    # the corpus changes: the base is pre-trained again, its checkpoints from the old corpus are not resumed
+    corpus = tmp_path / "world" / "corpus" / "pretrain.jsonl"
+    rows = corpus.read_text().splitlines()
+    corpus.write_text("\n".join(rows[len(rows) // 2:]) + "\n")
+    logs.clear()
+    prepare_base(recipe, log=logs.append)
+    assert any("(corpus, tokenizer changed)" in line for line in logs), logs  # the tokenizer reads it too
+    metrics = [json.loads(r) for r in (tmp_path / "base" / "metrics.jsonl").read_text().splitlines()]
+    assert next(m["step"] for m in metrics if "loss" in m) == 1  # from the first step, not resumed
+    assert (final / "model.safetensors").read_bytes() != weights
+
+    # killed before its stamp was written: the next call resumes and stamps
+    stamp.unlink()
+    logs.clear()
+    prepare_base(recipe, log=logs.append)
+    assert stamp.exists() and any("pre-trained in" in line for line in logs)
