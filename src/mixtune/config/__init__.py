@@ -7,6 +7,7 @@ values and unknown registry names fail at load with the file and the dotted key 
 
 from mixtune.config.base import REGISTRIES, RecipeError, Section, check_name, registry_names
 from mixtune.config.data import Ability, DataConfig, SourceConfig
+from mixtune.config.distill import DistillConfig
 from mixtune.config.evaluate import EvalConfig, JudgeConfig
 from mixtune.config.loading import (
     apply_override,
@@ -26,8 +27,8 @@ from mixtune.config.train import StageSpec, StrategyConfig, TrainConfig
 from mixtune.config.world import TokenizerConfig, WorldConfig
 
 __all__ = [
-    "REGISTRIES", "Ability", "AdapterConfig", "DataConfig", "EvalConfig", "JudgeConfig", "ModelConfig",
-    "PreferenceConfig", "RatioSetup", "Recipe", "RecipeError", "Section", "SourceConfig", "StageSpec",
+    "REGISTRIES", "Ability", "AdapterConfig", "DataConfig", "DistillConfig", "EvalConfig", "JudgeConfig",
+    "ModelConfig", "PreferenceConfig", "RatioSetup", "Recipe", "RecipeError", "Section", "SourceConfig", "StageSpec",
     "StrategyConfig", "StudyConfig", "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override",
     "check_name", "describe_fields", "dump_recipe", "format_validation_error", "load_recipe", "load_tree",
     "parse_override", "registry_names", "validate",

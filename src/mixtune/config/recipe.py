@@ -8,6 +8,7 @@ from pydantic import Field
 
 from mixtune.config.base import Section
 from mixtune.config.data import DataConfig
+from mixtune.config.distill import DistillConfig
 from mixtune.config.evaluate import EvalConfig
 from mixtune.config.model import AdapterConfig, ModelConfig
 from mixtune.config.preference import PreferenceConfig
@@ -43,6 +44,8 @@ class Recipe(Section):
     """Training strategy: the stage plan."""
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     """Preference stages (reward, dpo): losses, β, the reference, pair lengths."""
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    """Knowledge distillation (stages of kind `distill`): the teacher, the loss, sequence-level KD."""
     study: StudyConfig = Field(default_factory=StudyConfig)
     """Study grid (`mixtune study`)."""
     pretrain_corpus: list[str] = Field(default_factory=list)

@@ -27,10 +27,11 @@ STAGE_KINDS: dict[str, str] = {
     "sft": "mixtune.train.sft:run_stage",
     "reward": "mixtune.train.reward:run_stage",
     "dpo": "mixtune.train.dpo:run_stage",
+    "distill": "mixtune.train.distill:run_stage",
 }
 """kind -> "module:function" taking a StageContext and returning a StageResult (imported when a stage runs)."""
 
-STAGE_DATA: dict[str, str] = {"sft": "chats", "reward": "pairs", "dpo": "pairs"}
+STAGE_DATA: dict[str, str] = {"sft": "chats", "reward": "pairs", "dpo": "pairs", "distill": "chats"}
 """kind -> the records its sources must hold: `chats` (conversations ending with an answer) or `pairs`
 (preference pairs: prompt turns + chosen / rejected). Checked before the run folder exists."""
 
@@ -130,6 +131,10 @@ def check_stage(name: str, kind: str, recipe: Recipe, sources: dict[str, list[di
                               f"preference pairs; train it in a preference stage (strategy.then: [{{kind: dpo, "
                               f"sources: [{source}]}}])")
     adapter = recipe.adapter.type
+    if kind == "distill":
+        from mixtune.train.distill import check_teacher_path
+
+        check_teacher_path(recipe, name)
     if kind == "reward" and adapter not in ("none", "lora"):
         raise RecipeError(f"stage {name} (reward): a reward model trains with adapter none or lora, not {adapter}")
     if want == "pairs" and recipe.preference.reference == "base" and adapter not in ("lora", "prefix", "prompt"):
