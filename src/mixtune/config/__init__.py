@@ -21,6 +21,7 @@ from mixtune.config.loading import (
 )
 from mixtune.config.model import AdapterConfig, ModelConfig
 from mixtune.config.preference import PreferenceConfig
+from mixtune.config.prune import PruneConfig
 from mixtune.config.recipe import Recipe
 from mixtune.config.study import RatioSetup, StudyConfig, StudyRun
 from mixtune.config.train import StageSpec, StrategyConfig, TrainConfig
@@ -32,4 +33,9 @@ __all__ = [
     "StrategyConfig", "StudyConfig", "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override",
     "check_name", "describe_fields", "dump_recipe", "format_validation_error", "load_recipe", "load_tree",
     "parse_override", "registry_names", "validate",
+    "ModelConfig", "PruneConfig",
+    "RatioSetup", "Recipe", "RecipeError", "Section", "SourceConfig", "StageSpec", "StrategyConfig", "StudyConfig",
+    "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override", "check_name", "describe_fields",
+    "dump_recipe", "format_validation_error", "load_recipe", "load_tree", "parse_override", "registry_names",
+    "validate",
 ]

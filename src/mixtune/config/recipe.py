@@ -12,6 +12,7 @@ from mixtune.config.distill import DistillConfig
 from mixtune.config.evaluate import EvalConfig
 from mixtune.config.model import AdapterConfig, ModelConfig
 from mixtune.config.preference import PreferenceConfig
+from mixtune.config.prune import PruneConfig
 from mixtune.config.study import StudyConfig
 from mixtune.config.train import StrategyConfig, TrainConfig
 from mixtune.config.world import TokenizerConfig, WorldConfig
@@ -46,6 +47,8 @@ class Recipe(Section):
     """Preference stages (reward, dpo): losses, β, the reference, pair lengths."""
     distill: DistillConfig = Field(default_factory=DistillConfig)
     """Knowledge distillation (stages of kind `distill`): the teacher, the loss, sequence-level KD."""
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    """The pruning analysis (`mixtune analyze prune`): methods, sparsities, calibration, recovery SFT."""
     study: StudyConfig = Field(default_factory=StudyConfig)
     """Study grid (`mixtune study`)."""
     pretrain_corpus: list[str] = Field(default_factory=list)
