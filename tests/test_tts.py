@@ -1,0 +1,74 @@
+"""Test-time scaling's pure parts: step labels of mini-lab solutions, self-consistency, best-of-N and the disjoint
+groups behind accuracy at N, checked on hand-made cases."""
+
+from __future__ import annotations
+
+import pytest
+
+from mixtune.analysis.tts import (
+    best_of_n,
+    gold_equations,
+    groups_of,
+    majority_vote,
+    powers_of_two,
+    selection_accuracy,
+    step_labels,
+)
+
+GOLD = "2 * 9 = 18\n18 + 40 = 58\n58 / 2 = 29\n#### 29"
+
+
+def test_gold_equations_parse_the_reference():
+    assert gold_equations(GOLD) == ([(2, "*", 9), (18, "+", 40), (58, "/", 2)], "29")
+
+
+@pytest.mark.parametrize("solution, gold_labels, arithmetic_labels", [
+    (GOLD, [True] * 4, [True] * 4),
+    # an arithmetic slip in step 2: it and everything after it are wrong in both modes
+    ("2 * 9 = 18\n18 + 40 = 57\n57 / 2 = 28\n#### 28", [True, False, False, False], [True, False, False, False]),
+    # right arithmetic on a wrong number (41 is not in the problem): wrong in gold mode only
+    ("2 * 9 = 18\n18 + 41 = 59\n#### 59", [True, False, False], [True, True, True]),
+    # the division is not exact: wrong
+    ("2 * 9 = 18\n18 + 40 = 58\n58 / 4 = 14\n#### 14", [True, True, False, False], [True, True, False, False]),
+    # a step missing: the final answer comes too early
+    ("2 * 9 = 18\n18 + 40 = 58\n#### 58", [True, True, False], [True, True, True]),
+    # a final answer that is not the last result; chatter is a wrong step
+    ("2 * 9 = 18\n#### 19", [True, False], [True, False]),
+    ("the answer\n#### 29", [False, False], [False, False]),
+])
+def test_step_labels_by_recomputation(solution, gold_labels, arithmetic_labels):
+    assert step_labels(solution, GOLD, "gold") == gold_labels
+    assert step_labels(solution, None, "arithmetic") == arithmetic_labels
+
+
+def test_step_labels_need_the_gold_in_gold_mode():
+    with pytest.raises(ValueError, match="reference"):
+        step_labels(GOLD, None, "gold")
+
+
+def test_majority_vote_counts_valid_answers_and_breaks_ties_by_order():
+    samples = ["1 + 1 = 2\n#### 2", "#### 3", "no answer", "#### 3", "#### 2"]
+    assert majority_vote(samples) == 0  # 2 and 3 tie at two votes each; 2 was reached first
+    assert majority_vote(samples[1:]) == 0  # 3 (index 0 and 2 of the rest) beats 2
+    assert majority_vote(["#### 1,000", "#### 1000.", "#### 7"]) == 0  # normalised as lm-eval: 1,000 == 1000.
+    assert majority_vote(["x", "y"]) == 0
+
+
+def test_best_of_n_takes_the_first_highest():
+    assert best_of_n([0.2, 0.9, 0.9, 0.1]) == 1
+
+
+def test_selection_accuracy_over_disjoint_groups():
+    # one problem, 4 samples: correct = [F, T, F, F]; scores favour sample 1 only within its group
+    correct = [[False, True, False, False]]
+    scores = [[0.5, 0.4, 0.9, 0.1]]
+    pick = (lambda p, idx: idx[best_of_n([scores[p][i] for i in idx])])
+    assert groups_of(4, 2) == [range(0, 2), range(2, 4)]
+    assert selection_accuracy(correct, pick, 1) == 0.25  # each sample alone: 1 of 4 right
+    assert selection_accuracy(correct, pick, 2) == 0.0  # group {0,1} picks 0 (0.5 > 0.4), group {2,3} picks 2
+    assert selection_accuracy(correct, pick, 4) == 0.0  # picks 2
+    oracle = (lambda p, idx: next((i for i in idx if correct[p][i]), idx[0]))
+    assert [selection_accuracy(correct, oracle, n) for n in (1, 2, 4)] == [0.25, 0.5, 1.0]
+    assert powers_of_two(8) == [1, 2, 4, 8]
+    with pytest.raises(ValueError, match="power of two"):
+        powers_of_two(6)
