@@ -63,7 +63,7 @@ def test_selection_accuracy_over_disjoint_groups():
     correct = [[False, True, False, False]]
     scores = [[0.5, 0.4, 0.9, 0.1]]
     pick = (lambda p, idx: idx[best_of_n([scores[p][i] for i in idx])])
-    assert groups_of(4, 2) == [range(0, 2), range(2, 4)]
+    assert groups_of(4, 2) == [range(2), range(2, 4)]
     assert selection_accuracy(correct, pick, 1) == 0.25  # each sample alone: 1 of 4 right
     assert selection_accuracy(correct, pick, 2) == 0.0  # group {0,1} picks 0 (0.5 > 0.4), group {2,3} picks 2
     assert selection_accuracy(correct, pick, 4) == 0.0  # picks 2
