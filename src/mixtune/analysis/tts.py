@@ -52,6 +52,16 @@ def best_of_n(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
+def pick_by_scores(scores: Sequence[Sequence[float]]):
+    """A `selection_accuracy` picker: within the group, the sample with the highest score (best-of-N)."""
+    return lambda p, idx: idx[best_of_n([scores[p][i] for i in idx])]
+
+
+def pick_by_vote(completions: Sequence[Sequence[str]]):
+    """A `selection_accuracy` picker: within the group, the majority-vote sample (self-consistency)."""
+    return lambda p, idx: idx[majority_vote([completions[p][i] for i in idx])]
+
+
 def groups_of(n_max: int, n: int) -> list[range]:
     """The n_max // n disjoint groups of n sample indices."""
     if n < 1 or n > n_max:

@@ -25,6 +25,7 @@ from mixtune.config.prune import PruneConfig
 from mixtune.config.recipe import Recipe
 from mixtune.config.study import RatioSetup, StudyConfig, StudyRun
 from mixtune.config.train import StageSpec, StrategyConfig, TrainConfig
+from mixtune.config.tts import TTSConfig
 from mixtune.config.world import TokenizerConfig, WorldConfig
 
 __all__ = [
@@ -38,4 +39,8 @@ __all__ = [
     "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override", "check_name", "describe_fields",
     "dump_recipe", "format_validation_error", "load_recipe", "load_tree", "parse_override", "registry_names",
     "validate",
+    "ModelConfig", "PruneConfig", "RatioSetup", "Recipe", "RecipeError", "Section", "SourceConfig", "StageSpec",
+    "StrategyConfig", "StudyConfig", "StudyRun", "TTSConfig", "TokenizerConfig", "TrainConfig", "WorldConfig",
+    "apply_override", "check_name", "describe_fields", "dump_recipe", "format_validation_error", "load_recipe",
+    "load_tree", "parse_override", "registry_names", "validate",
 ]

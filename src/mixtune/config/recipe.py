@@ -15,6 +15,7 @@ from mixtune.config.preference import PreferenceConfig
 from mixtune.config.prune import PruneConfig
 from mixtune.config.study import StudyConfig
 from mixtune.config.train import StrategyConfig, TrainConfig
+from mixtune.config.tts import TTSConfig
 from mixtune.config.world import TokenizerConfig, WorldConfig
 
 
@@ -49,6 +50,8 @@ class Recipe(Section):
     """Knowledge distillation (stages of kind `distill`): the teacher, the loss, sequence-level KD."""
     prune: PruneConfig = Field(default_factory=PruneConfig)
     """The pruning analysis (`mixtune analyze prune`): methods, sparsities, calibration, recovery SFT."""
+    tts: TTSConfig = Field(default_factory=TTSConfig)
+    """The test-time scaling analysis (`mixtune analyze tts`): samples per problem, the reward models."""
     study: StudyConfig = Field(default_factory=StudyConfig)
     """Study grid (`mixtune study`)."""
     pretrain_corpus: list[str] = Field(default_factory=list)
