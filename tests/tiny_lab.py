@@ -23,6 +23,7 @@ def make_tiny_lab(root: Path, steps: int = 3) -> dict:
                   "num_heads": 2, "max_position_embeddings": 512},
         "train": {"max_steps": steps, "batch_size": 2, "seq_len": 64, "bf16": False, "threads": 1, "log_every": 1},
     }
+    root.mkdir(parents=True, exist_ok=True)
     path = root / "base.yaml"
     path.write_text(yaml.safe_dump(tree))
     final = prepare_base(load_recipe(path), log=lambda _: None)
