@@ -5,9 +5,9 @@ correct or not by the benchmark's own scorer, and the reward models' training da
   (minilab_math: GSM8K strict-match; minilab_code: the hidden tests in the sandbox);
 - train: `tts.train_samples` samples for seeded draws of the world's SFT training questions and code tasks (never a
   benchmark item), labelled the same way. The PRM learns from their step labels (`tts.step_labels`, recomputed)
-  plus one gold solution per question; the ORM from best-vs-worst outcome pairs of the same samples (a correct
-  and a wrong answer to one prompt, `train/pairs.best_vs_worst`), so both reward models see the same answers and
-  differ only in the granularity of their supervision (Lightman et al. 2023 §3).
+  plus the reference solution of each question; the ORM from best-vs-worst outcome pairs of the same samples and
+  references (a correct and a wrong answer to one prompt, `train/pairs.best_vs_worst`), so both reward models see
+  the same answers and differ only in the granularity of their supervision (Lightman et al. 2023 §3).
 
 Samples are generated once and kept in `<out>/samples/*.jsonl` with a stamp of what made them; a rerun with the
 same policy and sampling settings reads them back.
@@ -123,14 +123,16 @@ def prm_solutions(rows: list[dict], mode: str) -> list[dict]:
 
 
 def orm_pairs(rows: list[dict]) -> tuple[list[dict], int]:
-    """Outcome pairs (a correct answer chosen over a wrong one to the same prompt), and the number of prompts whose
-    samples all agree (no pair: counted, not used)."""
+    """Outcome pairs: a correct answer chosen over a wrong one to the same prompt (a correct sample when there is
+    one, else the reference answer, which the PRM also learns from), and the number of prompts without a wrong
+    sample (no pair: counted, not used)."""
     from mixtune.train.pairs import best_vs_worst
 
     pairs, ties = [], 0
     for row in rows:
         example = {"id": row["id"], "source": "tts", "messages": row["prompt"]}
-        pair = best_vs_worst(example, row["answers"], [float(c) for c in row["correct"]])
+        answers, scores = [*row["answers"], row["reference"]], [*map(float, row["correct"]), 1.0]
+        pair = best_vs_worst(example, answers, scores)
         if pair is None:
             ties += 1
         else:
