@@ -20,7 +20,12 @@ from mixtune.analysis.prune import (
     prune_unstructured,
     wanda_scores,
 )
-from mixtune.analysis.prune_structured import channel_importance, head_importance, prune_structured
+from mixtune.analysis.prune_structured import (
+    channel_importance,
+    groups_to_remove,
+    head_importance,
+    prune_structured,
+)
 from mixtune.config import DataConfig, Recipe
 from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
 from mixtune.evaluate.generate import generate
@@ -128,3 +133,16 @@ def test_removing_a_silent_head_or_channel_changes_nothing(tiny):
     assert pruned.config.intermediate_size == 63
     with torch.no_grad():
         assert torch.allclose(pruned(input_ids=ids).logits, dense, atol=1e-5)
+
+
+def test_head_counts_that_transformers_refuses_round_to_the_next_valid_one(tiny_tokenizer_dir, tmp_path):
+    # 4 heads at hidden 32: removing 1 leaves 3, which does not divide 32 (LlamaConfig refuses it): 2 are removed
+    tok = load_tokenizer(tiny_tokenizer_dir)
+    section = {**tiny_model_section(tiny_tokenizer_dir), "num_heads": 4, "hidden_size": 32}
+    model = build_llama(Recipe.model_validate({"name": "p", "model": section}).model, tok, seed=3).eval()
+    rows = build_sft_rows(chat_examples(6, seed=4), tok, DataConfig(max_seq_len=128))
+    batches = batches_for_step(rows, list(range(len(rows))), 1, 128, tok.pad_token_id)
+    assert groups_to_remove(model, 0.25) == 2 and groups_to_remove(model, 0.75) == 3
+    assert prune_structured(model, "heads", 0.25, batches) == {"units_before": 4.0, "units_after": 2.0}
+    model.save_pretrained(tmp_path / "m")
+    assert AutoModelForCausalLM.from_pretrained(tmp_path / "m").config.num_attention_heads == 2

@@ -43,15 +43,17 @@ def calibration_batches(recipe: Recipe, tokenizer, log=print) -> list[dict]:
 
 
 def prune_copy(model, method: str, sparsity: float, batches: list[dict]):
-    """(a pruned deep copy of `model`, its unstructured keep masks or None)."""
-    from mixtune.analysis.prune import prune_unstructured
+    """(a pruned deep copy of `model`, its unstructured keep masks or None, the achieved sparsity: the share of
+    weights zeroed, or of heads / channels removed)."""
+    from mixtune.analysis.prune import linear_sparsity, prune_unstructured
     from mixtune.analysis.prune_structured import prune_structured
 
     pruned = copy.deepcopy(model)
     if method in UNSTRUCTURED:
-        return pruned, prune_unstructured(pruned, method, sparsity, batches)
-    prune_structured(pruned, method, sparsity, batches)
-    return pruned, None
+        masks = prune_unstructured(pruned, method, sparsity, batches)
+        return pruned, masks, linear_sparsity(pruned)
+    info = prune_structured(pruned, method, sparsity, batches)
+    return pruned, None, 1.0 - info["units_after"] / info["units_before"]
 
 
 def model_stats(model, folder: Path | None) -> dict[str, float]:
@@ -91,9 +93,10 @@ def one_point(dense, tokenizer, recipe: Recipe, method: str, sparsity: float, ba
 
     label = "dense" if method == "dense" else f"{method}-s{sparsity:g}"
     t0 = time.perf_counter()
-    model, masks = (copy.deepcopy(dense), None) if method == "dense" else prune_copy(dense, method, sparsity, batches)
+    model, masks, achieved = ((copy.deepcopy(dense), None, 0.0) if method == "dense"
+                              else prune_copy(dense, method, sparsity, batches))
     folder = save_final(model, tokenizer, recipe.run_dir / label / "model", adapter="none", base=None)
-    stats = {**model_stats(model, folder), "prune_s": time.perf_counter() - t0}
+    stats = {**model_stats(model, folder), "achieved_sparsity": achieved, "prune_s": time.perf_counter() - t0}
     with ResultsDB(db) as rdb:
         rdb.upsert_run(label, study=recipe.name, strategy=method, fraction=sparsity, seed=recipe.seed,
                        setup="prune", status="running", config_json=recipe.model_dump(mode="json"))
@@ -141,12 +144,16 @@ def collect(db: Path, study: str) -> dict:
 
 
 def plot(result: dict, out_path: Path) -> Path:
+    """One panel per benchmark: score vs achieved sparsity, a line per method (dashed: after recovery), the dense
+    model as dotted references."""
     from mixtune.analysis.curves import curves_png
 
     panels: dict[str, dict] = {}
     references: dict[str, dict] = {}
     for method, by_sparsity in result["scores"].items():
-        for sparsity, stages in by_sparsity.items():
+        for requested, stages in by_sparsity.items():
+            label_of = "dense" if method == "dense" else f"{method}-s{requested:g}"
+            sparsity = result["stats"].get(label_of, {}).get("achieved_sparsity", requested)
             for stage, scores in stages.items():
                 for bench, value in scores.items():
                     if method == "dense":

@@ -7,6 +7,9 @@ Importance on calibration data (see `analysis/prune.py` for the methods' sources
   unit removed is the group (its key/value head and its query heads) and its importance is the sum over them.
 - MLP channel j of a block: ‖X_j‖₂ · ‖W_down[:, j]‖₂, with X_j the channel's activation act(gate)·up over the tokens.
 Every block removes the same number of units (one config value for all layers), each its own least important.
+transformers' LlamaConfig accepts only head counts that divide hidden_size, so a head sparsity whose count does not
+(e.g. 3 of 4 heads at hidden 128) removes more heads, up to the next count that does: the achieved unit sparsity is
+returned and plotted, not the requested one.
 """
 
 from __future__ import annotations
@@ -87,6 +90,17 @@ def units_to_remove(n_units: int, sparsity: float) -> int:
     return min(round(sparsity * n_units), n_units - 1)
 
 
+def groups_to_remove(model, sparsity: float) -> int:
+    """Key-value groups to remove: round(sparsity · groups), rounded up further until the query heads left divide
+    hidden_size (transformers' LlamaConfig refuses any other head count, even with head_dim given)."""
+    heads, kv, _ = _head_layout(model)
+    n_rep, hidden = heads // kv, model.config.hidden_size
+    remove = units_to_remove(kv, sparsity)
+    while remove < kv - 1 and hidden % ((kv - remove) * n_rep):
+        remove += 1
+    return remove
+
+
 def least_important(scores: torch.Tensor, n_remove: int) -> list[torch.Tensor]:
     """Per layer, the sorted indices of the units to keep (all but its n_remove lowest scores)."""
     return [torch.sort(torch.argsort(row, stable=True)[n_remove:]).values for row in scores]
@@ -134,7 +148,7 @@ def prune_structured(model, method: str, sparsity: float, batches: list[dict]) -
     in place; returns {units_before, units_after}."""
     if method == "heads":
         scores = head_importance(model, batches)
-        remove_heads(model, least_important(scores, units_to_remove(scores.shape[1], sparsity)))
+        remove_heads(model, least_important(scores, groups_to_remove(model, sparsity)))
         after = model.config.num_key_value_heads
     elif method == "channels":
         scores = channel_importance(model, batches)
