@@ -30,17 +30,8 @@ from mixtune.config.world import TokenizerConfig, WorldConfig
 
 __all__ = [
     "REGISTRIES", "Ability", "AdapterConfig", "DataConfig", "DistillConfig", "EvalConfig", "JudgeConfig",
-    "ModelConfig", "PreferenceConfig", "RatioSetup", "Recipe", "RecipeError", "Section", "SourceConfig", "StageSpec",
-    "StrategyConfig", "StudyConfig", "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override",
-    "check_name", "describe_fields", "dump_recipe", "format_validation_error", "load_recipe", "load_tree",
-    "parse_override", "registry_names", "validate",
-    "ModelConfig", "PruneConfig",
-    "RatioSetup", "Recipe", "RecipeError", "Section", "SourceConfig", "StageSpec", "StrategyConfig", "StudyConfig",
-    "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override", "check_name", "describe_fields",
-    "dump_recipe", "format_validation_error", "load_recipe", "load_tree", "parse_override", "registry_names",
-    "validate",
-    "ModelConfig", "PruneConfig", "RatioSetup", "Recipe", "RecipeError", "Section", "SourceConfig", "StageSpec",
-    "StrategyConfig", "StudyConfig", "StudyRun", "TTSConfig", "TokenizerConfig", "TrainConfig", "WorldConfig",
-    "apply_override", "check_name", "describe_fields", "dump_recipe", "format_validation_error", "load_recipe",
-    "load_tree", "parse_override", "registry_names", "validate",
+    "ModelConfig", "PreferenceConfig", "PruneConfig", "RatioSetup", "Recipe", "RecipeError", "Section",
+    "SourceConfig", "StageSpec", "StrategyConfig", "StudyConfig", "StudyRun", "TTSConfig", "TokenizerConfig",
+    "TrainConfig", "WorldConfig", "apply_override", "check_name", "describe_fields", "dump_recipe",
+    "format_validation_error", "load_recipe", "load_tree", "parse_override", "registry_names", "validate",
 ]
