@@ -27,7 +27,6 @@ import dataclasses
 import json
 import math
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -43,25 +42,13 @@ from mixtune.train import engine
 from mixtune.train.losses import distill_divergence
 from mixtune.train.sft import PROMPT_LEARNING, _micro_batches, _pad_id, eval_losses
 from mixtune.train.sft import run_stage as sft_run_stage
-from mixtune.train.stages import StageContext, StageResult, evaluate_abilities
+from mixtune.train.stages import StageContext, StageResult, check_teacher_path, evaluate_abilities
 
 TEACHER_ANSWERS = "teacher_answers.jsonl"
 """Sequence mode: the teacher's answers the student is SFT'd on (in the stage folder; reused on resume)."""
 
 
 # ------------------------------------------------------------------------------------------------------ teacher
-def check_teacher_path(recipe: Recipe, stage: str) -> str:
-    """`distill.teacher` if it is set and a folder (checked before the run folder exists), else a RecipeError."""
-    path = recipe.distill.teacher
-    if not path:
-        raise RecipeError(f"stage {stage} (distill): distill.teacher is not set; give the teacher's checkpoint "
-                          f"folder, e.g. distill.teacher=runs/distill-teacher/final")
-    if not Path(path).is_dir():
-        raise RecipeError(f"stage {stage} (distill): distill.teacher {path} is not a folder; train the teacher "
-                          f"first (e.g. mixtune train -c recipes/distill-teacher.yaml)")
-    return path
-
-
 def load_teacher(recipe: Recipe, tokenizer, device: torch.device, stage: str):
     """The frozen teacher of `recipe.distill.teacher`; RecipeError (one line) when it is missing, does not load or
     uses another tokenizer than the student."""

@@ -132,14 +132,24 @@ def check_stage(name: str, kind: str, recipe: Recipe, sources: dict[str, list[di
                               f"sources: [{source}]}}])")
     adapter = recipe.adapter.type
     if kind == "distill":
-        from mixtune.train.distill import check_teacher_path
-
         check_teacher_path(recipe, name)
     if kind == "reward" and adapter not in ("none", "lora"):
         raise RecipeError(f"stage {name} (reward): a reward model trains with adapter none or lora, not {adapter}")
     if want == "pairs" and recipe.preference.reference == "base" and adapter not in ("lora", "prefix", "prompt"):
         raise RecipeError(f"stage {name}: preference.reference base disables a peft adapter (lora, prefix, prompt); "
                           f"adapter {adapter} has none to disable: use reference start")
+
+
+def check_teacher_path(recipe: Recipe, stage: str) -> str:
+    """`distill.teacher` if it is set and a folder (checked before the run folder exists), else a RecipeError."""
+    path = recipe.distill.teacher
+    if not path:
+        raise RecipeError(f"stage {stage} (distill): distill.teacher is not set; give the teacher's checkpoint "
+                          f"folder, e.g. distill.teacher=runs/distill-teacher/final")
+    if not Path(path).is_dir():
+        raise RecipeError(f"stage {stage} (distill): distill.teacher {path} is not a folder; train the teacher "
+                          f"first (e.g. mixtune train -c recipes/distill-teacher.yaml)")
+    return path
 
 
 def generates(model: Any) -> bool:
