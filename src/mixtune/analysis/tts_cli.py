@@ -43,10 +43,14 @@ def train_orm(recipe: Recipe, rows: list[dict], log=print) -> tuple[Path, dict[s
     tree["data"] = {**tree["data"], "sources": [{"name": "pairs", "path": str(folder / "pairs.jsonl"),
                                                  "format": "pairs", "ability": "preference"}]}
     tree["train"] = {**tree["train"], "lr": recipe.tts.orm_lr, "max_steps": None, "step_budget": None}
-    tree["preference"] = {**tree.get("preference", {}), "reward_epochs": recipe.tts.orm_epochs}
+    # a tenth of the pairs held out: the stage reports the ORM's held-out pair accuracy
+    tree["preference"] = {**tree["preference"], "reward_epochs": recipe.tts.orm_epochs, "eval_fraction": 0.1}
     tree["eval"] = {**tree["eval"], "benchmarks": []}
     summary = train(validate(Recipe, tree, "tts orm"), log=log)
-    return Path(summary["run_dir"]) / "final", {"orm/pairs": float(len(pairs)), "orm/ties": float(ties)}
+    stage_metrics = {f"orm/{k}": float(v) for k, v in summary["stages"][0].get("metrics", {}).items()
+                     if isinstance(v, (int, float))}
+    return Path(summary["run_dir"]) / "final", {"orm/pairs": float(len(pairs)), "orm/ties": float(ties),
+                                                **stage_metrics}
 
 
 def train_prm_model(policy, tokenizer, recipe: Recipe, rows: list[dict], log=print):
