@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from mixtune.analysis.tts import (
+    auroc,
     best_of_n,
     gold_equations,
     groups_of,
@@ -72,3 +73,9 @@ def test_selection_accuracy_over_disjoint_groups():
     assert powers_of_two(8) == [1, 2, 4, 8]
     with pytest.raises(ValueError, match="power of two"):
         powers_of_two(6)
+
+
+def test_auroc_by_hand():
+    # positives 0.9, 0.4; negatives 0.5, 0.4: pairs (0.9>0.5) 1, (0.9>0.4) 1, (0.4<0.5) 0, (0.4=0.4) ½ → 2.5 / 4
+    assert auroc([0.9, 0.5, 0.4, 0.4], [True, False, True, False]) == 0.625
+    assert auroc([0.1, 0.2], [True, True]) != auroc([0.1, 0.2], [True, True])  # NaN: no negative

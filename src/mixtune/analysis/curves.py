@@ -16,7 +16,7 @@ Curve = dict[str, list[tuple[float, float]]]
 
 def curves_png(panels: dict[str, Curve], out_path: str | Path, *, xlabel: str, ylabel: str = "score",
                log2_x: bool = False, dashed: tuple[str, ...] = (), references: dict[str, dict[str, float]] | None = None,
-               dpi: int = 80) -> Path:
+               dpi: int = 72) -> Path:
     """One panel per key of `panels` (its title), lines per series; series whose label contains a `dashed` token
     are dashed; `references[panel][label]` draws a horizontal dotted line (e.g. the dense model)."""
     ncols = min(len(panels), 3)
@@ -40,6 +40,6 @@ def curves_png(panels: dict[str, Curve], out_path: str | Path, *, xlabel: str, y
         ax.tick_params(labelsize=7)
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=6)
+    axes[0].legend(fontsize=5, ncol=2)
     out_path = Path(out_path)
     return atomic_write_file(out_path, lambda tmp: fig.savefig(tmp, format="png"))

@@ -161,6 +161,11 @@ def plot(result: dict, out_path: Path) -> Path:
                         continue
                     label = method + (" + recovery" if stage == "recovered" else "")
                     panels.setdefault(bench, {}).setdefault(label, []).append((sparsity, value))
+    dense = result["scores"].get("dense", {}).get(0.0, {}).get("pruned", {})
+    for bench, series in panels.items():  # every pruned curve starts at the dense model (sparsity 0)
+        for label, points in series.items():
+            if "recovery" not in label and bench in dense:
+                points.append((0.0, dense[bench]))
     return curves_png(panels, out_path, xlabel="sparsity (weights or units removed)", dashed=("recovery",),
                       references=references)
 

@@ -62,6 +62,17 @@ def pick_by_vote(completions: Sequence[Sequence[str]]):
     return lambda p, idx: idx[majority_vote([completions[p][i] for i in idx])]
 
 
+def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
+    """P(score of a random positive > score of a random negative), ties counting ½ (Mann-Whitney U / n₊n₋): how well
+    a reward model ranks right answers above wrong ones; 0.5 is chance, NaN without both kinds."""
+    pos = [s for s, p in zip(scores, positive) if p]
+    neg = [s for s, p in zip(scores, positive) if not p]
+    if not pos or not neg:
+        return float("nan")
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
 def groups_of(n_max: int, n: int) -> list[range]:
     """The n_max // n disjoint groups of n sample indices."""
     if n < 1 or n > n_max:

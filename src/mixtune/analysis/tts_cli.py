@@ -124,6 +124,21 @@ def prm_scores(prm, tokenizer, rows: list[dict], recipe: Recipe) -> tuple[dict[s
     return out, accuracy
 
 
+def ranking_quality(samples: dict, scores: dict, out: Path) -> dict[str, float]:
+    """AUROC of every reward model on the test samples (right vs wrong answers, all problems pooled); the per-sample
+    scores are kept in `<out>/scores_<benchmark>.jsonl` for further analysis."""
+    metrics = {}
+    for bench, by_model in scores.items():
+        rows = samples["test_math" if bench == "minilab_math" else "test_code"]
+        correct = [c for r in rows for c in r["correct"]]
+        for name, per_row in by_model.items():
+            metrics[f"{name}/test_auroc_{bench}"] = tts.auroc([x for row in per_row for x in row], correct)
+        write_jsonl(out / f"scores_{bench}.jsonl", [
+            {"id": r["id"], "correct": r["correct"], **{name: per_row[i] for name, per_row in by_model.items()}}
+            for i, r in enumerate(rows)])
+    return metrics
+
+
 def record(db: Path, recipe: Recipe, curves: dict[str, dict], metrics: dict[str, float]) -> None:
     """One run per (benchmark, curve): scores at step = N; the reward models' numbers as metrics of run `tts`."""
     with ResultsDB(db) as rdb:
@@ -190,11 +205,13 @@ def run_tts(recipe: Recipe, log=print) -> dict:
         metrics.update(stats)
         ns = tts.powers_of_two(recipe.tts.n_max)
         prm_math, metrics["prm/test_step_accuracy"] = prm_scores(prm, tokenizer, samples["test_math"], recipe)
-        curves = {"minilab_math": math_curves(samples["test_math"], orm_scores(orm_dir, samples["test_math"], recipe),
-                                              prm_math, ns)}
+        scores = {"minilab_math": {"orm": orm_scores(orm_dir, samples["test_math"], recipe),
+                                   **{f"prm_{k}": v for k, v in prm_math.items()}}}
+        curves = {"minilab_math": math_curves(samples["test_math"], scores["minilab_math"]["orm"], prm_math, ns)}
         if "test_code" in samples:
-            curves["minilab_code"] = code_curves(samples["test_code"],
-                                                 orm_scores(orm_dir, samples["test_code"], recipe), ns)
+            scores["minilab_code"] = {"orm": orm_scores(orm_dir, samples["test_code"], recipe)}
+            curves["minilab_code"] = code_curves(samples["test_code"], scores["minilab_code"]["orm"], ns)
+        metrics.update(ranking_quality(samples, scores, out))
         metrics["tts/wall_s"] = time.perf_counter() - t0
         record(out / DB_NAME, recipe, curves, metrics)
         result = {"curves": curves, "metrics": metrics, "n": ns}
