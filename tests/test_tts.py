@@ -11,9 +11,11 @@ from mixtune.analysis.tts import (
     gold_equations,
     groups_of,
     majority_vote,
+    pick_by_scores,
     powers_of_two,
     selection_accuracy,
     step_labels,
+    weighted_vote,
 )
 
 GOLD = "2 * 9 = 18\n18 + 40 = 58\n58 / 2 = 29\n#### 29"
@@ -79,3 +81,15 @@ def test_auroc_by_hand():
     # positives 0.9, 0.4; negatives 0.5, 0.4: pairs (0.9>0.5) 1, (0.9>0.4) 1, (0.4<0.5) 0, (0.4=0.4) ½ → 2.5 / 4
     assert auroc([0.9, 0.5, 0.4, 0.4], [True, False, True, False]) == 0.625
     assert auroc([0.1, 0.2], [True, True]) != auroc([0.1, 0.2], [True, True])  # NaN: no negative
+
+
+def test_best_of_n_among_answered_samples_and_weighted_vote():
+    completions = [["5 * 2 = 10.", "5 * 2 = 10\n#### 10", "#### 11"]]
+    scores = [[0.99, 0.60, 0.70]]
+    assert pick_by_scores(scores)(0, [0, 1, 2]) == 0  # plain best-of-N takes the unfinished sample
+    assert pick_by_scores(scores, completions)(0, [0, 1, 2]) == 2  # among answered ones: 0.70 > 0.60
+    assert pick_by_scores(scores, completions)(0, [0]) == 0  # nobody answers: the best of all
+    # answers 10, 11, 10 with scores 0.3, 0.5, 0.3: 10 sums to 0.6 > 0.5 (plain best-of-N would say 11)
+    assert weighted_vote(["#### 10", "#### 11", "x\n#### 10"], [0.3, 0.5, 0.3]) == 0
+    assert weighted_vote(["#### 10", "#### 11", "x\n#### 10"], [0.1, 0.5, 0.3]) == 1
+    assert weighted_vote(["a", "b"], [0.9, 0.1]) == 0

@@ -28,7 +28,7 @@ def test_tts_analysis_end_to_end(tmp_path, capsys):
     result = json.loads((out / "tts.json").read_text())
     math, code = result["curves"]["minilab_math"], result["curves"]["minilab_code"]
     assert set(math) == {"self-consistency", "best-of-N ORM", "best-of-N PRM (min)", "best-of-N PRM (prod)",
-                         "oracle pass@N"}
+                         "PRM-weighted vote (min)", "oracle pass@N"}
     assert set(code) == {"pass@k (tests)", "best-of-N ORM"}
     for curves in (math, code):
         assert all([n for n, _ in points] == [1, 2, 4] for points in curves.values())
@@ -39,7 +39,8 @@ def test_tts_analysis_end_to_end(tmp_path, capsys):
         metrics = {m["name"] for m in db.metrics("tts")}
     assert {(r["run_id"], r["step"]) for r in rows} == {(f"{b}:{label}", n) for b, c in result["curves"].items()
                                                         for label in c for n in (1, 2, 4)}
-    assert {"prm/train_loss", "prm/test_step_accuracy", "orm/pairs"} <= metrics
+    assert {"prm/train_loss", "prm/test_step_accuracy", "orm/pairs", "orm/test_auroc_minilab_math",
+            "prm_min/test_auroc_minilab_math", "orm/test_auroc_minilab_code"} <= metrics
     assert (out / "tts.png").stat().st_size > 1000
     AutoModelForTokenClassification.from_pretrained(out / "prm", local_files_only=True)
     assert (out / "orm" / "run" / "final").is_dir()

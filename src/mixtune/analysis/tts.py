@@ -5,7 +5,10 @@
   first (sample order). No valid answer at all: the first sample stands (and scores as it is).
 - best-of-N with a reward model (Cobbe et al. 2021; Lightman et al. 2023 §3): the sample with the highest score,
   from an outcome reward model (ORM: one score per answer) or a process reward model (PRM: one score per step,
-  aggregated by the min or the product of the step probabilities, Lightman et al. §3.1 use the product).
+  aggregated by the min or the product of the step probabilities, Lightman et al. §3.1 use the product), among the
+  samples that give an answer (`#### N`) when any does: unfinished samples cannot be right and otherwise win by
+  having few steps to doubt.
+- reward-weighted voting (Li et al. 2023): the answer whose samples' scores sum highest.
 - accuracy at N is averaged over the n_max / N disjoint groups of N samples each problem has (every sample used
   once per N: an unbiased estimate of selection from N fresh samples, with less variance than one group).
 - pass@k (Chen et al. 2021) from the same samples with the unbiased estimator of `evaluate/code.pass_at_k`: the
@@ -52,9 +55,34 @@ def best_of_n(scores: Sequence[float]) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))
 
 
-def pick_by_scores(scores: Sequence[Sequence[float]]):
-    """A `selection_accuracy` picker: within the group, the sample with the highest score (best-of-N)."""
-    return lambda p, idx: idx[best_of_n([scores[p][i] for i in idx])]
+def pick_by_scores(scores: Sequence[Sequence[float]], completions: Sequence[Sequence[str]] | None = None):
+    """A `selection_accuracy` picker: within the group, the sample with the highest score (best-of-N). With
+    `completions`, only samples that give an answer (`#### N`) compete, when any does: a reward model otherwise
+    favours unfinished answers (one confident step, no final answer: a high min-of-steps, and never right)."""
+    def pick(p: int, idx: list[int]) -> int:
+        if completions is not None:
+            idx = [i for i in idx if answer_key(completions[p][i]) is not None] or idx
+        return idx[best_of_n([scores[p][i] for i in idx])]
+    return pick
+
+
+def weighted_vote(completions: Sequence[str], scores: Sequence[float]) -> int:
+    """Index of the first sample holding the answer with the largest summed score (reward-weighted majority vote,
+    Li et al. 2023; Uesato et al. 2022); no valid answer: the first sample."""
+    keys = [answer_key(c) for c in completions]
+    totals: dict[str, float] = {}
+    for k, x in zip(keys, scores):
+        if k is not None:
+            totals[k] = totals.get(k, 0.0) + x
+    if not totals:
+        return 0
+    top = max(totals.values())
+    return next(i for i, k in enumerate(keys) if k is not None and totals[k] == top)
+
+
+def pick_by_weighted_vote(completions: Sequence[Sequence[str]], scores: Sequence[Sequence[float]]):
+    """A `selection_accuracy` picker: reward-weighted majority vote within the group."""
+    return lambda p, idx: idx[weighted_vote([completions[p][i] for i in idx], [scores[p][i] for i in idx])]
 
 
 def pick_by_vote(completions: Sequence[Sequence[str]]):

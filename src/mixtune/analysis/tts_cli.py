@@ -7,8 +7,9 @@ test-time scaling of the policy `model.path` on the mini-lab math and code bench
    from the policy) and an ORM (the `reward` stage of `train/reward.py` through `train.run.train`, on best-vs-worst
    outcome pairs of the same samples), unless `tts.prm` / `tts.orm` name trained ones;
 3. every test sample scored by both; accuracy at N = 1, 2, 4, ..., n_max for self-consistency (majority vote of
-   GSM8K-extracted answers), best-of-N by the ORM, best-of-N by the PRM (min and/or product of step scores), and
-   the oracle pass@N; on code, pass@k from the sandboxed tests vs best-of-N by the ORM.
+   GSM8K-extracted answers), best-of-N by the ORM, best-of-N by the PRM (min and/or product of step scores; both
+   among the samples that give an answer), the PRM-weighted vote, and the oracle pass@N; on code, pass@k from the
+   sandboxed tests vs best-of-N by the ORM. Each reward model's AUROC (right vs wrong samples) goes with them.
 
 Writes `<out>/results.sqlite` (one run per curve, `strategy` = selection rule; scores at `step` = N, metric
 `accuracy`; the reward models' numbers in `metrics`), `<out>/tts.png` and `<out>/tts.json`.
@@ -76,10 +77,13 @@ def math_curves(rows: list[dict], orm: list[list[float]], prm: dict[str, list[li
     """label -> [(N, accuracy)] on math: self-consistency, ORM / PRM best-of-N, the oracle pass@N."""
     from mixtune.evaluate.code import pass_at_k
 
-    correct = [r["correct"] for r in rows]
-    picks = {"self-consistency": tts.pick_by_vote([r["answers"] for r in rows]),
-             "best-of-N ORM": tts.pick_by_scores(orm),
-             **{f"best-of-N PRM ({how})": tts.pick_by_scores(scores) for how, scores in prm.items()}}
+    correct, completions = [r["correct"] for r in rows], [r["answers"] for r in rows]
+    weighted = prm.get("min") or next(iter(prm.values()))
+    picks = {"self-consistency": tts.pick_by_vote(completions),
+             "best-of-N ORM": tts.pick_by_scores(orm, completions),
+             **{f"best-of-N PRM ({how})": tts.pick_by_scores(scores, completions) for how, scores in prm.items()},
+             f"PRM-weighted vote ({'min' if 'min' in prm else next(iter(prm))})":
+                 tts.pick_by_weighted_vote(completions, weighted)}
     curves = {label: [(n, tts.selection_accuracy(correct, pick, n)) for n in ns] for label, pick in picks.items()}
     curves["oracle pass@N"] = [(n, sum(pass_at_k(len(c), sum(c), n) for c in correct) / len(correct)) for n in ns]
     return curves
