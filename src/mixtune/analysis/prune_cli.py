@@ -1,4 +1,4 @@
-"""`python -m mixtune.analysis.prune_cli -c recipe.yaml [key.sub=value ...]` (`mixtune analyze prune` after the merge):
+"""`mixtune analyze prune -c recipe.yaml [key.sub=value ...]`:
 abilities vs sparsity for each pruning method, with an optional recovery SFT.
 
 The model `model.path` is scored dense, then each method of `prune.methods` at each of `prune.sparsities` is applied

@@ -1,4 +1,4 @@
-"""`python -m mixtune.analysis.tts_cli -c recipe.yaml [key.sub=value ...]` (`mixtune analyze tts` after the merge):
+"""`mixtune analyze tts -c recipe.yaml [key.sub=value ...]`:
 test-time scaling of the policy `model.path` on the mini-lab math and code benchmarks.
 
 1. samples (`analysis/tts_data.py`): `tts.n_max` per test problem, `tts.train_samples` per training question/task,

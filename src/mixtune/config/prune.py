@@ -1,4 +1,4 @@
-"""Recipe section of the pruning analysis (`python -m mixtune.analysis.prune_cli -c recipe.yaml`): which methods at
+"""Recipe section of the pruning analysis (`mixtune analyze prune -c recipe.yaml`): which methods at
 which sparsities, the calibration data, and the optional recovery SFT. The model pruned is `model.path`; the
 calibration and recovery data are the recipe's `data.sources`; abilities are the recipe's `eval` benchmarks."""
 

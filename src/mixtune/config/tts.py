@@ -1,4 +1,4 @@
-"""Recipe section of the test-time scaling analysis (`python -m mixtune.analysis.tts_cli -c recipe.yaml`): how many
+"""Recipe section of the test-time scaling analysis (`mixtune analyze tts -c recipe.yaml`): how many
 samples, on how many problems, and how the outcome and process reward models are trained. The policy is
 `model.path`; the reward models' training questions come from the recipe's world (`world.out_dir`/sft)."""
 
