@@ -49,8 +49,8 @@ def test_distill_study_runs_each_method_and_scores_it(tmp_path):
         runs = {r["run_id"]: r["status"] for r in db.runs("distill-tiny")}
         scored = {(r["run_id"], r["stage"]) for r in db.rows("distill-tiny") if r["metric"] == "strict"}
     ids = ["plain-sft-f1-s0-matched", "kd-reverse-kl-f1-s0-matched", "sequence-kd-f1-s0-matched"]
-    assert runs == dict.fromkeys(ids, "finished")
-    assert scored == {(ids[0], "multi_task"), (ids[1], "distill"), (ids[2], "distill")}
+    assert runs == dict.fromkeys(["base", *ids], "finished")  # the base is scored once, as run `base`
+    assert scored == {("base", "base"), (ids[0], "multi_task"), (ids[1], "distill"), (ids[2], "distill")}
     for run in ids[1:]:  # both distill runs train the matched budget, ceil(16 / 4) = 4 steps
         stage = json.loads((study_dir / run / "stages" / "0-distill" / "stage.json").read_text())
         assert stage["kind"] == "distill" and stage["steps"] == 4
