@@ -16,6 +16,7 @@ from mixtune.analysis.tts import (
     selection_accuracy,
     step_labels,
     weighted_vote,
+    within_problem_auroc,
 )
 
 GOLD = "2 * 9 = 18\n18 + 40 = 58\n58 / 2 = 29\n#### 29"
@@ -93,3 +94,16 @@ def test_best_of_n_among_answered_samples_and_weighted_vote():
     assert weighted_vote(["#### 10", "#### 11", "x\n#### 10"], [0.3, 0.5, 0.3]) == 0
     assert weighted_vote(["#### 10", "#### 11", "x\n#### 10"], [0.1, 0.5, 0.3]) == 1
     assert weighted_vote(["a", "b"], [0.9, 0.1]) == 0
+
+
+def test_within_problem_auroc_ignores_telling_problems_apart():
+    # problem 0 scores high, problem 1 low: pooled, problem 0's right answer (0.9) and problem 2's (0.5) beating
+    # problem 1's wrong one (0.2) count; within each problem the wrong sample outscores the right one (best-of-N
+    # always picks wrong): 0.
+    scores = [[0.9, 0.95], [0.1, 0.2], [0.5, 0.5]]
+    correct = [[True, False], [True, False], [True, True]]  # problem 2 has no wrong sample: left out
+    pooled = auroc([x for s in scores for x in s], [c for cs in correct for c in cs])
+    assert pooled == 3 / 8  # positives .9 .1 .5 .5 vs negatives .95 .2: (.9 > .2), (.5 > .2) twice
+    assert within_problem_auroc(scores, correct) == 0.0
+    assert within_problem_auroc([[0.3, 0.1]], [[True, False]]) == 1.0
+    assert within_problem_auroc([[0.3]], [[True]]) != within_problem_auroc([[0.3]], [[True]])  # NaN

@@ -40,7 +40,8 @@ def test_tts_analysis_end_to_end(tmp_path, capsys):
     assert {(r["run_id"], r["step"]) for r in rows} == {(f"{b}:{label}", n) for b, c in result["curves"].items()
                                                         for label in c for n in (1, 2, 4)}
     assert {"prm/train_loss", "prm/test_step_accuracy", "orm/pairs", "orm/test_auroc_minilab_math",
-            "prm_min/test_auroc_minilab_math", "orm/test_auroc_minilab_code"} <= metrics
+            "prm_min/test_auroc_minilab_math", "orm/test_auroc_minilab_code",
+            "prm_prod/test_auroc_within_minilab_math", "orm/test_auroc_within_minilab_code"} <= metrics
     assert (out / "tts.png").stat().st_size > 1000
     AutoModelForTokenClassification.from_pretrained(out / "prm", local_files_only=True)
     assert (out / "orm" / "run" / "final").is_dir()

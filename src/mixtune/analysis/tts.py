@@ -101,6 +101,14 @@ def auroc(scores: Sequence[float], positive: Sequence[bool]) -> float:
     return wins / (len(pos) * len(neg))
 
 
+def within_problem_auroc(scores: Sequence[Sequence[float]], correct: Sequence[Sequence[bool]]) -> float:
+    """Mean over problems of the AUROC among that problem's own samples (problems with both right and wrong ones):
+    what best-of-N needs. The pooled AUROC also rewards telling easy problems from hard ones, which selecting
+    among one problem's samples never uses; NaN when no problem has both kinds."""
+    per = [auroc(s, c) for s, c in zip(scores, correct) if any(c) and not all(c)]
+    return sum(per) / len(per) if per else float("nan")
+
+
 def groups_of(n_max: int, n: int) -> list[range]:
     """The n_max // n disjoint groups of n sample indices."""
     if n < 1 or n > n_max:

@@ -129,14 +129,15 @@ def prm_scores(prm, tokenizer, rows: list[dict], recipe: Recipe) -> tuple[dict[s
 
 
 def ranking_quality(samples: dict, scores: dict, out: Path) -> dict[str, float]:
-    """AUROC of every reward model on the test samples (right vs wrong answers, all problems pooled); the per-sample
-    scores are kept in `<out>/scores_<benchmark>.jsonl` for further analysis."""
+    """AUROC of every reward model on the test samples (right vs wrong answers, all problems pooled, and the mean of
+    each problem's own AUROC: the ranking best-of-N uses); the per-sample scores are kept in `<out>/scores_<benchmark>.jsonl` for further analysis."""
     metrics = {}
     for bench, by_model in scores.items():
         rows = samples["test_math" if bench == "minilab_math" else "test_code"]
         correct = [c for r in rows for c in r["correct"]]
         for name, per_row in by_model.items():
             metrics[f"{name}/test_auroc_{bench}"] = tts.auroc([x for row in per_row for x in row], correct)
+            metrics[f"{name}/test_auroc_within_{bench}"] = tts.within_problem_auroc(per_row, [r["correct"] for r in rows])
         write_jsonl(out / f"scores_{bench}.jsonl", [
             {"id": r["id"], "correct": r["correct"], **{name: per_row[i] for name, per_row in by_model.items()}}
             for i, r in enumerate(rows)])
