@@ -28,7 +28,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "eval": ("mixtune.evaluate.cli", "run or score ability benchmarks"),
     "study": ("mixtune.study.cli", "run a strategy x data-fraction x seed grid"),
     "report": ("mixtune.study.report_cli", "tables, plots and an HTML page for a study"),
-    "analyze": ("mixtune.analysis.cli", "analyses: knowledge capacity, scaling law, continued pre-training"),
+    "analyze": ("mixtune.analysis.cli", "analyses: capacity, scaling law, continued pre-training, pruning, test-time scaling"),
     "export": ("mixtune.model.export", "merge adapters and export a Hugging Face checkpoint"),
     "serve": ("mixtune.serve.cli", "OpenAI-compatible HTTP server for a trained model or checkpoint"),
     "chat": ("mixtune.serve.chat", "chat with a trained model in the terminal"),

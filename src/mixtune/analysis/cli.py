@@ -1,9 +1,10 @@
 """`mixtune analyze <what> -c recipe.yaml [key.sub=value ...]`: the analyses the seeds' claims rest on.
 
-Each analysis reads its own recipe section (`analysis.<what>`) plus the recipe's model, train, world and tokenizer
-sections, writes its numbers into `<run folder>/results.sqlite`, a PNG plot and a self-contained HTML page under
-`<run folder>/report/`, and prints the headline numbers. Recipes: recipes/analysis/<what>.yaml (default size) and
-recipes/analysis/<what>-tiny.yaml (seconds; the tests run them).
+Each analysis reads its own recipe section (`analysis.<what>` for capacity, scaling and cpt; `prune`, `tts`) plus the
+model, data, train, eval, world and tokenizer sections it uses, writes its numbers into `<run folder>/results.sqlite`,
+its plot (and for capacity, scaling and cpt a self-contained HTML page) under the run folder, and prints the headline
+numbers. Recipes: recipes/analysis/<what>.yaml or <what>-mini.yaml (default size) and <what>-tiny.yaml (seconds; the
+tests run them).
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ ANALYSES: Verbs = {
     "capacity": ("mixtune.analysis.capacity:main", "knowledge capacity: bits per parameter on bioS(N)"),
     "scaling": ("mixtune.analysis.scaling:main", "scaling law L(N, D) from WSD runs with branched decays"),
     "cpt": ("mixtune.analysis.cpt:main", "continued pre-training from a stable vs a decayed checkpoint"),
+    "prune": ("mixtune.analysis.prune_cli:main", "pruning (magnitude, Wanda, structured): abilities vs sparsity"),
+    "tts": ("mixtune.analysis.tts_cli:main", "test-time scaling: best-of-N (ORM, PRM), self-consistency, pass@k"),
 }
 
 

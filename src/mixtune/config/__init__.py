@@ -15,6 +15,7 @@ from mixtune.config.analysis import (
 )
 from mixtune.config.base import REGISTRIES, RecipeError, Section, check_name, registry_names
 from mixtune.config.data import Ability, DataConfig, SourceConfig
+from mixtune.config.distill import DistillConfig
 from mixtune.config.evaluate import EvalConfig, JudgeConfig
 from mixtune.config.loading import (
     apply_override,
@@ -28,16 +29,18 @@ from mixtune.config.loading import (
 )
 from mixtune.config.model import AdapterConfig, ModelConfig
 from mixtune.config.preference import PreferenceConfig
+from mixtune.config.prune import PruneConfig
 from mixtune.config.recipe import Recipe
 from mixtune.config.study import RatioSetup, StudyConfig, StudyRun
 from mixtune.config.train import StageSpec, StrategyConfig, TrainConfig
+from mixtune.config.tts import TTSConfig
 from mixtune.config.world import TokenizerConfig, WorldConfig
 
 __all__ = [
     "REGISTRIES", "Ability", "AdapterConfig", "AnalysisConfig", "CPTConfig", "CapacityConfig", "CapacityRun",
-    "DataConfig", "EvalConfig", "JudgeConfig", "ModelConfig", "ModelSize", "PreferenceConfig", "RatioSetup", "Recipe",
-    "RecipeError", "ScalingConfig", "Section", "SourceConfig", "StageSpec", "StrategyConfig", "StudyConfig",
-    "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override", "check_name", "describe_fields",
-    "dump_recipe", "format_validation_error", "load_recipe", "load_tree", "parse_override", "registry_names",
-    "validate",
+    "DataConfig", "DistillConfig", "EvalConfig", "JudgeConfig", "ModelConfig", "ModelSize", "PreferenceConfig",
+    "PruneConfig", "RatioSetup", "Recipe", "RecipeError", "ScalingConfig", "Section", "SourceConfig", "StageSpec",
+    "StrategyConfig", "StudyConfig", "StudyRun", "TTSConfig", "TokenizerConfig", "TrainConfig", "WorldConfig",
+    "apply_override", "check_name", "describe_fields", "dump_recipe", "format_validation_error", "load_recipe",
+    "load_tree", "parse_override", "registry_names", "validate",
 ]

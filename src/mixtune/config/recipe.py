@@ -9,11 +9,14 @@ from pydantic import Field
 from mixtune.config.analysis import AnalysisConfig
 from mixtune.config.base import Section
 from mixtune.config.data import DataConfig
+from mixtune.config.distill import DistillConfig
 from mixtune.config.evaluate import EvalConfig
 from mixtune.config.model import AdapterConfig, ModelConfig
 from mixtune.config.preference import PreferenceConfig
+from mixtune.config.prune import PruneConfig
 from mixtune.config.study import StudyConfig
 from mixtune.config.train import StrategyConfig, TrainConfig
+from mixtune.config.tts import TTSConfig
 from mixtune.config.world import TokenizerConfig, WorldConfig
 
 
@@ -44,6 +47,12 @@ class Recipe(Section):
     """Training strategy: the stage plan."""
     preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
     """Preference stages (reward, dpo): losses, β, the reference, pair lengths."""
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    """Knowledge distillation (stages of kind `distill`): the teacher, the loss, sequence-level KD."""
+    prune: PruneConfig = Field(default_factory=PruneConfig)
+    """The pruning analysis (`mixtune analyze prune`): methods, sparsities, calibration, recovery SFT."""
+    tts: TTSConfig = Field(default_factory=TTSConfig)
+    """The test-time scaling analysis (`mixtune analyze tts`): samples per problem, the reward models."""
     study: StudyConfig = Field(default_factory=StudyConfig)
     """Study grid (`mixtune study`)."""
     pretrain_corpus: list[str] = Field(default_factory=list)

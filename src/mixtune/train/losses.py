@@ -5,11 +5,13 @@ numbers worked out by hand. Ours, not a library's: TRL/OpenRLHF bury these insid
 
 Contents: token cross-entropy with masks (SFT / pre-training), the LoRAMoE localized balancing constraint
 (METHODS.md §3), reward-model pairwise loss, per-sequence log-probs, DPO / IPO / hinge (SPIN), PPO clipped policy and
-value losses, GAE and the k1 KL estimator (METHODS.md §5–§6).
+value losses, GAE and the k1 KL estimator (METHODS.md §5–§6), knowledge-distillation divergences (forward / reverse
+KL, generalised JSD with temperature) and the process reward model's step loss.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -252,3 +254,52 @@ def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float, lam: float)
         advantages[:, t] = last * mask[:, t]
     returns = (advantages + values) * mask
     return advantages, returns
+
+
+# ------------------------------------------------------------------------------------ knowledge distillation
+def kl_rows(log_p: Tensor, log_q: Tensor) -> Tensor:
+    """KL(p‖q) = Σ_v p_v (log p_v − log q_v) per row, from log-probabilities (N, V) → (N,) fp32.
+
+    A vocabulary entry with p_v = 0 adds 0 (0·log 0 = 0), even where log q_v is −inf."""
+    p = log_p.exp()
+    terms = torch.where(p > 0, p * (log_p - log_q), torch.zeros_like(p))
+    return terms.sum(-1)
+
+
+def distill_divergence(student_logits: Tensor, teacher_logits: Tensor, loss: str, temperature: float = 1.0,
+                       beta: float = 0.5) -> Tensor:
+    """Per-token distillation loss τ²·D(p_T, p_S) with p = softmax(logits / τ); (N, V) each → (N,) fp32.
+
+    loss: `forward_kl` KL(p_T‖p_S) (Hinton et al. 2015: mean-seeking, the student covers the teacher's mass);
+    `reverse_kl` KL(p_S‖p_T) (mode-seeking, MiniLLM, Gu et al. 2024); `jsd` the generalised Jensen-Shannon
+    divergence of GKD (Agarwal et al. 2024, eq. 3): β KL(p_T‖m) + (1 − β) KL(p_S‖m) with m = β p_T + (1 − β) p_S,
+    0 < β < 1; JSD(β)/β → KL(p_T‖p_S) as β → 0 and JSD(β)/(1 − β) → KL(p_S‖p_T) as β → 1.
+    The τ² factor keeps the soft-target gradients' scale independent of τ (Hinton et al. §2: they scale as 1/τ²).
+    The teacher's logits get no gradient (they are detached here).
+    """
+    log_s = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (N, V)
+    log_t = F.log_softmax(teacher_logits.detach().float() / temperature, dim=-1)  # (N, V)
+    if loss == "forward_kl":
+        div = kl_rows(log_t, log_s)
+    elif loss == "reverse_kl":
+        div = kl_rows(log_s, log_t)
+    elif loss == "jsd":
+        if not 0.0 < beta < 1.0:
+            raise ValueError(f"jsd needs 0 < beta < 1, got {beta} (beta 0 / 1 are forward_kl / reverse_kl)")
+        log_m = torch.logsumexp(torch.stack([log_t + math.log(beta), log_s + math.log(1.0 - beta)]), dim=0)
+        div = beta * kl_rows(log_t, log_m) + (1.0 - beta) * kl_rows(log_s, log_m)
+    else:
+        raise ValueError(f"unknown distillation loss {loss!r}; valid: {', '.join(DISTILL_LOSSES)}")
+    return temperature**2 * div
+
+
+DISTILL_LOSSES = ("forward_kl", "reverse_kl", "jsd")
+"""The divergences `distill_divergence` implements."""
+
+
+# -------------------------------------------------------------------------------------- process reward model
+def step_bce_loss(step_logits: Tensor, step_labels: Tensor) -> Tensor:
+    """Summed binary cross-entropy of step scores (process reward model, Lightman et al. 2023 §2.3 with binary
+    labels): step_logits (S,) the head's output at each step's last token, step_labels (S,) 1 correct / 0 wrong
+    → scalar sum (the caller divides by the step's number of steps)."""
+    return F.binary_cross_entropy_with_logits(step_logits.float(), step_labels.float(), reduction="sum")

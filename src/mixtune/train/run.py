@@ -135,6 +135,8 @@ def prefix_key(recipe: Recipe, stages: list[Stage], index: int, recipes: list[Re
                       for s in stages[:index + 1]]
     if any(s.kind != "sft" for s in stages[:index + 1]):  # SFT-only keys stay as they were
         what["preference"] = tree["preference"]
+    if any(s.kind == "distill" for s in stages[:index + 1]):  # the teacher and the loss define a distill stage
+        what["distill"] = tree["distill"]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 

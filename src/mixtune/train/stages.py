@@ -30,11 +30,12 @@ STAGE_KINDS: dict[str, str] = {
     "spin": "mixtune.train.spin:run_stage",
     "self_reward": "mixtune.train.self_reward:run_stage",
     "rlaif": "mixtune.train.rlaif:run_stage",
+    "distill": "mixtune.train.distill:run_stage",
 }
 """kind -> "module:function" taking a StageContext and returning a StageResult (imported when a stage runs)."""
 
 STAGE_DATA: dict[str, str] = {"sft": "chats", "reward": "pairs", "dpo": "pairs", "spin": "chats",
-                              "self_reward": "prompts", "rlaif": "pairs"}
+                              "self_reward": "prompts", "rlaif": "pairs", "distill": "chats"}
 """kind -> the records its sources must hold: `chats` (conversations ending with an answer), `pairs` (preference
 pairs: prompt turns + chosen / rejected) or `prompts` (anything with a prompt: chats, whose answer is not used, or
 pairs, whose answers are not used). Checked before the run folder exists."""
@@ -138,6 +139,8 @@ def check_stage(name: str, kind: str, recipe: Recipe, sources: dict[str, list[di
                               f"preference pairs; train it in a preference stage (strategy.then: [{{kind: dpo, "
                               f"sources: [{source}]}}])")
     adapter = recipe.adapter.type
+    if kind == "distill":
+        check_teacher_path(recipe, name)
     if kind in ("reward", "rlaif") and adapter not in ("none", "lora"):
         raise RecipeError(f"stage {name} ({kind}): a reward model trains with adapter none or lora, not {adapter}")
     if kind in ITERATED and recipe.preference.reference != "start":
@@ -150,6 +153,18 @@ def check_stage(name: str, kind: str, recipe: Recipe, sources: dict[str, list[di
     if want == "pairs" and recipe.preference.reference == "base" and adapter not in ("lora", "prefix", "prompt"):
         raise RecipeError(f"stage {name}: preference.reference base disables a peft adapter (lora, prefix, prompt); "
                           f"adapter {adapter} has none to disable: use reference start")
+
+
+def check_teacher_path(recipe: Recipe, stage: str) -> str:
+    """`distill.teacher` if it is set and a folder (checked before the run folder exists), else a RecipeError."""
+    path = recipe.distill.teacher
+    if not path:
+        raise RecipeError(f"stage {stage} (distill): distill.teacher is not set; give the teacher's checkpoint "
+                          f"folder, e.g. distill.teacher=runs/distill-teacher/final")
+    if not Path(path).is_dir():
+        raise RecipeError(f"stage {stage} (distill): distill.teacher {path} is not a folder; train the teacher "
+                          f"first (e.g. mixtune train -c recipes/distill-teacher.yaml)")
+    return path
 
 
 def generates(model: Any) -> bool:
