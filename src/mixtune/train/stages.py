@@ -25,6 +25,8 @@ from mixtune.config import Recipe
 
 STAGE_KINDS: dict[str, str] = {
     "sft": "mixtune.train.sft:run_stage",
+    "grpo": "mixtune.train.grpo:run_stage",
+    "ppo": "mixtune.train.ppo:run_stage",
 }
 """kind -> "module:function" taking a StageContext and returning a StageResult (imported when a stage runs)."""
 
