@@ -165,3 +165,14 @@ def minibatch_indices(n: int, minibatches: int, seed: int) -> list[Tensor]:
     """A seeded shuffle of n rows split into `minibatches` nearly equal parts (reproducible on resume)."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return [part for part in torch.tensor_split(order, min(minibatches, n)) if len(part)]
+
+
+def token_values(critic, batch: RolloutBatch) -> Tensor:
+    """V(s_t) for every position, (B, L − 1): the critic's scalar `score` head on the backbone's hidden state at
+    position t, the state before token t + 1 is chosen (aligned with `token_logprobs`). The critic is a
+    sequence-classification model (a reward model's layout), whose head is read at every position, not only the last."""
+    base = unwrap_base(critic)
+    backbone = getattr(base, base.base_model_prefix)
+    hidden = backbone(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                      use_cache=False).last_hidden_state  # (B, L, H)
+    return base.score(hidden[:, :-1]).squeeze(-1).float()  # (B, L-1)

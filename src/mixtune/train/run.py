@@ -125,6 +125,8 @@ def prefix_key(recipe: Recipe, stages: list[Stage], index: int, recipes: list[Re
     what["stages"] = [[sorted(s.sources), sorted(s.replay)] + ([s.kind, list(s.overrides)] if s.kind != "sft"
                                                                 or s.overrides else [])
                       for s in stages[:index + 1]]
+    if any(s.kind in ("ppo", "grpo") for s in stages[:index + 1]):  # the rl section trains them (SFT keys unchanged)
+        what["rl"] = tree["rl"]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
