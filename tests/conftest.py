@@ -48,6 +48,20 @@ def chat_examples(n: int, seed: int = 0, ability: str = "general", source: str =
     return out
 
 
+def pair_examples(n: int, seed: int = 0, source: str = "prefs", chosen: str = "yes", rejected: str = "no"
+                  ) -> list[dict]:
+    """Preference-pair records of a learnable toy task: the chosen answer starts with `chosen`, the rejected one
+    with `rejected`, the rest of both answers is the same random words."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        q = " ".join(rng.choices(WORDS, k=rng.randint(3, 10))) + "?"
+        a = " ".join(rng.choices(WORDS, k=rng.randint(2, 12)))
+        out.append({"id": f"{source}/{i}", "source": source, "ability": "preference", "task_type": 0, "weight": 1.0,
+                    "messages": [{"role": "user", "content": q}], "chosen": f"{chosen} {a}", "rejected": f"{rejected} {a}"})
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_dir(tmp_path_factory):
     from mixtune.data.tokenizer_train import train_tokenizer

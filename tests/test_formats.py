@@ -158,4 +158,5 @@ def test_detection_and_unknown_format():
         detect_format({"foo": 1})
     with pytest.raises(ValueError, match="valid: \\['auto', 'alpaca'"):
         read_examples("x.jsonl", format="yaml")
-    assert sorted(FORMATS) == ["alpaca", "gsm8k", "humaneval", "messages", "sharegpt", "text"]
+    assert sorted(FORMATS) == ["alpaca", "gsm8k", "hh", "humaneval", "messages", "pairs", "ranked", "sharegpt",
+                               "text", "trl_conversational", "trl_standard"]

@@ -14,6 +14,7 @@ from mixtune.train.losses import (
     lbc_loss,
     masked_token_ce,
     masked_whiten,
+    per_sequence_logps,
     ppo_policy_loss,
     ppo_value_loss,
     reward_pairwise_loss,
@@ -124,6 +125,17 @@ def test_reward_pairwise_loss():
     assert out.item() == pytest.approx(0.3132617, abs=1e-6)
     out = reward_pairwise_loss(torch.tensor([2.0]), torch.tensor([1.0]), margin=1.0)
     assert out.item() == pytest.approx(math.log(2.0), abs=1e-6)
+
+
+def test_per_sequence_logps_hand_worked():
+    # three targets over two tokens: logits (0, 0) -> p = 1/2; (ln 3, 0) -> p(0) = 3/4; (0, ln 3) -> p(0) = 1/4.
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [0.0, math.log(3.0)]])
+    targets = torch.tensor([1, 0, 0])
+    sequence = torch.tensor([0, 1, 0])  # targets 0 and 2 belong to sequence 0, target 1 to sequence 1
+    logps, counts = per_sequence_logps(logits, targets, sequence, n_sequences=3)
+    # sequence 0: log(1/2) + log(1/4) = log(1/8) = −2.0794415; sequence 1: log(3/4) = −0.2876821; sequence 2: none
+    assert logps.tolist() == pytest.approx([math.log(1 / 8), math.log(3 / 4), 0.0], abs=1e-6)
+    assert counts.tolist() == [2, 1, 0]
 
 
 def test_dpo_loss_forms():

@@ -105,7 +105,8 @@ def test_resume_loads_finished_stages_and_never_retrains_them(tmp_path, base_dir
 def test_every_shipped_recipe_loads():
     from pathlib import Path
 
-    recipes = sorted(Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml"))
+    recipes = sorted(p for p in Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml")
+                     if p.parent.name != "accelerate")  # accelerate launcher configs: tests/test_distributed.py
     assert recipes, "no recipes shipped"
     for path in recipes:
         load_recipe(path)

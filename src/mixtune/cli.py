@@ -16,7 +16,7 @@ VERBS: dict[str, tuple[str, str]] = {
     "tokenizer": ("mixtune.data.tokenizer_train", "train a byte-level BPE tokenizer on the world/corpus"),
     "data": ("mixtune.data.cli", "dedup, decontaminate, filter, synthesise and check data files"),
     "pretrain": ("mixtune.train.pretrain", "pre-train or continue pre-training a causal LM"),
-    "train": ("mixtune.train.run", "supervised fine-tuning: one stage or a multi-stage strategy"),
+    "train": ("mixtune.train.run", "fine-tuning: SFT stages or strategies, then preference stages (reward, dpo)"),
     "eval": ("mixtune.evaluate.cli", "run or score ability benchmarks"),
     "study": ("mixtune.study.cli", "run a strategy x data-fraction x seed grid"),
     "report": ("mixtune.study.report_cli", "tables, plots and an HTML page for a study"),

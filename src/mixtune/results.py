@@ -5,7 +5,8 @@ Tables (one row per (run, stage, benchmark, metric) in `scores`):
   protocol, base)`: `protocol` is the study protocol the run was trained under (matched_steps / fixed_epochs),
   `base` names the base model (e.g. `base-mini-b1` when a study pre-trains several bases).
 - `stages(run_id, stage_index, stage_name, n_examples, n_tokens, steps, wall_s, PK(run_id, stage_name))`
-- `metrics(run_id, stage, step, name, value)`: training curves (loss, lr, tokens_per_s ...), append-only.
+- `metrics(run_id, stage, step, name, value)`: training curves (loss, lr, tokens_per_s ...), appended; a stage's
+  end-of-stage metrics (`set_metrics`) replace earlier rows of the same (run, stage, step, name).
 - `scores(run_id, stage, step, benchmark, ability, metric, value, text, PK(run_id, stage, step, benchmark, metric))`
 
 Choices:
@@ -175,6 +176,18 @@ class ResultsDB:
         """Append several metrics of one step in one transaction."""
         self._write_many("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
                          [(run_id, stage, step, k, float(v)) for k, v in values.items()])
+
+    def set_metrics(self, run_id: str, stage: str, step: int, values: dict[str, float]) -> None:
+        """Record several metrics of one step, replacing earlier values of the same (run, stage, step, name): what a
+        stage reports at its end, which a resumed or retried run records again."""
+        def run() -> None:
+            with self.conn:
+                self.conn.executemany("DELETE FROM metrics WHERE run_id = ? AND stage = ? AND step = ? AND name = ?",
+                                      [(run_id, stage, step, k) for k in values])
+                self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
+                                      [(run_id, stage, step, k, float(v)) for k, v in values.items()])
+
+        self._retry(run)
 
     def metrics(self, run_id: str, name: str | None = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM metrics WHERE run_id = ?", [run_id]

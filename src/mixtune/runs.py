@@ -230,35 +230,51 @@ def prepare_run_dir(recipe: Recipe, run_dir: str | Path | None = None, verb: str
     return run_dir
 
 
+def is_main_process() -> bool:
+    """Whether this process writes: rank 0 under torchrun / accelerate launch (RANK), or a lone process."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 class MetricsLog:
     """Appends one JSON object per line to `metrics.jsonl` (and to TensorBoard when asked).
 
     `resume_at`: the step a resumed run continues from; rows logged after it by the killed run are dropped first,
-    so a resumed run never leaves duplicate step rows."""
+    so a resumed run never leaves duplicate step rows (TensorBoard events after it are purged too).
+    `tensorboard_dir`: the events folder (default `<run_dir>/tensorboard`); `step_offset` is added to TensorBoard
+    steps, so a run's later stages continue its x axis. `enabled`: False writes nothing (the ranks other than 0;
+    None asks `is_main_process`)."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = False, resume_at: int | None = None):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = False, resume_at: int | None = None, *,
+                 tensorboard_dir: str | Path | None = None, step_offset: int = 0, enabled: bool | None = None):
         self.path = Path(run_dir) / "metrics.jsonl"
+        self.enabled = is_main_process() if enabled is None else enabled
+        self.step_offset = step_offset
+        self._tb = None
+        if not self.enabled:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_at is not None and self.path.exists():
             self._truncate_after(resume_at)
-        self._tb = None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(str(Path(run_dir) / "tensorboard"))
+            purge = None if resume_at is None else resume_at + step_offset + 1
+            self._tb = SummaryWriter(str(tensorboard_dir or Path(run_dir) / "tensorboard"), purge_step=purge)
 
     def _truncate_after(self, step: int) -> None:
         rows = [row for _, row in iter_jsonl(self.path) if int(row.get("step", 0)) <= step]
         write_jsonl(self.path, rows)
 
     def log(self, step: int, **metrics: Any) -> None:
+        if not self.enabled:
+            return
         row = {"step": step, "time": round(time.time(), 3), **metrics}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)):
-                    self._tb.add_scalar(key, value, step)
+                    self._tb.add_scalar(key, value, step + self.step_offset)
 
     def close(self) -> None:
         if self._tb is not None:

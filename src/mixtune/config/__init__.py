@@ -19,6 +19,7 @@ from mixtune.config.loading import (
     validate,
 )
 from mixtune.config.model import AdapterConfig, ModelConfig
+from mixtune.config.preference import PreferenceConfig
 from mixtune.config.recipe import Recipe
 from mixtune.config.rl import RewardSpec, RLConfig
 from mixtune.config.study import RatioSetup, StudyConfig, StudyRun
@@ -26,9 +27,9 @@ from mixtune.config.train import StageSpec, StrategyConfig, TrainConfig
 from mixtune.config.world import TokenizerConfig, WorldConfig
 
 __all__ = [
-    "REGISTRIES", "Ability", "AdapterConfig", "DataConfig", "EvalConfig", "JudgeConfig", "ModelConfig", "RLConfig",
-    "RatioSetup", "Recipe", "RecipeError", "RewardSpec", "Section", "SourceConfig", "StageSpec", "StrategyConfig",
-    "StudyConfig", "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig", "apply_override", "check_name",
-    "describe_fields", "dump_recipe", "format_validation_error", "load_recipe", "load_tree", "parse_override",
-    "registry_names", "validate",
+    "REGISTRIES", "Ability", "AdapterConfig", "DataConfig", "EvalConfig", "JudgeConfig", "ModelConfig",
+    "PreferenceConfig", "RLConfig", "RatioSetup", "Recipe", "RecipeError", "RewardSpec", "Section", "SourceConfig",
+    "StageSpec", "StrategyConfig", "StudyConfig", "StudyRun", "TokenizerConfig", "TrainConfig", "WorldConfig",
+    "apply_override", "check_name", "describe_fields", "dump_recipe", "format_validation_error", "load_recipe",
+    "load_tree", "parse_override", "registry_names", "validate",
 ]

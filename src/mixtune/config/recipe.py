@@ -10,6 +10,7 @@ from mixtune.config.base import Section
 from mixtune.config.data import DataConfig
 from mixtune.config.evaluate import EvalConfig
 from mixtune.config.model import AdapterConfig, ModelConfig
+from mixtune.config.preference import PreferenceConfig
 from mixtune.config.rl import RLConfig
 from mixtune.config.study import StudyConfig
 from mixtune.config.train import StrategyConfig, TrainConfig
@@ -41,6 +42,8 @@ class Recipe(Section):
     """Ability evaluation."""
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     """Training strategy: the stage plan."""
+    preference: PreferenceConfig = Field(default_factory=PreferenceConfig)
+    """Preference stages (reward, dpo): losses, β, the reference, pair lengths."""
     rl: RLConfig = Field(default_factory=RLConfig)
     """RL stages (ppo, grpo): rollouts, rewards, losses, StepCoder's CCCS and FGO."""
     study: StudyConfig = Field(default_factory=StudyConfig)

@@ -64,7 +64,18 @@ class StudyConfig(Section):
     ratio_setups: list[RatioSetup] = Field(default_factory=list)
     """RQ3 ratio set-ups, each run as multi-task over the grid's fractions."""
     workers: int = Field(2, ge=1)
-    """Runs executed in parallel (one torch thread each)."""
+    """Runs executed in parallel (one torch thread each) by the local executor."""
+    executor: Literal["local", "ray"] = "local"
+    """local: a process pool on this machine; ray: one Ray task per run and per shared stage prefix (the study
+    folder must be on a filesystem every node sees)."""
+    ray_address: str | None = None
+    """Ray: address of an existing cluster ("auto", "host:6379", "ray://host:10001"); unset: a local one."""
+    cpus_per_run: float = Field(1.0, gt=0)
+    """Ray: CPUs each run's task requests (also its torch threads)."""
+    gpus_per_run: float = Field(0.0, ge=0)
+    """Ray: GPUs each run's task requests (a run is one process: more than 1 is not used)."""
+    max_retries: int = Field(3, ge=0)
+    """Ray: times a task whose worker died is started again (it resumes from its checkpoints)."""
     specialized: list[str] = Field(default_factory=lambda: ["math", "code"])
     """Abilities forming the specialised side of ratio set-ups."""
 

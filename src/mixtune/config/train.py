@@ -55,11 +55,16 @@ class TrainConfig(Section):
     save_every: int = Field(0, ge=0)
     """Steps between checkpoints (0: only at the end)."""
     eval_batches: int = Field(20, ge=1)
-    """Pre-training: held-out batches per eval-loss pass."""
+    """Pre-training: held-out rows, in optimizer steps (batch_size x processes rows each), for the eval loss."""
     fresh_optimizer: bool = True
     """Multi-stage: each stage starts with a new optimizer and schedule (DMT §3.5)."""
     tensorboard: bool = False
-    """Also log metrics to TensorBoard in the run folder."""
+    """Also log metrics and ability scores to TensorBoard (`<run>/tensorboard`, a study's `<study>/tensorboard`)."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Under torchrun / accelerate launch: ddp replicates the model, fsdp shards parameters, gradients and optimizer
+    state (torch FSDP2). batch_size is per process either way."""
+    dist_timeout_s: int = Field(7200, ge=60)
+    """Under torchrun / accelerate launch: seconds a rank waits for the others (rank 0 evaluates and saves alone)."""
 
 
 class StageSpec(Section):

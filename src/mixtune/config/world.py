@@ -40,6 +40,12 @@ class WorldConfig(Section):
     """Code snippets in the pre-training corpus."""
     pretrain_text: int = Field(10000, ge=0)
     """Plain-text paragraphs in the pre-training corpus."""
+    preference_math: int = Field(1000, ge=0)
+    """Math preference pairs: worked solution vs one with a wrong step or a wrong final answer."""
+    preference_code: int = Field(1000, ge=0)
+    """Code preference pairs: canonical body vs a mutant that fails the hidden tests."""
+    preference_instruct: int = Field(1000, ge=0)
+    """Instruction preference pairs: a response that follows every instruction vs one that breaks one."""
 
 
 class TokenizerConfig(Section):

@@ -1,9 +1,11 @@
-"""Readers: SFT data files (alpaca, sharegpt, OpenAI messages, GSM8K, HumanEval, plain text) → example records.
+"""Readers: SFT data files (alpaca, sharegpt, OpenAI messages, GSM8K, HumanEval, plain text) and preference data
+(mixtune pairs, TRL standard / conversational, Anthropic HH, ranked lists: `data/preference.py`) → example records.
 
 An example follows the data contract (DESIGN.md, docs/CONTRACTS.md):
 `{id, source, ability, task_type, messages: [{role, content}], ...}` with optional `answer` (math), `tests` +
 `entry_point` (code), `instruction_ids` + `kwargs` (verifiable instructions). A `text` example carries `text` instead
-of `messages` (every token is trained).
+of `messages` (every token is trained). A preference pair carries the prompt turns in `messages` plus `chosen`,
+`rejected` and `weight` (`data/preference.py`).
 
 Files are JSONL or one JSON list, optionally gzipped. Every record is validated; a problem reads
 `{path}:{n}: {field}: {problem}` where n is the 1-based line of a JSONL file or the 1-based position of the item in a
@@ -21,6 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixtune.data import preference
+from mixtune.data.records import Expanded, RecordError
+from mixtune.data.records import text_field as _text
+from mixtune.data.records import turns as _turns
 from mixtune.jsonl import iter_lines, parse_line
 
 MAX_LISTED = 20
@@ -43,14 +49,6 @@ class DataError(ValueError):
         super().__init__("\n".join([header, *listed, *tail]))
 
 
-class RecordError(ValueError):
-    """One record's problem, raised by a converter: `field` is a dotted path (`messages[2].role`)."""
-
-    def __init__(self, field: str, problem: str):
-        super().__init__(f"{field}: {problem}")
-        self.field, self.problem = field, problem
-
-
 @dataclass
 class ReadResult:
     """Examples read from one file, plus one message per skipped record (empty unless skip_invalid)."""
@@ -60,54 +58,10 @@ class ReadResult:
     format: str = ""
     position: str = "line"
     """What the number in a message counts: `line` (JSONL, 1-based) or `item` (JSON list, 1-based)."""
-
-
-# ------------------------------------------------------------------------------------------------ field checks
-def _text(rec: dict, key: str, where: str = "", allow_empty: bool = False) -> str:
-    name = f"{where}{key}"
-    if key not in rec:
-        raise RecordError(name, "missing")
-    value = rec[key]
-    if not isinstance(value, str):
-        raise RecordError(name, f"expected a string, got {type(value).__name__}")
-    if not allow_empty and not value.strip():
-        raise RecordError(name, "empty")
-    return value
-
-
-def check_roles(messages: list[dict], field: str = "messages") -> None:
-    """Roles must be: optional system, then user/assistant alternating, starting with user, ending with assistant."""
-    roles = [m["role"] for m in messages]
-    start = 1 if roles and roles[0] == "system" else 0
-    if start == len(roles):
-        raise RecordError(field, "no user/assistant turns")
-    for i in range(start, len(roles)):
-        want = "user" if (i - start) % 2 == 0 else "assistant"
-        if roles[i] != want:
-            raise RecordError(f"{field}[{i}].role", f"roles out of order: expected {want}, got {roles[i]}")
-    if roles[-1] != "assistant":
-        raise RecordError(f"{field}[{len(roles) - 1}].role", "conversation must end with an assistant turn")
-
-
-def _turns(rec: dict, key: str, role_key: str, content_key: str, role_map: dict[str, str]) -> list[dict]:
-    turns = rec.get(key)
-    if key not in rec:
-        raise RecordError(key, "missing")
-    if not isinstance(turns, list):
-        raise RecordError(key, f"expected a list, got {type(turns).__name__}")
-    if not turns:
-        raise RecordError(key, "empty")
-    messages = []
-    for i, turn in enumerate(turns):
-        where = f"{key}[{i}]."
-        if not isinstance(turn, dict):
-            raise RecordError(f"{key}[{i}]", f"expected an object, got {type(turn).__name__}")
-        role = _text(turn, role_key, where)
-        if role not in role_map:
-            raise RecordError(f"{where}{role_key}", f"unknown role {role!r} (expected one of {sorted(role_map)})")
-        messages.append({"role": role_map[role], "content": _text(turn, content_key, where)})
-    check_roles(messages, key)
-    return messages
+    notes: dict[str, int] = field(default_factory=dict)
+    """What valid records left out on purpose, counted (e.g. tied pairs of ranked lists)."""
+    n_records: int = 0
+    """Records in the file (valid or not); a ranked list gives several examples from one record."""
 
 
 # -------------------------------------------------------------------------------------------------- converters
@@ -177,16 +131,26 @@ FORMATS: dict[str, Callable[[dict], dict]] = {
     "gsm8k": from_gsm8k,
     "humaneval": from_humaneval,
     "text": from_text,
+    # preference pairs (data/preference.py)
+    "pairs": preference.from_pairs,
+    "trl_standard": preference.from_trl_standard,
+    "trl_conversational": preference.from_trl_conversational,
+    "hh": preference.from_hh,
+    "ranked": preference.from_ranked,
 }
-"""Record converters: record → partial example (messages/text + extra fields); they raise RecordError."""
+"""Record converters: record → partial example (messages/text + extra fields), or an `Expanded` of several (a
+ranked list's pairs); they raise RecordError."""
 
 DEFAULT_ABILITY = {"alpaca": "general", "sharegpt": "general", "messages": "general", "gsm8k": "math",
-                   "humaneval": "code", "text": "text"}
+                   "humaneval": "code", "text": "text", "pairs": "preference", "trl_standard": "preference",
+                   "trl_conversational": "preference", "hh": "preference", "ranked": "preference"}
 
 
 def detect_format(rec: Any) -> str:
     """The format whose keys the record has; raises ValueError naming the keys seen and the valid formats."""
     keys = set(rec) if isinstance(rec, dict) else set()
+    if (pref := preference.detect(rec)) is not None:
+        return pref
     if "conversations" in keys:
         return "sharegpt"
     if "messages" in keys:
@@ -276,24 +240,40 @@ def read_examples(path: str | Path, format: str = "auto", source: str | None = N
         except ValueError as e:
             raise DataError(f"{path}: {e}", []) from None
     convert = FORMATS[format]
-    examples, problems, seen = [], [], {}
+    examples, problems, seen, notes = [], [], {}, {}
     for index, (n, rec, bad) in enumerate(rows):
         try:
             if bad is not None:
                 raise RecordError("<json>", bad)
             if not isinstance(rec, dict):
                 raise RecordError("<record>", f"expected an object, got {type(rec).__name__}")
-            part = convert(rec)
-            if "id" in rec:
-                part["id"] = _record_id(rec["id"])
-            ex = _finish(part, index, format, source, ability, task_type)
-            if ex["id"] in seen:
-                raise RecordError("id", f"duplicate id {ex['id']!r} (first at {position} {seen[ex['id']]})")
-            seen[ex["id"]] = n
-            examples.append(ex)
+            made, counted = _examples_of(rec, convert(rec), index, format, source, ability, task_type)
+            for ex in made:
+                if ex["id"] in seen:
+                    raise RecordError("id", f"duplicate id {ex['id']!r} (first at {position} {seen[ex['id']]})")
+            seen.update({ex["id"]: n for ex in made})
+            examples.extend(made)
+            for k, v in counted.items():
+                notes[k] = notes.get(k, 0) + v
         except RecordError as e:
             problems.append(f"{path}:{n}: {e.field}: {e.problem}")
     if problems and not skip_invalid:
         raise DataError(f"{path}: {len(problems)} invalid record(s) of {len(rows)} "
                         f"({format} format; numbers are 1-based {position}s)", problems)
-    return ReadResult(examples=examples, skipped=problems, format=format, position=position)
+    return ReadResult(examples=examples, skipped=problems, format=format, position=position, notes=notes,
+                      n_records=len(rows))
+
+
+def _examples_of(rec: dict, part: dict | Expanded, index: int, fmt: str, source: str, ability: str | None,
+                 task_type: int | None) -> tuple[list[dict], dict[str, int]]:
+    """The finished example(s) of one converted record and its notes; an Expanded record's examples get the ids
+    `<record id>/<j>` and `group` = the record id."""
+    own_id = _record_id(rec["id"]) if "id" in rec else None
+    if not isinstance(part, Expanded):
+        if own_id is not None:
+            part["id"] = own_id
+        return [_finish(part, index, fmt, source, ability, task_type)], {}
+    base = own_id or f"{source}/{index}"
+    made = [_finish({**p, "id": f"{base}/{j}", "group": base}, index, fmt, source, ability, task_type)
+            for j, p in enumerate(part.parts)]
+    return made, part.notes

@@ -15,7 +15,15 @@ from pathlib import Path
 from mixtune.config import SourceConfig
 from mixtune.data.formats import read_examples
 
-MINILAB_FILES = {"math": "math.jsonl", "code": "code.jsonl", "general": "general.jsonl", "knowledge": "knowledge.jsonl"}
+MINILAB_FILES = {"math": "math.jsonl", "code": "code.jsonl", "general": "general.jsonl", "knowledge": "knowledge.jsonl",
+                 "preference_math": "preference_math.jsonl", "preference_code": "preference_code.jsonl",
+                 "preference_instruct": "preference_instruct.jsonl"}
+"""mini-lab source name -> its file under `<world>/sft/` (the preference_* files hold chosen/rejected pairs)."""
+
+
+def minilab_ability(name: str) -> str:
+    """The ability of a mini-lab source's examples: its name, or `preference` for the pair files."""
+    return "preference" if name.startswith("preference_") else name
 
 
 class MixtureError(ValueError):
@@ -41,12 +49,16 @@ def load_source(src: SourceConfig, world_dir: str | Path, log=print,
                 skipped: dict[str, int] | None = None) -> list[dict]:
     """All examples of one source (validated; a reader error names file, record and field). With
     `src.skip_invalid` bad records are skipped, logged and counted into `skipped[src.name]`."""
-    fmt = "messages" if src.minilab and src.format == "auto" else src.format
+    fmt = src.format
+    if src.minilab and fmt == "auto":
+        fmt = "pairs" if minilab_ability(src.minilab) == "preference" else "messages"
     result = read_examples(source_path(src, world_dir), format=fmt, source=src.name,
-                           ability=src.ability or src.minilab, task_type=src.task_type,
-                           skip_invalid=src.skip_invalid)
+                           ability=src.ability or (src.minilab and minilab_ability(src.minilab)),
+                           task_type=src.task_type, skip_invalid=src.skip_invalid)
     if result.skipped:
         log(f"source {src.name}: skipped {len(result.skipped)} invalid records (first: {result.skipped[0]})")
+    for note, count in result.notes.items():
+        log(f"source {src.name}: {note}: {count}")
     if skipped is not None:
         skipped[src.name] = len(result.skipped)
     return result.examples

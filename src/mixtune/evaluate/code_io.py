@@ -19,11 +19,21 @@ import hashlib
 import json
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
-from typing import Any
 
-from mixtune.evaluate._plaindata import _dec, encode_value
+from mixtune.evaluate._plaindata import _dec
 from mixtune.evaluate.code_cases import holds, humaneval_reference, mbpp_reference
+from mixtune.evaluate.code_plan import (  # noqa: F401 -- re-exported
+    CALL_FACTOR,
+    CALL_MIN_S,
+    CAP_FACTOR,
+    CAP_MIN,
+    REFERENCE_SLACK,
+    Case,
+    Plan,
+    make_case,
+    slack,
+)
+from mixtune.evaluate.code_plus import ORACLES, plus_plan
 from mixtune.evaluate.sandbox import ExecResult, Limits, run_recorded
 from mixtune.evaluate.sandbox_io import CallResult, CallsRun, run_calls
 
@@ -33,54 +43,7 @@ STEPCODER_REWARD = {"passed": 1.0, "wrong_answer": -0.3, "runtime_error": -0.6, 
 """StepCoder's execution reward per outcome (METHODS.md §7; a timeout counts as a runtime error; "error" has no
 reward: the sandbox failed, not the program)."""
 RESULT_OF = {"passed": "passed", "timeout": "timed out", "error": "error"}  # the older `result` field; else "failed"
-CALL_MIN_S, CALL_FACTOR = 2.0, 10.0
-"""A call's time budget: max(CALL_MIN_S, CALL_FACTOR x the canonical solution's time on it), within the wall limit."""
-REFERENCE_SLACK = 3.0
-"""The reference run gets this many times the task's limits (trusted code: a loaded machine must not change a
-task's verdict path)."""
-CAP_MIN, CAP_FACTOR = 1 << 16, 8
-"""Most bytes of a call's result line: CAP_MIN + CAP_FACTOR x the size of the expected value's encoding."""
 RECORDS_CAP = 1 << 28
-
-
-@dataclass(frozen=True)
-class Case:
-    """One converted test case: the encoded call line and the rule its result must satisfy (`holds`)."""
-
-    where: str
-    """"test line N" (assertion tests) or "input N" (HumanEval+ / MBPP+)."""
-    kind: str
-    view: str
-    call: bytes
-    expected: Any
-    tol: Any
-    budget_s: float
-    cap: int
-    extra_s: float = 0.0
-    """What this case adds to the whole run's wall-clock and CPU limits (CALL_FACTOR x the reference's time)."""
-
-
-@dataclass(frozen=True)
-class Plan:
-    """How a task's samples are judged: its `cases` on the io path, else the legacy harness (`reason` says why)."""
-
-    cases: tuple[Case, ...] | None
-    reason: str = ""
-    oracle: str = ""
-    """A run-level rule (code_plus.ORACLES) on top of the cases: "" for none."""
-
-    @property
-    def path(self) -> str:
-        return "io" if self.cases is not None else "legacy-harness"
-
-
-def make_case(where: str, kind: str, view: str, args, kwargs, expected, tol, ref_s: float, ref_size: int,
-              reduce: str = "") -> Case:
-    """A Case from encoded arguments (`_plaindata` JSON values) and decoded expected value / tolerance."""
-    call = [args, kwargs] + ([reduce] if reduce else [])
-    size = max(ref_size, len(json.dumps(encode_value(expected))))
-    return Case(where, kind, view, (json.dumps(call, separators=(",", ":")) + "\n").encode(), expected, tol,
-                max(CALL_MIN_S, CALL_FACTOR * ref_s), CAP_MIN + CAP_FACTOR * size, CALL_FACTOR * ref_s)
 
 
 def _recorded_case(msg: dict) -> Case:
@@ -88,11 +51,6 @@ def _recorded_case(msg: dict) -> Case:
     return make_case(f"test line {msg['line']}", msg["kind"], msg["view"], msg["args"], msg["kwargs"],
                      _dec(msg["expected"], 0), _dec(msg["tol"], 0), float(msg["ref_s"]), len(json.dumps(msg["ref"])),
                      reduce)
-
-
-def slack(limits: Limits, factor: float = 1.0, extra_s: float = 0.0) -> Limits:
-    """`limits` with wall-clock and CPU limits times `factor` plus `extra_s`."""
-    return replace(limits, wall_s=limits.wall_s * factor + extra_s, cpu_s=limits.cpu_s * factor + extra_s)
 
 
 def plan_from_records(records: bytes) -> Plan:
@@ -111,7 +69,6 @@ def plan_from_records(records: bytes) -> Plan:
 
 def make_plan(example: dict, limits: Limits) -> Plan:
     """Convert the task's test and run the reference (sandboxed); never raises."""
-    from mixtune.evaluate.code_plus import plus_plan  # here: code_plus builds on this module
 
     fmt, entry = example["format"], example["entry_point"]
     try:
@@ -188,7 +145,6 @@ def _io_outcome(run: CallsRun, cases: tuple[Case, ...], failed: list[tuple[int, 
 
 def score_io(plan: Plan, source: str, entry: str, limits: Limits, trace: bool = False) -> dict:
     """Judge one candidate program on the plan's cases; the per-sample fields of the io path."""
-    from mixtune.evaluate.code_plus import ORACLES  # here: code_plus builds on this module
 
     cases = plan.cases or ()
     failed: list[tuple[int, CallResult]] = []

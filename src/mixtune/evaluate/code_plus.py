@@ -14,7 +14,7 @@ import json
 
 from mixtune.evaluate._plaindata import encode_value
 from mixtune.evaluate.code_cases import holds, view_of
-from mixtune.evaluate.code_io import REFERENCE_SLACK, Plan, make_case, slack
+from mixtune.evaluate.code_plan import REFERENCE_SLACK, Plan, make_case, slack
 from mixtune.evaluate.sandbox import Limits
 from mixtune.evaluate.sandbox_io import run_calls
 

@@ -11,11 +11,20 @@ import json
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+    LlamaConfig,
+    LlamaForCausalLM,
+    PreTrainedTokenizerBase,
+)
 
 from mixtune.config import ModelConfig
 
 MODEL_META = "mixtune_model.json"
+SEQUENCE_CLASSIFICATION = "sequence_classification"
+"""`head` of an adapter folder's meta whose model is a reward model (a scalar head on the base checkpoint)."""
 
 
 class ModelLoadError(ValueError):
@@ -58,18 +67,31 @@ def read_model_meta(path: str | Path) -> dict | None:
     return json.loads(meta.read_text()) if meta.exists() else None
 
 
-def load_checkpoint(path: str | Path, attn_implementation: str = "sdpa") -> torch.nn.Module:
-    """Load a full checkpoint folder, or a mixtune adapter folder (base + `adapter/`)."""
+def load_checkpoint(path: str | Path, attn_implementation: str = "sdpa", head: str | None = None,
+                    pad_token_id: int | None = None) -> torch.nn.Module:
+    """Load a full checkpoint folder, or a mixtune adapter folder (base + `adapter/`).
+
+    A folder whose config names a `...ForSequenceClassification` architecture (a reward model), or an adapter folder
+    whose meta says `head: sequence_classification`, loads as `AutoModelForSequenceClassification` (`head` forces
+    it for a base checkpoint; `pad_token_id` is the reward model's)."""
     path = Path(path)
     meta = read_model_meta(path)
     if meta and meta.get("adapter", "none") != "none":
         from mixtune.model.adapters import load_adapter
 
         base_path = Path(meta["base"])  # relative: inside this folder (a self-contained `mixtune export`)
-        base = load_checkpoint(base_path if base_path.is_absolute() else path / base_path, attn_implementation)
+        base = load_checkpoint(base_path if base_path.is_absolute() else path / base_path, attn_implementation,
+                               head=meta.get("head"), pad_token_id=meta.get("pad_token_id"))
         return load_adapter(base, path / "adapter", meta["adapter"])
     if not (path / "config.json").exists():
         raise ModelLoadError(f"{path}: not a checkpoint folder (no config.json)")
+    architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    if head == SEQUENCE_CLASSIFICATION or any(a.endswith("ForSequenceClassification") for a in architectures):
+        extra = {"num_labels": 1} if head == SEQUENCE_CLASSIFICATION else {}
+        if pad_token_id is not None:
+            extra["pad_token_id"] = pad_token_id
+        return AutoModelForSequenceClassification.from_pretrained(
+            str(path), local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation, **extra)
     return AutoModelForCausalLM.from_pretrained(
         str(path), local_files_only=True, dtype=torch.float32, attn_implementation=attn_implementation
     )

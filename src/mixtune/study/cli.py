@@ -4,6 +4,8 @@ The base (world, tokenizer, pre-training) is prepared once and cached. Independe
 torch thread each (on 2 cores two single-thread runs beat one two-thread run). Runs that share a stage prefix train
 it once (a shared stage cache with a file lock per prefix). Resumable: a finished run is never redone, an
 interrupted one continues from its checkpoints. Results: `runs/<study>/results.sqlite`; then the report.
+`study.executor: ray` runs the same worker functions (study/workers.py) as Ray tasks (study/ray_exec.py). With
+train.tensorboard every run logs to `<study>/tensorboard/<run_id>`: `tensorboard --logdir runs/<study>/tensorboard`.
 """
 
 from __future__ import annotations
@@ -13,9 +15,8 @@ import json
 import multiprocessing as mp
 import os
 import time
-import traceback
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from mixtune.config import Recipe, load_recipe
@@ -24,33 +25,24 @@ from mixtune.runs import RunLock, atomic_write_json, prepare_run_dir
 from mixtune.study.base import prepare_base
 from mixtune.study.contamination import check_contamination
 from mixtune.study.grid import GridRun, expand_grid
+from mixtune.study.workers import run_one
 
 
-def _run_one(run: GridRun, study_dir: str, threads: int) -> tuple[str, float, str | None]:
-    """Worker: train and evaluate one run (resuming it if it was interrupted)."""
-    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
-    os.environ["TQDM_MININTERVAL"] = "30"  # progress lines in train.log, not thousands of redraws
-    import torch
+def _execute(study: Recipe, todo: list[GridRun], study_dir: Path, workers: int, threads: int,
+             log) -> Iterator[tuple[str, float, str | None]]:
+    """(run_id, seconds, error) of each run of `todo` as it ends, from the local pool or Ray."""
+    if not todo:
+        return
+    if study.study.executor == "ray":
+        from mixtune.study.ray_exec import run_on_ray
 
-    from mixtune.train.run import train
-
-    torch.set_num_threads(threads)
-    recipe = run.recipe.model_copy(update={"train": run.recipe.train.model_copy(update={"threads": threads})})
-    study_dir = Path(study_dir)
-    log_path = Path(recipe.run_dir) / "train.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    with ResultsDB(study_dir / DB_NAME) as db:
-        db.set_status(run.run_id, "running")
-    try:  # the run's own output (progress, stage logs) goes to its train.log, not the study's terminal
-        with log_path.open("a") as fh, redirect_stdout(fh), redirect_stderr(fh):
-            train(recipe, resume=True, stage_cache=study_dir / "stage-cache", db_path=study_dir / DB_NAME)
-        status, error = "finished", None
-    except Exception:  # noqa: BLE001 -- a failed run is recorded and reported; the others go on
-        status, error = "failed", traceback.format_exc()
-    with ResultsDB(study_dir / DB_NAME) as db:
-        db.set_status(run.run_id, status)
-    return run.run_id, time.perf_counter() - t0, error
+        yield from run_on_ray(study.study, todo, study_dir, log)
+        return
+    ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures = [pool.submit(run_one, run, str(study_dir), threads) for run in todo]
+        for fut in as_completed(futures):
+            yield fut.result()
 
 
 class StudyConfigError(ValueError):
@@ -127,19 +119,17 @@ def _run_study(study: Recipe, workers: int | None, log) -> Path:
     todo = [r for r in runs if r.run_id not in done]
     workers = min(workers or study.study.workers, max(1, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // workers)
-    log(f"[study] {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished), "
-        f"{workers} workers x {threads} thread(s), protocol {', '.join(study.study.protocols)}")
+    how = (f"{workers} workers x {threads} thread(s)" if study.study.executor == "local" else
+           f"ray ({study.study.ray_address or 'local cluster'}), {study.study.cpus_per_run:g} CPU + "
+           f"{study.study.gpus_per_run:g} GPU per run")
+    log(f"[study] {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished), {how}, "
+        f"protocol {', '.join(study.study.protocols)}")
     failures = []
-    if todo:
-        ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
-        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-            futures = [pool.submit(_run_one, run, str(study_dir), threads) for run in todo]
-            for n, fut in enumerate(as_completed(futures), 1):
-                run_id, wall, error = fut.result()
-                log(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
-                if error:
-                    failures.append(run_id)
-                    log(error)
+    for n, (run_id, wall, error) in enumerate(_execute(study, todo, study_dir, workers, threads, log), 1):
+        log(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
+        if error:
+            failures.append(run_id)
+            log(error)
     atomic_write_json(study_dir / "study.json", {
         "study": study.name, "protocols": list(study.study.protocols), "fractions": study.study.fractions,
         "seeds": study.study.seeds, "runs": [r.run_id for r in runs], "bases": bases,

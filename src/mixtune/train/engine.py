@@ -1,7 +1,9 @@
 """Shared training mechanics: threads and seeds, optimizer, schedules (cosine, WSD, ...), bf16 autocast, atomic
-checkpoints with optimizer/scheduler/RNG/data position, resume, and the NaN guard.
+checkpoints with optimizer/scheduler/RNG/data position, resume, the NaN guard, and several processes
+(`dist_setup()` / `Distributed`, from train/distributed.py: torchrun or accelerate launch, DDP or FSDP2).
 
-The loops themselves live in the stage files (pretrain.py, sft.py); this module holds only what they share.
+The loops themselves live in the stage files (pretrain.py, sft.py); this module holds only what they share. Under
+several processes every rank calls the save helpers (sharded tensors are gathered) and rank 0 alone writes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from transformers.optimization import (
 )
 
 from mixtune.config import TrainConfig
-from mixtune.runs import atomic_dir, atomic_write_file, atomic_write_json
+from mixtune.runs import MetricsLog, atomic_dir, atomic_write_file, atomic_write_json
+from mixtune.train.distributed import Distributed, DistributedError, dist_close, dist_setup  # noqa: F401 -- re-exported
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
@@ -43,7 +46,8 @@ def setup_torch(cfg: TrainConfig) -> None:
 
 
 def pick_device() -> torch.device:
-    """The GPU when there is one, else the CPU (multi-GPU runs go through accelerate/torchrun: not yet wired)."""
+    """The GPU when there is one (under torchrun / accelerate launch: this rank's, set by `dist_setup`), else the
+    CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -75,7 +79,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, carried: dict | Non
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas)
     if carried is not None:
-        optimizer.load_state_dict(carried)
+        dist_setup().load_optimizer_state(optimizer, carried)
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr
             group.pop("initial_lr", None)  # else the new scheduler would start from the old stage's peak
@@ -111,7 +115,8 @@ def clip_and_step(model, optimizer, scheduler, cfg: TrainConfig) -> float:
     norm = 0.0
     if cfg.max_grad_norm > 0:
         params = [p for p in model.parameters() if p.requires_grad]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        total = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        norm = float(total.full_tensor() if hasattr(total, "full_tensor") else total)  # FSDP: a sharded norm
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -128,24 +133,33 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _storage(t: torch.Tensor) -> int:
+    return (t.to_local() if hasattr(t, "to_local") else t).data_ptr()  # a shard's storage under FSDP
+
+
 def trainable_state_dict(model: torch.nn.Module, full: bool) -> dict[str, torch.Tensor]:
+    """The trainable (or all) weights; sharded ones stay sharded (gather them with `Distributed.gather`)."""
     if full:
         # Tied weights (embeddings = lm_head) are stored once; load_state_dict(strict=False) re-ties them.
         seen: set[int] = set()
         out = {}
         for name, t in model.state_dict().items():
-            if t.data_ptr() in seen:
+            if _storage(t) in seen:
                 continue
-            seen.add(t.data_ptr())
+            seen.add(_storage(t))
             out[name] = t.detach().contiguous()
         return out
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
 def save_weights(model: torch.nn.Module, path: Path, full: bool) -> Path:
-    """The trainable (or all) weights as one safetensors file, written atomically."""
-    state = trainable_state_dict(model, full)
-    return atomic_write_file(path, lambda tmp: save_file(state, str(tmp)))
+    """The trainable (or all) weights as one safetensors file, written atomically by rank 0 (every rank calls)."""
+    dist = dist_setup()
+    state = dist.gather(trainable_state_dict(model, full))
+    if dist.is_main:
+        atomic_write_file(path, lambda tmp: save_file(state, str(tmp)))
+    dist.barrier()
+    return Path(path)
 
 
 def _step_of(path: Path) -> int:
@@ -167,13 +181,27 @@ def latest_checkpoint(run_dir: str | Path) -> Path | None:
 
 def save_checkpoint(run_dir: str | Path, model, optimizer, scheduler, state: TrainState, full: bool) -> Path:
     """Write `checkpoints/step-N/` atomically (weights, trainer state, and for full models `config.json`, so a run
-    can branch from any checkpoint), then update `latest.json` and prune old checkpoints."""
+    can branch from any checkpoint), then update `latest.json` and prune old checkpoints. Every rank calls it:
+    sharded weights and optimizer state are gathered whole, rank 0 writes (the files do not depend on the number
+    of processes), the others wait. RNG states are rank 0's: every rank is seeded alike."""
+    dist = dist_setup()
     root = Path(run_dir) / CHECKPOINTS
     name = f"step-{state.step:07d}"
-    with atomic_dir(root / name) as tmp:
-        save_file(trainable_state_dict(model, full), str(tmp / "weights.safetensors"))
+    weights, optimizer_state = dist.gather(trainable_state_dict(model, full)), dist.gather(optimizer.state_dict())
+    if dist.is_main:
+        _write_checkpoint(root / name, model, weights, optimizer_state, scheduler, state, full)
+        atomic_write_json(root / "latest.json", {"name": name, "step": state.step})
+        _prune(root, keep=KEEP_CHECKPOINTS)
+    dist.barrier()
+    return root / name
+
+
+def _write_checkpoint(path: Path, model, weights: dict, optimizer_state: dict, scheduler, state: TrainState,
+                      full: bool) -> None:
+    with atomic_dir(path) as tmp:
+        save_file(weights, str(tmp / "weights.safetensors"))
         torch.save({
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
             "step": state.step, "data": state.data, "extra": state.extra,
             "torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
             "python_rng_pos": random.getstate()[2], "full": full,
@@ -181,9 +209,6 @@ def save_checkpoint(run_dir: str | Path, model, optimizer, scheduler, state: Tra
         config = getattr(model, "config", None)
         if full and hasattr(config, "to_json_file"):
             config.to_json_file(str(tmp / "config.json"))
-    atomic_write_json(root / "latest.json", {"name": name, "step": state.step})
-    _prune(root, keep=KEEP_CHECKPOINTS)
-    return root / name
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -192,13 +217,15 @@ def _prune(root: Path, keep: int) -> None:
 
 
 def load_checkpoint_into(path: Path, model, optimizer, scheduler) -> TrainState:
-    """Restore weights, optimizer, scheduler and RNG from `path`; never unpickles arbitrary objects."""
+    """Restore weights, optimizer, scheduler and RNG from `path`; never unpickles arbitrary objects. Every rank reads
+    the same files (each keeps its shard under FSDP)."""
+    dist = dist_setup()
     blob = torch.load(path / "trainer_state.pt", weights_only=True)
     weights = load_file(str(path / "weights.safetensors"))
-    _missing, unexpected = model.load_state_dict(weights, strict=False)
+    _missing, unexpected = dist.load_model_state(model, weights)
     if unexpected:
         raise ValueError(f"{path}: checkpoint has weights the model lacks: {unexpected[:5]}")
-    optimizer.load_state_dict(blob["optimizer"])
+    dist.load_optimizer_state(optimizer, blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])
     random.setstate((3, tuple(blob["python_rng"]), blob["python_rng_pos"]))
@@ -207,7 +234,8 @@ def load_checkpoint_into(path: Path, model, optimizer, scheduler) -> TrainState:
 
 def resume_from_checkpoints(run_dir: str | Path, model, optimizer, scheduler, log=print) -> TrainState:
     """Load the newest checkpoint that loads; a corrupt one is reported and the previous one tried. A run folder
-    with no loadable checkpoint starts at step 0 (and says so)."""
+    with no loadable checkpoint starts at step 0 (and says so). Every rank must resume at the same step."""
+    state = None
     for path in checkpoints(run_dir):
         try:
             state = load_checkpoint_into(path, model, optimizer, scheduler)
@@ -215,10 +243,23 @@ def resume_from_checkpoints(run_dir: str | Path, model, optimizer, scheduler, lo
             log(f"resume: {path} does not load ({type(e).__name__}: {str(e)[:120]}); trying an older checkpoint")
             continue
         log(f"resume: continuing from {path} at step {state.step}")
-        return state
-    if (Path(run_dir) / CHECKPOINTS).is_dir():
+        break
+    if state is None and (Path(run_dir) / CHECKPOINTS).is_dir():
         log(f"resume: no loadable checkpoint in {Path(run_dir) / CHECKPOINTS}; starting at step 0")
-    return TrainState()
+    state = state or TrainState()
+    dist = dist_setup()
+    if dist.all_reduce_sum(state.step) != state.step * dist.world_size:
+        raise DistributedError(f"resume: ranks found different checkpoints in {run_dir} (rank {dist.rank}: step "
+                               f"{state.step}); every rank must see the same run folder (a shared filesystem)")
+    return state
+
+
+def metrics_log(ctx, resume_at: int | None = None) -> MetricsLog:
+    """A stage's metrics.jsonl (and, with train.tensorboard, events in the run's TensorBoard folder, steps
+    continuing the earlier stages'), written by rank 0 only. `resume_at`: see MetricsLog."""
+    return MetricsLog(ctx.folder, tensorboard=ctx.recipe.train.tensorboard, resume_at=resume_at,
+                      tensorboard_dir=ctx.tensorboard_dir, step_offset=ctx.step_offset,
+                      enabled=dist_setup().is_main)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

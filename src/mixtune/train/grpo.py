@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from mixtune.config import RecipeError
-from mixtune.runs import MetricsLog, atomic_write_json
+from mixtune.runs import atomic_write_json
 from mixtune.train import engine
 from mixtune.train.losses import KL_ESTIMATORS, aggregate_tokens, clipped_policy_tokens, group_advantages, masked_mean
 from mixtune.train.rl_batch import Reference, RolloutBatch, build_batch, minibatch_indices, token_logprobs
@@ -80,7 +80,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     t0 = time.perf_counter()
     if rl.n_samples < 2:
         raise RecipeError(f"stage {ctx.name} (grpo): rl.n_samples must be at least 2 (a group), got {rl.n_samples}")
-    setup = setup_rl(ctx)
+    setup = setup_rl(ctx)  # also refuses several processes
     n_prompts = len(setup.prompts)
     steps_per_epoch = max(1, math.ceil(n_prompts / cfg.batch_size))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_prompts / cfg.batch_size))
@@ -94,7 +94,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     if setup.schedule and "cccs" in state.extra:
         setup.schedule.load_state_dict(state.extra["cccs"])
     history: list[dict] = list(state.extra.get("history", []))
-    log = MetricsLog(ctx.folder, tensorboard=cfg.tensorboard, resume_at=state.step if ctx.resume else None)
+    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)
     device, pad_id = engine.model_device(model), ctx.tokenizer.pad_token_id or 0
     ctx.log(f"stage {ctx.name}: grpo on {n_prompts} prompts x {rl.n_samples} samples, {total_steps} steps, "
             f"baseline {rl.baseline}, scale {rl.scale_rewards}, loss {rl.loss_agg}, reference "

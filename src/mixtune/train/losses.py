@@ -1,11 +1,13 @@
 """Losses and RL math as small pure tensor functions (no model, no config).
 
-Each function states its shapes and the paper/equation it implements; tests/test_losses.py checks every one against
-numbers worked out by hand. Ours, not a library's: TRL/OpenRLHF bury these inside trainer methods.
+Each function states its shapes and the paper/equation it implements; tests/test_losses.py and
+tests/test_rl_losses.py check every one against numbers worked out by hand. Ours, not a library's: TRL/OpenRLHF
+bury these inside trainer methods.
 
 Contents: token cross-entropy with masks (SFT / pre-training), the LoRAMoE localized balancing constraint
-(METHODS.md §3), reward-model pairwise loss, DPO / IPO / hinge (SPIN), PPO clipped policy and value losses, GAE and
-the k1 KL estimator (METHODS.md §5–§6).
+(METHODS.md §3), reward-model pairwise loss, per-sequence log-probs, DPO / IPO / hinge (SPIN), PPO clipped policy and
+value losses, GAE, the k1 / k2 / k3 KL estimators, the adaptive KL coefficient, GRPO / RLOO / Dr. GRPO group
+advantages, token aggregation and token entropy (METHODS.md §5–§7).
 """
 
 from __future__ import annotations
@@ -151,6 +153,20 @@ def reward_pairwise_loss(r_chosen: Tensor, r_rejected: Tensor, margin: float | T
 
 
 # ---------------------------------------------------------------------------------------------- DPO & co (§6)
+def per_sequence_logps(logits: Tensor, targets: Tensor, sequence: Tensor, n_sequences: int) -> tuple[Tensor, Tensor]:
+    """Σ_t log p(target_t) per sequence, and each sequence's number of targets: log π(y|x) of DPO (Rafailov et al.
+    2023 eq. 7), a sum over the answer's tokens.
+
+    logits (N, V) at the N target positions of a batch (packed or padded rows, in any order), targets (N,),
+    sequence (N,) the index in [0, S) of the sequence each target belongs to → (logps (S,) fp32, counts (S,) int64).
+    A sequence without targets gets 0 and count 0."""
+    token_logps = -F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+    logps = token_logps.new_zeros(n_sequences).index_add(0, sequence, token_logps)  # (S,)
+    counts = torch.zeros(n_sequences, dtype=torch.long, device=targets.device)
+    counts.index_add_(0, sequence, torch.ones_like(sequence))
+    return logps, counts
+
+
 def dpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,

@@ -24,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
-from mixtune.runs import MetricsLog, atomic_write_json
+from mixtune.runs import atomic_write_json
 from mixtune.train import engine
 from mixtune.train.losses import (
     adaptive_kl_coef,
@@ -122,7 +122,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     # ---- setup
     model, recipe, cfg, rl = ctx.model, ctx.recipe, ctx.recipe.train, ctx.recipe.rl
     t0 = time.perf_counter()
-    setup = setup_rl(ctx)
+    setup = setup_rl(ctx)  # also refuses several processes
     ptx_rows = build_sft_rows(setup.ptx_examples, ctx.tokenizer, recipe.data, ctx.token_cache) if rl.ptx_coef else None
     if rl.ptx_coef and not len(ptx_rows):
         raise ValueError(f"stage {ctx.name}: rl.ptx_coef > 0 but rl.ptx_source {rl.ptx_source!r} gives no example "
@@ -143,7 +143,7 @@ def run_stage(ctx: StageContext) -> StageResult:
         setup.schedule.load_state_dict(state.extra["cccs"])
     beta = float(state.extra.get("beta", rl.kl_coef))
     history: list[dict] = list(state.extra.get("history", []))
-    log = MetricsLog(ctx.folder, tensorboard=cfg.tensorboard, resume_at=state.step if ctx.resume else None)
+    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)
     device, pad_id = engine.model_device(model), ctx.tokenizer.pad_token_id or 0
     ctx.log(f"stage {ctx.name}: ppo on {n_prompts} prompts x {rl.n_samples} samples, {total_steps} steps, β {beta}"
             f"{' (adaptive)' if rl.adaptive_kl else ''}, reference {reference.mode if reference else 'none'}")

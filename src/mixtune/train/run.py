@@ -8,7 +8,9 @@ continues with the next (or mid-stage from its newest loadable checkpoint).
 
 Everything that can be checked before training is checked before the run folder is made: the stage plan and each
 stage's overrides, the data files (read and validated), the model and tokenizer. One process writes a run folder at a
-time (`RunLock`).
+time (`RunLock`). Under torchrun / accelerate launch every rank runs this file and trains its share of each step
+(train/distributed.py); rank 0 alone holds the lock, decides from the files what each stage does (broadcast to the
+others), and writes.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import math
 import shutil
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +31,8 @@ from safetensors.torch import load_file
 from mixtune.cliutil import recipe_parser
 from mixtune.config import Recipe, apply_override, load_recipe, parse_override, validate
 from mixtune.data.mixture import Mixture, add_token_counts, draw_mixture, manifest_summary
+from mixtune.data.pair_dataset import build_pair_rows
+from mixtune.data.preference import is_pair
 from mixtune.data.sft_dataset import build_sft_rows
 from mixtune.model.adapters import apply_adapter
 from mixtune.model.load import count_parameters, load_model_and_tokenizer
@@ -41,7 +47,7 @@ from mixtune.runs import (
 )
 from mixtune.train import engine
 from mixtune.train.save import save_final
-from mixtune.train.stages import StageContext, evaluate_abilities, stage_runner
+from mixtune.train.stages import StageContext, check_stage, evaluate_abilities, generates, output_model, stage_runner
 from mixtune.train.strategies import Stage, plan_stages, stage_examples
 
 STAGE_WEIGHTS = "stage_weights.safetensors"
@@ -67,7 +73,7 @@ def finished_stage(folder: Path) -> dict | None:
 
 
 def load_stage_weights(model, folder: Path) -> None:
-    model.load_state_dict(load_file(str(folder / STAGE_WEIGHTS)), strict=False)
+    engine.dist_setup().load_model_state(model, load_file(str(folder / STAGE_WEIGHTS)))
 
 
 def stage_recipe(recipe: Recipe, stage: Stage) -> Recipe:
@@ -125,9 +131,23 @@ def prefix_key(recipe: Recipe, stages: list[Stage], index: int, recipes: list[Re
     what["stages"] = [[sorted(s.sources), sorted(s.replay)] + ([s.kind, list(s.overrides)] if s.kind != "sft"
                                                                 or s.overrides else [])
                       for s in stages[:index + 1]]
+    if any(s.kind != "sft" for s in stages[:index + 1]):  # SFT-only keys stay as they were
+        what["preference"] = tree["preference"]
     if any(s.kind in ("ppo", "grpo") for s in stages[:index + 1]):  # the rl section trains them (SFT keys unchanged)
         what["rl"] = tree["rl"]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def prefix_keys(recipe: Recipe) -> list[str]:
+    """The stage-cache key of every stage of a run, as `train` computes them (a study scheduler shares prefixes by
+    them): the stage plan, each stage's recipe, and with a step budget its split over the drawn data."""
+    stages = plan_stages(recipe.strategy, recipe.data.sources)
+    recipes = [stage_recipe(recipe, s) for s in stages]
+    if recipe.train.step_budget is not None:
+        mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed,
+                               log=lambda _: None)
+        recipes = budget_recipes(recipe, stages, recipes, group_by_source(mixture.train))
+    return [prefix_key(recipe, stages, i, recipes) for i in range(len(stages))]
 
 
 @dataclass
@@ -147,7 +167,11 @@ def plan_run(recipe: Recipe, log=print) -> RunPlan:
     stages = plan_stages(recipe.strategy, recipe.data.sources)
     recipes = [stage_recipe(recipe, s) for s in stages]
     mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed, log=log)
-    recipes = budget_recipes(recipe, stages, recipes, group_by_source(mixture.train))
+    pools = group_by_source(mixture.train)
+    recipes = budget_recipes(recipe, stages, recipes, pools)
+    for stage, srecipe in zip(stages, recipes):
+        check_stage(stage.name, stage.kind, srecipe, {n: pools.get(n, []) for n in (*stage.sources,
+                                                                                   *(s for s, _ in stage.replay))})
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir,
                                                 seed=recipe.train.seed)
     model = apply_adapter(model, recipe.adapter).to(engine.pick_device())
@@ -155,22 +179,39 @@ def plan_run(recipe: Recipe, log=print) -> RunPlan:
 
 
 def train(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None, log=print,
-          stage_cache: Path | None = None, db_path: Path | None = None) -> dict:
+          stage_cache: Path | None = None, db_path: Path | None = None, stop_after_stage: int | None = None,
+          tensorboard_dir: Path | None = None) -> dict:
     """Run every stage of the recipe's plan; returns a summary with per-stage results and scores.
 
     `stage_cache`: a folder shared by the runs of a study; a stage whose prefix key is there is loaded, not trained.
     `db_path`: results database for stage records and scores (a study's).
+    `stop_after_stage`: return once stage i is finished (and published to the cache): a study trains a shared prefix.
+    `tensorboard_dir`: the run's TensorBoard folder (default `<run>/tensorboard`; in a study
+    `<study>/tensorboard/<run>`).
     """
+    dist = engine.dist_setup(recipe.train)
+    log = log if dist.is_main else _quiet
+    if dist.world_size > 1:
+        log(f"distributed: {dist.world_size} processes, {dist.mode} on {dist.device.type}")
     engine.setup_torch(recipe.train)
     plan = plan_run(recipe, log)
-    with RunLock(recipe.run_dir):
-        run_dir = prepare_run_dir(recipe, verb="train")
-        for stale in remove_stale_temps(run_dir):
-            log(f"removed {stale}, left by a killed writer")
-        return _train(recipe, plan, run_dir, resume, stop_at_step, log, stage_cache, db_path)
+    with RunLock(recipe.run_dir) if dist.is_main else nullcontext():
+        if dist.is_main:
+            prepare_run_dir(recipe, verb="train")
+            for stale in remove_stale_temps(recipe.run_dir):
+                log(f"removed {stale}, left by a killed writer")
+        dist.barrier()
+        options = {"stage_cache": stage_cache, "db_path": db_path, "stop_after_stage": stop_after_stage,
+                   "tensorboard_dir": Path(tensorboard_dir or recipe.run_dir / "tensorboard")}
+        return _train(recipe, plan, recipe.run_dir, resume, stop_at_step, log, **options)
 
 
-def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stage_cache, db_path) -> dict:
+def _quiet(_line: str) -> None:
+    """The log of ranks other than 0."""
+
+
+def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stage_cache, db_path, stop_after_stage,
+           tensorboard_dir: Path) -> dict:
     model, tokenizer, mixture = plan.model, plan.tokenizer, plan.mixture
     trainable, total = count_parameters(model)
     budget = f", step budget {recipe.train.step_budget} = " + " + ".join(
@@ -180,13 +221,19 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
         f"stages {' -> '.join(f'{s.name}:{s.kind}' for s in plan.stages)}{budget}")
     pools = group_by_source(mixture.train)
     token_cache: dict = {}  # each drawn example is tokenised once per run, whatever the stages
-    drawn = build_sft_rows(mixture.train, tokenizer, recipe.data, token_cache)
-    add_token_counts(mixture.manifest, drawn.summary()["per_source"], drawn.no_target_by_source())
-    atomic_write_json(run_dir / "manifest.json", {"sources": mixture.manifest,
-                                                  "stages": [s.key() for s in plan.stages]})
+    drawn = build_sft_rows([ex for ex in mixture.train if not is_pair(ex)], tokenizer, recipe.data, token_cache)
+    pairs = build_pair_rows([ex for ex in mixture.train if is_pair(ex)], tokenizer, recipe.data,
+                            recipe.preference.max_prompt_len, token_cache)
+    add_token_counts(mixture.manifest, {**drawn.summary()["per_source"], **pairs.per_source()},
+                     {**drawn.no_target_by_source(), **pairs.dropped_by_source()})
+    dist = engine.dist_setup()
+    if dist.is_main:
+        atomic_write_json(run_dir / "manifest.json", {"sources": mixture.manifest,
+                                                      "stages": [s.key() for s in plan.stages]})
     full = recipe.adapter.type == "none"
     summary = {"run_dir": str(run_dir), "stages": [], "scores": {}}
     optimizer_state = None  # carried between stages only when train.fresh_optimizer is false
+    offset = 0  # optimizer steps of the earlier stages (TensorBoard's x axis)
     for i, (stage, srecipe) in enumerate(zip(plan.stages, plan.recipes)):
         folder = stage_dir(run_dir, i, stage)
         folder.mkdir(parents=True, exist_ok=True)
@@ -194,50 +241,104 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
         ctx = StageContext(recipe=srecipe, name=stage.name, kind=stage.kind, model=model, tokenizer=tokenizer,
                            examples=examples, folder=folder, run_dir=run_dir, eval_sets=mixture.eval,
                            db_path=db_path, resume=resume, stop_at_step=stop_at_step,
-                           optimizer_state=optimizer_state, token_cache=token_cache, log=log)
+                           optimizer_state=optimizer_state, token_cache=token_cache, log=log,
+                           tensorboard_dir=tensorboard_dir, step_offset=offset)
         cached = stage_cache / prefix_key(recipe, plan.stages, i, plan.recipes) if stage_cache else None
-        with _cache_lock(cached):
-            if resume and (done := finished_stage(folder)):
+        with _cache_lock(cached if dist.is_main else None):
+            how = dist.broadcast("finished" if resume and finished_stage(folder) else
+                                 "cached" if cached and finished_stage(cached) else "train")
+            if how == "finished":
+                model = ctx.model = output_model(stage.kind, model, srecipe, tokenizer)
                 load_stage_weights(model, folder)
                 optimizer_state = _load_optimizer(folder)
                 log(f"stage {i} {stage.name}: already finished, weights loaded")
-                record = done
-            elif cached and finished_stage(cached):
+                record = finished_stage(folder)
+                if cached and dist.is_main and not finished_stage(cached):  # killed before it was published
+                    _publish(folder, cached)
+            elif how == "cached":
+                model = ctx.model = output_model(stage.kind, model, srecipe, tokenizer)
                 record = _restore_cached(model, cached, folder, stage, run_dir, db_path)
                 optimizer_state = _load_optimizer(cached)
                 log(f"stage {i} {stage.name}: reused from {cached}")
             else:
-                atomic_write_json(folder / "manifest.json", {"drawn": stage_manifest})
                 record, optimizer_state = _train_stage(ctx, stage_manifest)
                 if record is None:
                     return {**summary, "stopped": True}
-                engine.save_weights(model, folder / STAGE_WEIGHTS, full)
-                if optimizer_state is not None:
-                    atomic_write_file(folder / STAGE_OPTIMIZER, lambda tmp, st=optimizer_state: torch.save(st, tmp))
-                atomic_write_json(folder / "stage.json", record)
-                if cached:
-                    _publish(folder, cached)
-        _record_stage(db_path, run_dir, i, record)
+                model = ctx.model  # a stage may hand back a new model (reward: a sequence-classification model)
+                _save_stage(model, folder, record, optimizer_state, full, cached)
+            if how != "finished" and srecipe.train.tensorboard and dist.is_main:
+                _tensorboard_scores(tensorboard_dir, offset + int(record.get("steps") or 0), record)
+        if dist.is_main:
+            _record_stage(db_path, run_dir, i, record)
         summary["stages"].append(record)
         summary["scores"][stage.name] = record.get("scores", {})
-    atomic_write_json(run_dir / "mixture.json", manifest_summary(mixture.manifest))
-    save_final(model, tokenizer, run_dir / "final", adapter=recipe.adapter.type, base=recipe.model.path)
-    atomic_write_json(run_dir / "summary.json", summary)
+        offset += int(record.get("steps") or 0)
+        if stop_after_stage is not None and i >= stop_after_stage:
+            return {**summary, "stopped": True}
+    _save_run(model, tokenizer, recipe, run_dir, mixture, summary)
     log(f"train done: final model in {run_dir / 'final'}")
     return summary
+
+
+def _save_run(model, tokenizer, recipe: Recipe, run_dir: Path, mixture: Mixture, summary: dict) -> None:
+    """final/, mixture.json and summary.json, by rank 0 (from a whole copy under FSDP); the other ranks wait."""
+    with engine.dist_setup().main_model(model) as plain:
+        if plain is not None:
+            atomic_write_json(run_dir / "mixture.json", manifest_summary(mixture.manifest))
+            save_final(plain, tokenizer, run_dir / "final", adapter=recipe.adapter.type, base=recipe.model.path)
+            atomic_write_json(run_dir / "summary.json", summary)
+
+
+def _save_stage(model, folder: Path, record: dict, optimizer_state: dict | None, full: bool,
+                cached: Path | None) -> None:
+    """Save a finished stage (weights, optimizer state, stage.json) and publish it to the study's cache. Every rank
+    calls it (sharded tensors are gathered); rank 0 writes."""
+    dist = engine.dist_setup()
+    engine.save_weights(model, folder / STAGE_WEIGHTS, full)
+    whole = dist.gather(optimizer_state) if optimizer_state is not None else None
+    if dist.is_main:
+        if whole is not None:
+            atomic_write_file(folder / STAGE_OPTIMIZER, lambda tmp: torch.save(whole, tmp))
+        atomic_write_json(folder / "stage.json", record)
+        if cached:
+            _publish(folder, cached)
+    dist.barrier()
+
+
+def _tensorboard_scores(folder: Path, step: int, record: dict) -> None:
+    """A stage's ability scores (`score/<benchmark>/<metric>`) and kind-specific metrics (`<kind>/<name>`, or the
+    name itself when it has a `/`) as TensorBoard scalars at the stage's last step of the run."""
+    scalars = {f"score/{bench}/{metric}": value for bench, summary in (record.get("scores") or {}).items()
+               for metric, value in summary.items()}
+    scalars.update({name if "/" in name else f"{record.get('kind', 'stage')}/{name}": value
+                    for name, value in (record.get("metrics") or {}).items()})
+    scalars = {k: v for k, v in scalars.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    if not scalars:
+        return
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(folder)) as writer:
+        for tag, value in scalars.items():
+            writer.add_scalar(tag, value, step)
 
 
 def _train_stage(ctx: StageContext, stage_manifest: dict) -> tuple[dict | None, dict | None]:
     """Train one stage, then score every ability (a plain call); returns (record, optimizer state for the next
     stage) or (None, None) when interrupted. The stage's manifest gets drawn and trained counts and every drop."""
     t0 = time.perf_counter()
+    if engine.dist_setup().is_main:
+        atomic_write_json(ctx.folder / "manifest.json", {"drawn": stage_manifest})
     result = stage_runner(ctx.kind)(ctx)
     if not result.finished:
         return None, None
-    scores = evaluate_abilities(ctx)
-    atomic_write_json(ctx.folder / "manifest.json", {
-        "drawn": stage_manifest, "n_drawn": len(ctx.examples), "n_trained": result.n_examples,
-        "dropped": result.dropped})
+    if result.model is not None:
+        ctx.model = result.model
+    scores = evaluate_abilities(ctx) if generates(ctx.model) else {}  # a reward model has no text to score
+    if engine.dist_setup().is_main:
+        atomic_write_json(ctx.folder / "manifest.json", {
+            "drawn": stage_manifest, "n_drawn": len(ctx.examples), "n_trained": result.n_examples,
+            "dropped": result.dropped})
     return {**result.record(), "wall_s": time.perf_counter() - t0, "scores": scores}, result.optimizer_state
 
 
@@ -251,6 +352,8 @@ def _restore_cached(model, cached: Path, folder: Path, stage: Stage, run_dir: Pa
     run lists every stage it used) and record its scores under this run."""
     record = {**json.loads((cached / "stage.json").read_text()), "name": stage.name}
     load_stage_weights(model, cached)
+    if not engine.dist_setup().is_main:
+        return record
     for name in STAGE_FILES:
         if (cached / name).exists() and name != "stage.json":
             shutil.copy2(cached / name, folder / name)
@@ -298,14 +401,17 @@ def _record_stage(db_path: Path | None, run_dir: Path, index: int, record: dict)
     with ResultsDB(db_path) as db:
         db.add_stage(run_dir.name, index, record["name"], n_examples=record.get("n_examples"),
                      n_tokens=record.get("n_tokens"), steps=record.get("steps"), wall_s=record.get("wall_s"))
-        if record.get("metrics"):
-            db.add_metrics(run_dir.name, record["name"], int(record.get("steps") or 0), record["metrics"])
+        if record.get("metrics"):  # replaced, not appended: a resumed or retried run records its stages again
+            db.set_metrics(run_dir.name, record["name"], int(record.get("steps") or 0), record["metrics"])
 
 
 def main(argv: list[str]) -> int:
     parser = recipe_parser("train", __doc__.split("\n")[0],
-                           sections=["model", "data", "train", "adapter", "strategy", "eval"])
+                           sections=["model", "data", "train", "adapter", "strategy", "preference", "rl", "eval"])
     parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
     args = parser.parse_args(argv)
-    train(load_recipe(args.config, args.overrides), resume=args.resume)
+    try:
+        train(load_recipe(args.config, args.overrides), resume=args.resume)
+    finally:
+        engine.dist_close()
     return 0

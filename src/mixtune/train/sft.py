@@ -18,9 +18,10 @@ import torch
 from tqdm import tqdm
 
 from mixtune.config import Recipe
+from mixtune.data.preference import is_pair
 from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
 from mixtune.model.adapters import unwrap_base
-from mixtune.runs import MetricsLog, atomic_write_json
+from mixtune.runs import atomic_write_json
 from mixtune.train import engine
 from mixtune.train.losses import masked_token_ce, target_token_ce
 from mixtune.train.stages import StageContext, StageResult, evaluate_abilities
@@ -111,31 +112,37 @@ def run_stage(ctx: StageContext) -> StageResult:
     schedule always starts anew. The finished result carries the optimizer state for the next stage."""
     # ---- setup
     model, recipe, cfg = ctx.model, ctx.recipe, ctx.recipe.train
+    dist = engine.dist_setup()  # one process, or a rank of torchrun / accelerate launch
     t0 = time.perf_counter()
     rows = build_sft_rows(ctx.examples, ctx.tokenizer, recipe.data, ctx.token_cache)
-    eval_sets = {k: build_sft_rows(v, ctx.tokenizer, recipe.data, ctx.token_cache) for k, v in ctx.eval_sets.items()}
+    eval_sets = {k: build_sft_rows(v, ctx.tokenizer, recipe.data, ctx.token_cache) for k, v in ctx.eval_sets.items()
+                 if not any(is_pair(ex) for ex in v)}  # held-out preference pairs are the preference stages'
+
     stats = rows.summary()
     n_tokens = sum(v["tokens"] for v in stats["per_source"].values())
     ctx.log(f"stage {ctx.name}: {len(rows)} examples, {n_tokens} tokens, {len(rows.truncated)} truncated to "
             f"{recipe.data.max_seq_len}, {len(rows.no_target)} dropped with no target token left")
     if recipe.data.packing and recipe.adapter.type in PROMPT_LEARNING:
         ctx.log(f"stage {ctx.name}: adapter {recipe.adapter.type} trains on padded rows (one example each), not packed")
-    steps_per_epoch = max(1, math.ceil(len(rows) / cfg.batch_size))
+    step_size = cfg.batch_size * dist.world_size  # batch_size is per process (as in accelerate and the HF Trainer)
+    steps_per_epoch = max(1, math.ceil(len(rows) / step_size))
     # Rounded once over all epochs, so fractions of a dataset get proportional steps (matched-steps protocol).
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / step_size))
+    forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
     state = engine.TrainState()
     if ctx.resume:
         state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
-    log = MetricsLog(ctx.folder, tensorboard=cfg.tensorboard, resume_at=state.step if ctx.resume else None)
+    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)
     full = recipe.adapter.type == "none"
     pad_id = _pad_id(model)
     speed = engine.Throughput()
     order, order_epoch, window, last_loss = [], -1, [], None
     # ---- loop
     model.train()
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step")
+    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
+               disable=not dist.is_main)
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
@@ -144,19 +151,21 @@ def run_stage(ctx: StageContext) -> StageResult:
         if epoch != order_epoch:  # reshuffled every epoch from (seed, epoch): logged, reproducible on resume
             order, order_epoch = engine.epoch_order(len(rows), cfg.seed, epoch), epoch
             log.log(step, epoch=epoch, shuffle_seed=engine.epoch_seed(cfg.seed, epoch))
-        picked = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-        micros = _micro_batches(rows, picked, cfg.grad_accum, recipe, pad_id)
-        n_targets = micros[0]["n_step_target_tokens"]
+        picked = order[pos * step_size:(pos + 1) * step_size]  # every rank's examples; this rank packs its share
+        micros = dist.micro_batches(picked, cfg.grad_accum, lambda ids, n: _micro_batches(rows, ids, n, recipe, pad_id))
+        n_targets = max(dist.all_reduce_sum(sum(m["n_target_tokens"] * w for m, w in micros)), 1)  # the step's
         step_loss, step_tokens = 0.0, 0
-        for micro in micros:
-            loss_sum, aux = _forward_loss(model, micro, recipe)
+        for micro, weight in micros:  # weight 0: a repeat that only keeps the ranks in step
+            loss_sum, aux = forward(_forward_loss, micro, recipe)
             share = len(micro["task_type"]) / len(picked)  # aux losses are means: weight by sample share
-            (loss_sum / max(n_targets, 1) + aux * share).backward()
-            step_loss += float(loss_sum.detach()) / max(n_targets, 1)
-            step_tokens += int((micro["example_index"] >= 0).sum())  # real tokens, not padding
+            # DDP / FSDP average gradients over ranks: x world_size gives one process's gradient of the whole step
+            (weight * dist.world_size * (loss_sum / n_targets + aux * share)).backward()
+            step_loss += weight * float(loss_sum.detach()) / n_targets
+            step_tokens += int(weight) * int((micro["example_index"] >= 0).sum())  # real tokens, not padding
+        step_loss, step_tokens = dist.all_reduce_sum([step_loss, step_tokens])  # global: what every rank logs
         engine.check_finite(step_loss, step + 1, ctx.folder)
         grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
-        speed.step_done(step_tokens)
+        speed.step_done(int(step_tokens))
         state.step = step + 1
         window.append(step_loss)
         if state.step % cfg.log_every == 0 or state.step == total_steps:
@@ -168,7 +177,9 @@ def run_stage(ctx: StageContext) -> StageResult:
             speed.reset_window()
         # ---- evaluate (mid-stage) and save (checkpoints)
         if cfg.eval_every and state.step % cfg.eval_every == 0 and eval_sets:
-            log.log(state.step, **{f"eval_loss/{k}": v for k, v in eval_losses(model, eval_sets, recipe).items()})
+            with dist.main_model(model) as plain:  # rank 0 alone (a whole copy under FSDP)
+                losses = eval_losses(plain, eval_sets, recipe) if plain is not None else {}
+            log.log(state.step, **{f"eval_loss/{k}": v for k, v in losses.items()})
         if recipe.eval.every_n_steps and state.step % recipe.eval.every_n_steps == 0:
             evaluate_abilities(ctx, step=state.step)
         if cfg.save_every and state.step % cfg.save_every == 0:
@@ -179,12 +190,14 @@ def run_stage(ctx: StageContext) -> StageResult:
                          if rows.no_target else {})
     if not result.finished:
         return result
-    result.eval_loss = eval_losses(model, eval_sets, recipe) if eval_sets else {}
+    with dist.main_model(model) as plain:
+        result.eval_loss = eval_losses(plain, eval_sets, recipe) if eval_sets and plain is not None else {}
     result.wall_s = time.perf_counter() - t0
     result.tokens_per_s = speed.overall_rate()
     log.log(state.step, **{f"eval_loss/{k}": v for k, v in result.eval_loss.items()}, stage_done=ctx.name)
     log.close()
-    atomic_write_json(ctx.folder / "stage.json", result.record())
+    if dist.is_main:
+        atomic_write_json(ctx.folder / "stage.json", result.record())
     if not cfg.fresh_optimizer:
         result.optimizer_state = optimizer.state_dict()
     return result

@@ -21,14 +21,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixtune.config import Recipe
+from mixtune.config import Recipe, RecipeError
 
 STAGE_KINDS: dict[str, str] = {
     "sft": "mixtune.train.sft:run_stage",
+    "reward": "mixtune.train.reward:run_stage",
+    "dpo": "mixtune.train.dpo:run_stage",
     "grpo": "mixtune.train.grpo:run_stage",
     "ppo": "mixtune.train.ppo:run_stage",
 }
 """kind -> "module:function" taking a StageContext and returning a StageResult (imported when a stage runs)."""
+
+STAGE_DATA: dict[str, str] = {"sft": "chats", "reward": "pairs", "dpo": "pairs", "grpo": "chats", "ppo": "chats"}
+"""kind -> the records its sources must hold: `chats` (conversations ending with an answer) or `pairs`
+(preference pairs: prompt turns + chosen / rejected). Checked before the run folder exists."""
 
 
 @dataclass
@@ -59,6 +65,10 @@ class StageContext:
     token_cache: dict = field(default_factory=dict)
     """(source, id) -> tokenised example, shared by the stages of one run."""
     log: Callable[[str], None] = print
+    tensorboard_dir: Path | None = None
+    """The run's TensorBoard folder (with train.tensorboard; `engine.metrics_log` writes there)."""
+    step_offset: int = 0
+    """Optimizer steps of the run's earlier stages: TensorBoard's x axis goes on across stages."""
 
 
 @dataclass
@@ -80,10 +90,13 @@ class StageResult:
     dropped: dict[str, list[str]] = field(default_factory=dict)
     """reason -> ids of drawn examples the stage could not train on (e.g. no target token left after truncation)."""
     optimizer_state: dict | None = field(default=None, repr=False)
+    model: Any = field(default=None, repr=False)
+    """The stage's output model when it is not the object it was given (a reward stage returns a new
+    sequence-classification model); the run adopts it for the following stages and the final save."""
 
     def record(self) -> dict:
-        """The JSON-able summary (without the optimizer state)."""
-        return {k: v for k, v in self.__dict__.items() if k != "optimizer_state"}
+        """The JSON-able summary (without the optimizer state and the model)."""
+        return {k: v for k, v in self.__dict__.items() if k not in ("optimizer_state", "model")}
 
 
 def stage_runner(kind: str) -> Callable[[StageContext], StageResult]:
@@ -94,14 +107,58 @@ def stage_runner(kind: str) -> Callable[[StageContext], StageResult]:
     return getattr(importlib.import_module(module), name)
 
 
+def output_model(kind: str, model: Any, recipe: Recipe, tokenizer: Any) -> Any:
+    """The model object a finished stage of `kind` leaves, before its saved weights are loaded into it (resume and
+    study caches): a new one built by the kind's `output_model(model, recipe, tokenizer)` when the kind changes the
+    model's class (reward), else `model` itself."""
+    module = importlib.import_module(STAGE_KINDS[kind].split(":")[0])
+    build = getattr(module, "output_model", None)
+    return build(model, recipe, tokenizer) if build else model
+
+
+def check_stage(name: str, kind: str, recipe: Recipe, sources: dict[str, list[dict]]) -> None:
+    """What can be checked before a stage runs: its sources hold the records its kind trains on (`STAGE_DATA`;
+    kinds not listed take any), and its adapter suits it. A RecipeError names the stage, the source and the fix."""
+    from mixtune.data.preference import is_pair
+
+    want = STAGE_DATA.get(kind)
+    for source, examples in sources.items():
+        pairs = sum(is_pair(ex) for ex in examples)
+        if want == "pairs" and pairs < len(examples):
+            raise RecipeError(f"stage {name} ({kind}) needs preference pairs, but source {source} has "
+                              f"{len(examples) - pairs} records without chosen/rejected; give it a preference file")
+        if want == "chats" and pairs:
+            raise RecipeError(f"stage {name} ({kind}) trains conversations, but source {source} holds {pairs} "
+                              f"preference pairs; train it in a preference stage (strategy.then: [{{kind: dpo, "
+                              f"sources: [{source}]}}])")
+    adapter = recipe.adapter.type
+    if kind == "reward" and adapter not in ("none", "lora"):
+        raise RecipeError(f"stage {name} (reward): a reward model trains with adapter none or lora, not {adapter}")
+    if want == "pairs" and recipe.preference.reference == "base" and adapter not in ("lora", "prefix", "prompt"):
+        raise RecipeError(f"stage {name}: preference.reference base disables a peft adapter (lora, prefix, prompt); "
+                          f"adapter {adapter} has none to disable: use reference start")
+
+
+def generates(model: Any) -> bool:
+    """Whether the model generates text (ability benchmarks need that; a reward model does not)."""
+    from mixtune.model.adapters import unwrap_base
+
+    return bool(unwrap_base(model).can_generate())
+
+
 def evaluate_abilities(ctx: StageContext, step: int | None = None) -> dict[str, dict]:
     """Score the model on every benchmark of the recipe, now: after the stage (`step` None, `eval.limit` examples) or
     mid-stage (`step`, `eval.subset` examples). Outputs go to `<run>/eval/<stage>[/step-N]/`, scores to the results
-    database. {} when the recipe names no benchmarks."""
+    database. {} when the recipe names no benchmarks. Under several processes rank 0 evaluates (on a whole copy of
+    the model under FSDP) while the others wait; they get {}."""
     if not ctx.recipe.eval.benchmarks:
         return {}
     from mixtune.evaluate.runner import evaluate_model
+    from mixtune.train.distributed import dist_setup
 
     subset = ctx.recipe.eval.subset if step is not None else None
-    return evaluate_model(ctx.model, ctx.tokenizer, ctx.recipe, ctx.run_dir, stage=ctx.name, step=step,
-                          subset=subset, db_path=ctx.db_path, log=ctx.log)
+    with dist_setup().main_model(ctx.model) as model:
+        if model is None:
+            return {}
+        return evaluate_model(model, ctx.tokenizer, ctx.recipe, ctx.run_dir, stage=ctx.name, step=step,
+                              subset=subset, db_path=ctx.db_path, log=ctx.log)

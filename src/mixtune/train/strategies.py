@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 from mixtune.config import SourceConfig, StageSpec, StrategyConfig
 from mixtune.data.formats import DEFAULT_ABILITY
+from mixtune.data.mixture import minilab_ability
 
 
 class StrategyError(ValueError):
@@ -54,7 +55,8 @@ def _by_ability(sources: list[SourceConfig]) -> Groups:
     groups: Groups = {}
     for src in sources:
         # as the reader assigns it: explicit ability, mini-lab ability, the format's own (gsm8k -> math), general
-        ability = src.ability or src.minilab or DEFAULT_ABILITY.get(src.format, "general")
+        ability = src.ability or (src.minilab and minilab_ability(src.minilab)) or DEFAULT_ABILITY.get(src.format,
+                                                                                                      "general")
         groups.setdefault(ability, []).append(src.name)
     return groups
 
