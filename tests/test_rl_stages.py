@@ -9,6 +9,7 @@ import json
 
 import pytest
 import scripted_rollout
+import torch
 from conftest import chat_examples
 from reward_server import RewardServer
 
@@ -151,3 +152,52 @@ def test_code_prompts_with_cccs_and_fgo_in_the_sandbox(tmp_path, base_dir, kind,
     # FGO: the wrong answer's `return 0` never runs; its tokens leave the loss (only generated tokens count)
     assert all(0.5 < r["fgo_kept"] < 1.0 for r in rows)
     assert rows[4]["fgo_kept"] > rows[0]["fgo_kept"]  # a longer answer: the masked line is a smaller share
+
+
+@pytest.fixture(scope="module")
+def reward_model_dir(tmp_path_factory, base_dir):
+    """A reward model in the reward stage's layout: the tiny base's backbone with a seeded scalar head."""
+    from mixtune.model.load import load_checkpoint, load_tokenizer
+    from mixtune.model.reward_head import reward_model_from_causal
+    from mixtune.train.save import save_final
+
+    tok = load_tokenizer(base_dir)
+    reward = reward_model_from_causal(load_checkpoint(base_dir), tok.pad_token_id, seed=3)
+    with torch.no_grad():
+        reward.score.weight.mul_(50.0)  # a reward that varies enough between answers to learn from in a few steps
+    out = tmp_path_factory.mktemp("rm") / "final"
+    save_final(reward, tok, out, adapter="none", base=None)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["grpo", "ppo"])
+def test_a_reward_model_reward_rises_and_initialises_the_critic(tmp_path, base_dir, prompts, reward_model_dir, kind):
+    spec = {"kind": "reward_model", "path": str(reward_model_dir)}
+    extra = {"ppo_epochs": 2, "minibatches": 2} if kind == "ppo" else {}
+    tree = rl_tree(tmp_path, base_dir, prompts, kind=kind, rl={"rewards": [spec], **extra})
+    train(Recipe.model_validate(tree), log=lambda _: None)
+    first, last = rise(metrics(tmp_path))
+    assert last > first + 1.0, (first, last)  # the scores' spread between answers is about 0.5
+
+
+def test_the_critic_starts_from_the_reward_model_or_the_policy(tmp_path, base_dir, reward_model_dir):
+    from mixtune.model.load import load_checkpoint, load_tokenizer
+    from mixtune.train.ppo import make_critic
+    from mixtune.train.stages import StageContext
+
+    policy, tok = load_checkpoint(base_dir), load_tokenizer(base_dir)
+    reward = load_checkpoint(reward_model_dir)
+    for init, expected_head in (("auto", reward.score.weight), ("policy", None)):
+        recipe = Recipe.model_validate({"name": "c", "rl": {"critic_init": init, "rewards": [
+            {"kind": "reward_model", "path": str(reward_model_dir)}]}})
+        ctx = StageContext(recipe=recipe, name="ppo", kind="ppo", model=policy, tokenizer=tok, examples=[],
+                           folder=tmp_path, run_dir=tmp_path)
+        critic = make_critic(ctx)
+        assert all(p.requires_grad for p in critic.parameters())
+        torch.testing.assert_close(critic.model.embed_tokens.weight, policy.model.embed_tokens.weight)
+        if expected_head is not None:
+            torch.testing.assert_close(critic.score.weight, expected_head)
+        else:
+            assert not torch.equal(critic.score.weight, reward.score.weight)
+        assert critic.model.embed_tokens.weight.data_ptr() != policy.model.embed_tokens.weight.data_ptr()
