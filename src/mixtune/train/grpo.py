@@ -113,7 +113,8 @@ def run_stage(ctx: StageContext) -> StageResult:
         c = collect(setup, ctx, picked, step)
         batch = build_batch(c.samples, pad_id, device, c.kept, c.token_keep)
         model.eval()
-        with torch.no_grad():  # π_old from the rollout itself unless asked (or the backend gave none)
+        # π_old from the rollout itself unless asked (or the backend gave none); under the update's numerics
+        with torch.no_grad(), engine.autocast(cfg, device):
             if rl.old_logprobs == "recompute" or any(s.logprobs is None for s in c.samples):
                 batch.old_logprobs = token_logprobs(model, batch, rl.temperature, recipe.adapter.type)[0]
             if reference is not None:

@@ -161,7 +161,7 @@ def run_stage(ctx: StageContext) -> StageResult:
         batch = build_batch(c.samples, pad_id, device, c.kept, c.token_keep)
         model.eval()
         critic.eval()
-        with torch.no_grad():
+        with torch.no_grad(), engine.autocast(cfg, device):  # the update's numerics (bf16 autocast or not)
             if rl.old_logprobs == "recompute" or any(s.logprobs is None for s in c.samples):
                 batch.old_logprobs = token_logprobs(model, batch, rl.temperature, recipe.adapter.type)[0]
             if reference is not None:

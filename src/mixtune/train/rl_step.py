@@ -72,6 +72,9 @@ def setup_rl(ctx: StageContext) -> RLSetup:
     schedule = (CCCSSchedule(rl.cccs_schedule, rl.cccs_every, rl.cccs_threshold, max(map(len, prefixes)))
                 if rl.cccs else None)
     stop = [*stop_strings(recipe.data.template, ctx.tokenizer), *rl.stop]
+    if recipe.train.bf16 and rl.old_logprobs == "rollout":
+        ctx.log(f"stage {ctx.name}: π_old comes from sampling in the weights' dtype but the update runs under bf16 "
+                f"autocast, so the first ratio is not exactly 1; rl.old_logprobs=recompute makes them agree")
     return RLSetup(prompts, prefixes, schedule, make_reward(recipe, trace_lines=rl.fgo),
                    make_backend(rl.backend, ctx.model, ctx.tokenizer, rl), stop, dropped, ptx)
 
