@@ -120,3 +120,29 @@ def test_minibatches_cover_every_row_once_and_are_seeded():
     parts = minibatch_indices(10, 3, seed=4)
     assert sorted(torch.cat(parts).tolist()) == list(range(10)) and [len(p) for p in parts] == [4, 3, 3]
     assert [p.tolist() for p in minibatch_indices(10, 3, seed=4)] == [p.tolist() for p in parts]
+
+
+def test_shared_prompt_forward_equals_the_plain_one_in_value_and_gradient(tok_model):
+    tok, _ = tok_model
+    model = tiny_model(tok, seed=2)
+    ids = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS]  # prompts of 2 to 8 tokens
+    samples = HFRollout(model, tok, type("C", (), {"rollout_batch_size": 16})()).sample(
+        ids, n=3, max_new_tokens=7, temperature=1.0, top_p=1.0, stop=["e"], seed=1)  # answers of several lengths
+    assert len({len(s.token_ids) for s in samples}) > 1
+    batch = build_batch(samples, tok.pad_token_id, torch.device("cpu"))
+    grads = []
+    for shared in (False, True):
+        model.zero_grad()
+        logp, entropy = token_logprobs(model, batch, 0.8, entropy=True, shared=shared)
+        (logp * torch.linspace(0.5, 1.5, logp.shape[1])).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+        if not shared:
+            plain = (logp.detach(), entropy)
+    torch.testing.assert_close(logp.detach(), plain[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(entropy, plain[1], atol=1e-5, rtol=0)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    # a minibatch holding parts of groups, rows shuffled
+    rows = torch.tensor([7, 0, 4, 3, 11])
+    part = batch.rows(rows)
+    torch.testing.assert_close(token_logprobs(model, part, 0.8)[0].detach(), plain[0][rows], atol=1e-5, rtol=0)

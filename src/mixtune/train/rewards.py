@@ -78,6 +78,10 @@ def task_kind(example: dict) -> str | None:
     return None
 
 
+SANDBOX_WORKERS = 4
+"""Programs of one RL step scored at once: each waits on its own sandbox process, so more than the cores pays."""
+
+
 class TaskReward:
     """The example's own evaluation metric as the reward (see the module docstring)."""
 
@@ -89,7 +93,7 @@ class TaskReward:
 
     @classmethod
     def from_spec(cls, spec: Any, recipe: Any, trace_lines: bool = False) -> TaskReward:
-        return cls(recipe.rl.instruction_reward, trace_lines, max(1, recipe.train.threads))
+        return cls(recipe.rl.instruction_reward, trace_lines, SANDBOX_WORKERS)
 
     def __call__(self, examples: list[dict], completions: list[str]) -> list[RewardResult]:
         out: list[RewardResult | None] = [None] * len(examples)

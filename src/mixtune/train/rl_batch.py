@@ -43,6 +43,8 @@ class RolloutBatch:
     loss_mask: Tensor  # (B, L-1) float: response ∧ kept sample ∧ FGO keep
     old_logprobs: Tensor  # (B, L-1)
     kept: Tensor  # (B,) float: 1 for samples in the update (0: a dropped reward failure)
+    group: Tensor | None = None  # (B,) long: the prompt of each row (rows of one group share their prompt)
+    prompt_len: Tensor | None = None  # (B,) long
     ref_logprobs: Tensor | None = None  # (B, L-1)
     advantages: Tensor | None = None  # (B,) or (B, L-1)
     returns: Tensor | None = None  # (B, L-1): ppo
@@ -81,13 +83,17 @@ def build_batch(samples: Sequence, pad_id: int, device: torch.device, kept: Sequ
         if s.logprobs is not None:
             old[i, p - 1:p - 1 + n] = torch.tensor(s.logprobs)
     kept_rows = torch.tensor([float(k) for k in (kept if kept is not None else [True] * b)])
-    return RolloutBatch(*(t.to(device) for t in (input_ids, attention, response, loss_mask, old, kept_rows)))
+    group = torch.tensor([s.prompt for s in samples], dtype=torch.long)
+    prompt_len = torch.tensor([len(s.prompt_ids) for s in samples], dtype=torch.long)
+    return RolloutBatch(*(t.to(device) for t in (input_ids, attention, response, loss_mask, old, kept_rows, group,
+                                                 prompt_len)))
 
 
 def token_logprobs(model, batch: RolloutBatch, temperature: float, adapter: str = "none",
-                   entropy: bool = False) -> tuple[Tensor, Tensor | None]:
+                   entropy: bool = False, shared: bool = True) -> tuple[Tensor, Tensor | None]:
     """(log π(token t+1 | ≤ t) at answer positions, and their entropies if asked), both (B, L − 1), 0 elsewhere.
-    Gradients flow into the log-probs; entropies are detached."""
+    Gradients flow into the log-probs; entropies are detached. `shared`: rows of one group run their common prompt
+    once (`_shared_prompt_hidden`; the same numbers, less compute)."""
     mask = batch.response_mask.bool()
     targets = batch.input_ids[:, 1:][mask]  # (N,)
     base = unwrap_base(model)
@@ -95,7 +101,9 @@ def token_logprobs(model, batch: RolloutBatch, temperature: float, adapter: str 
     plain = (adapter not in PROMPT_LEARNING and isinstance(head, torch.nn.Linear) and base.base_model is not base
              and not getattr(base.config, "final_logit_softcapping", None)
              and getattr(base.config, "logit_scale", None) in (None, 1.0))
-    if plain:  # only the N answer positions go through the output layer
+    if plain and shared and batch.group is not None and len(torch.unique(batch.group)) < len(batch.group):
+        logits = head(_shared_prompt_hidden(base.base_model, batch)[mask])  # (N, V)
+    elif plain:  # only the N answer positions go through the output layer
         hidden = base.base_model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
                                  use_cache=False).last_hidden_state  # (B, L, H)
         logits = head(hidden[:, :-1][mask])  # (N, V)
@@ -109,6 +117,47 @@ def token_logprobs(model, batch: RolloutBatch, temperature: float, adapter: str 
         return full, None
     ent = torch.zeros_like(full).masked_scatter(mask, token_entropy(logits.detach()))
     return full, ent
+
+
+def _shared_prompt_hidden(backbone, batch: RolloutBatch) -> Tensor:
+    """The hidden states `backbone(input_ids)` would give at positions 0 … L − 2, (B, L − 1, H), computing each
+    group's prompt once: the distinct prompts (left-padded, positions from 0) go through the backbone with a KV
+    cache, the cache rows are repeated for the group's answers (an index, so gradients reach the shared prompt), and
+    the answers (right-padded, positions continuing their prompt's) attend to it. Only answer-predicting positions
+    are filled (the last prompt position and the answer positions); the others are 0. GRPO's n answers per prompt
+    then cost one prompt forward instead of n (backward included)."""
+    from transformers import DynamicCache
+
+    groups, row_group = torch.unique(batch.group, return_inverse=True)  # (G,), (B,)
+    rep = torch.zeros(len(groups), dtype=torch.long, device=row_group.device).scatter_(
+        0, row_group, torch.arange(len(row_group), device=row_group.device))  # one row per group
+    plen, device = batch.prompt_len, batch.input_ids.device
+    width = int(plen[rep].max())
+    prompt_ids = torch.zeros((len(groups), width), dtype=torch.long, device=device)
+    prompt_mask = torch.zeros_like(prompt_ids)
+    for g, r in enumerate(rep.tolist()):  # left padding: every prompt ends at the last column
+        n = int(plen[r])
+        prompt_ids[g, width - n:], prompt_mask[g, width - n:] = batch.input_ids[r, :n], 1
+    cache = DynamicCache()
+    out = backbone(input_ids=prompt_ids, attention_mask=prompt_mask, position_ids=(prompt_mask.cumsum(1) - 1).clamp(
+        min=0), past_key_values=cache, use_cache=True)
+    cache.batch_select_indices(row_group)  # (G, ...) -> (B, ...): differentiable indexing
+    answer_len = batch.attention_mask.sum(1) - plen  # (B,)
+    a_width = int(answer_len.max())
+    cols = torch.arange(a_width, device=device)
+    at = (plen[:, None] + cols[None]).clamp(max=batch.input_ids.shape[1] - 1)  # (B, A)
+    answer_ids = batch.input_ids.gather(1, at)
+    answer_mask = (cols[None] < answer_len[:, None]).long()
+    answer = backbone(input_ids=answer_ids, attention_mask=torch.cat([prompt_mask[row_group], answer_mask], 1),
+                      position_ids=plen[:, None] + cols[None], past_key_values=cache,
+                      use_cache=True).last_hidden_state  # (B, A, H)
+    hidden = answer.new_zeros((len(row_group), batch.input_ids.shape[1] - 1, answer.shape[-1]))
+    rows = torch.arange(len(row_group), device=device)
+    hidden[rows, plen - 1] = out.last_hidden_state[row_group, -1]  # the prompt's last position: first answer token
+    inner = (cols[None, :-1] < (answer_len[:, None] - 1))  # answer positions that predict a next answer token
+    index = (plen[:, None] + cols[None, :-1])[inner]
+    hidden[rows[:, None].expand_as(inner)[inner], index] = answer[:, :-1][inner]
+    return hidden
 
 
 def _lora_is_identity(model) -> bool:
