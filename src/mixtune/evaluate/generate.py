@@ -111,23 +111,29 @@ class SampledLogprobs(LogitsProcessor):
     token was sampled from; with top_p < 1 it is the untruncated tempered distribution, the one a teacher-forced
     forward recomputes in the RL update (the truncation is a sampling device, not part of the policy π). The
     sampled token is known only at the next call (it is the last id then), so each call scores the previous step
-    and `finish` the last one. Memory: one (B, V) row of log-probs, not the (T, B, V) of `output_logits`."""
+    and `finish` the last one. Memory: one (B, V) row of logits, not the (T, B, V) of `output_logits`."""
 
     def __init__(self, temperature: float):
         self.temperature = temperature if temperature > 0 else 1.0  # greedy: the model's own distribution
-        self.last: torch.Tensor | None = None
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
         self.steps: list[torch.Tensor] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if self.last is not None:
-            self.steps.append(self.last.gather(1, input_ids[:, -1:]))
-        self.last = torch.log_softmax(scores.float() / self.temperature, dim=-1)  # (B, V)
+            self.steps.append(self._score(input_ids[:, -1:]))
+        # the warpers after us return new tensors, so `scores` stays the raw logits; only its logsumexp is computed
+        tempered = scores.float() / self.temperature  # (B, V)
+        self.last = (tempered, torch.logsumexp(tempered, dim=-1, keepdim=True))
         return scores
+
+    def _score(self, tokens: torch.Tensor) -> torch.Tensor:
+        tempered, lse = self.last
+        return tempered.gather(1, tokens) - lse  # (B, 1) log_softmax at the sampled tokens
 
     def finish(self, new_ids: torch.Tensor) -> torch.Tensor:
         """(B, T_new) log-probs of the generated ids `new_ids` (B, T_new)."""
         if self.last is not None and new_ids.shape[1] > len(self.steps):
-            self.steps.append(self.last.gather(1, new_ids[:, -1:]))
+            self.steps.append(self._score(new_ids[:, -1:]))
         self.last = None
         return torch.cat(self.steps, dim=1) if self.steps else new_ids.new_zeros(new_ids.shape, dtype=torch.float)
 
@@ -249,6 +255,8 @@ def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, temperat
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "min_p": 0.0,
                     "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+        if getattr(getattr(model, "generation_config", None), "min_p", None) is None:
+            del sampling["min_p"]  # nothing to override; 0.0 would still add a MinP warper (a softmax per token)
     return GenerationConfig(
         max_new_tokens=max_new_tokens, eos_token_id=end_ids, pad_token_id=pad_id, use_cache=True,
         **neutral, **sampling,

@@ -50,6 +50,7 @@ def setup_rl(ctx: StageContext) -> RLSetup:
     reference answers of code prompts, the reward of `rl.rewards` and the rollout backend. A stage whose prompts a
     task reward cannot score fails here, naming the examples."""
     from mixtune.data.templates import stop_strings
+    from mixtune.evaluate.generate import end_token_ids
 
     recipe, rl = ctx.recipe, ctx.recipe.rl
     if dist_setup().world_size > 1:  # rollouts, rewards and the reference are not sharded across ranks (yet)
@@ -71,7 +72,9 @@ def setup_rl(ctx: StageContext) -> RLSetup:
                 if rl.cccs and p.reference and task_kind(p.example) == "code" else () for p in prompts]
     schedule = (CCCSSchedule(rl.cccs_schedule, rl.cccs_every, rl.cccs_threshold, max(map(len, prefixes)))
                 if rl.cccs else None)
-    stop = [*stop_strings(recipe.data.template, ctx.tokenizer), *rl.stop]
+    # end-of-turn tokens already end a row (`end_token_ids`); as stop strings they would only add a decode per step
+    ends = {ctx.tokenizer.convert_ids_to_tokens(i) for i in end_token_ids(ctx.model, ctx.tokenizer)}
+    stop = [s for s in [*stop_strings(recipe.data.template, ctx.tokenizer), *rl.stop] if s not in ends]
     if recipe.train.bf16 and rl.old_logprobs == "rollout":
         ctx.log(f"stage {ctx.name}: π_old comes from sampling in the weights' dtype but the update runs under bf16 "
                 f"autocast, so the first ratio is not exactly 1; rl.old_logprobs=recompute makes them agree")
