@@ -201,3 +201,31 @@ def test_the_critic_starts_from_the_reward_model_or_the_policy(tmp_path, base_di
         else:
             assert not torch.equal(critic.score.weight, reward.score.weight)
         assert critic.model.embed_tokens.weight.data_ptr() != policy.model.embed_tokens.weight.data_ptr()
+
+
+def test_ppo_ptx_adds_the_lm_loss_of_its_own_source(tmp_path, base_dir, prompts, tiny_corpus):
+    tree = rl_tree(tmp_path, base_dir, prompts, kind="ppo", steps=2, rl={"ptx_coef": 0.5, "ptx_source": "text"})
+    tree["data"]["sources"].append({"name": "text", "path": str(tiny_corpus), "count": 16})
+    tree["strategy"]["stages"][0]["sources"] = ["p", "text"]
+    summary = train(Recipe.model_validate(tree), log=lambda _: None)
+    rows = metrics(tmp_path)
+    assert all(r["ptx_loss"] > 1.0 for r in rows)  # an untrained tiny model: cross-entropy of a few nats
+    assert all(r["loss"] == pytest.approx(r["policy_loss"] + 0.1 * r["value_loss"] + 0.5 * r["ptx_loss"], abs=1e-5)
+               for r in rows)
+    assert summary["stages"][0]["n_examples"] == 32  # the text source gives the LM loss, not prompts
+
+
+@pytest.mark.parametrize("kind", ["grpo", "ppo"])
+def test_lora_stages_train_only_the_adapter(tmp_path, base_dir, prompts, kind):
+    from safetensors.torch import load_file
+
+    tree = rl_tree(tmp_path, base_dir, prompts, kind=kind, steps=3, rl={"kl_coef": 0.05}, save_every=3)
+    tree["adapter"] = {"type": "lora", "r": 4, "target_modules": ["q_proj", "v_proj"]}
+    train(Recipe.model_validate(tree), log=lambda _: None)
+    rows = metrics(tmp_path)
+    assert len(rows) == 3 and rows[-1]["kl"] != 0  # the adapter moved away from its base (the reference)
+    weights = load_file(tmp_path / "run" / "stages" / "0-rl" / "stage_weights.safetensors")
+    assert weights and all("lora_" in k for k in weights)  # the stage saves the policy's adapter, not the critic
+    checkpoint = load_file(next((tmp_path / "run" / "stages" / "0-rl" / "checkpoints").glob("step-*"))
+                           / "weights.safetensors")
+    assert any(k.startswith("critic.") for k in checkpoint) == (kind == "ppo")
