@@ -90,7 +90,7 @@ def tiny_corpus(tmp_path_factory):
 
 def tiny_model_section(tokenizer_dir) -> dict:
     return {"tokenizer": str(tokenizer_dir), "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
-            "num_heads": 2, "max_position_embeddings": 256}
+            "num_heads": 2, "max_position_embeddings": 512}
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ from mixtune.train.losses import (
     ppo_policy_loss,
     ppo_value_loss,
     reward_pairwise_loss,
+    soft_pairwise_loss,
     target_token_ce,
     token_weighted_mean,
 )
@@ -125,6 +126,19 @@ def test_reward_pairwise_loss():
     assert out.item() == pytest.approx(0.3132617, abs=1e-6)
     out = reward_pairwise_loss(torch.tensor([2.0]), torch.tensor([1.0]), margin=1.0)
     assert out.item() == pytest.approx(math.log(2.0), abs=1e-6)
+
+
+def test_soft_pairwise_loss_hand_worked():
+    # r_a − r_b = ln 3: σ = 3/4, σ(−ln 3) = 1/4. p = 0.8: −[0.8 ln 0.75 + 0.2 ln 0.25] = 0.8·0.2876821 + 0.2·1.3862944
+    # = 0.2301457 + 0.2772589 = 0.5074046. p = 0.5 with r_a = r_b: −ln(1/2) = ln 2. p = 1 is the hard loss at
+    # r_w − r_l = 1 (0.3132617); p = 0 is it with the roles swapped: −log σ(−1) = log(1 + e) = 1.3132617.
+    r_a = torch.tensor([math.log(3.0), 0.0, 2.0, 2.0], requires_grad=True)
+    r_b = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    out = soft_pairwise_loss(r_a, r_b, torch.tensor([0.8, 0.5, 1.0, 0.0]))
+    assert out.tolist() == pytest.approx([0.5074046, math.log(2.0), 0.3132617, 1.3132617], abs=1e-6)
+    # d/dr_a = σ(r_a − r_b) − p: 0.75 − 0.8 = −0.05, 0.5 − 0.5 = 0, σ(1) − 1 = −0.2689414, σ(1) = 0.7310586
+    out.sum().backward()
+    assert r_a.grad.tolist() == pytest.approx([-0.05, 0.0, -0.2689414, 0.7310586], abs=1e-6)
 
 
 def test_per_sequence_logps_hand_worked():

@@ -156,7 +156,7 @@ def test_data_check_lists_every_bad_record_and_counts_fields(tmp_path, capsys):
     path = write(tmp_path / "broken.jsonl", records)
     assert check_main([str(path)]) == 1
     out = capsys.readouterr().out.splitlines()
-    assert out[0] == f"{path}: format trl_standard, 28 records (lines), 5 examples, 23 bad records"
+    assert out[0] == f"{path}: format trl_standard, 28 records (1-based lines), 5 examples, 23 bad records"
     assert "  examples with field: chosen 5, messages 5, rejected 5, weight 5" in out
     assert "  bad records per field: rejected 23" in out
     listed = [line.strip() for line in out if ": rejected: identical to chosen" in line]

@@ -74,7 +74,7 @@ def test_ray_study_retries_a_killed_worker_resumes_a_killed_driver_and_records_e
     tree["train"].update(save_every=2, tensorboard=True)
     recipe.write_text(yaml.safe_dump(tree))
     db_path = study_dir / "results.sqlite"
-    ids = ["mixed-sequential-f1-s0", "dmt-k-1-4-f1-s0", "mixed-sequential-f0.5-s0", "dmt-k-1-4-f0.5-s0"]
+    ids = [f"{s}-f{f}-s0-matched" for f in ("1", "0.5") for s in ("mixed-sequential", "dmt-k-1-4")]
 
     # 1. a worker SIGKILLed in the middle of a stage: Ray starts its task again, the run resumes, the study ends well
     log = (tmp_path / "first.log").open("w")
@@ -85,12 +85,12 @@ def test_ray_study_retries_a_killed_worker_resumes_a_killed_driver_and_records_e
     first = (tmp_path / "first.log").read_text()
     assert killed_run, f"no run reached a checkpoint of its second stage: {first[-3000:]}"
     assert rc == 0, first[-3000:]
-    assert finished(db_path) == set(ids) and json.loads((study_dir / "study.json").read_text())["failed"] == []
+    assert finished(db_path) == {"base", *ids} and json.loads((study_dir / "study.json").read_text())["failed"] == []
     assert "resume: continuing from" in (study_dir / killed_run / "train.log").read_text()  # from its checkpoint
     for f in ("1", "0.5"):  # the shared specialised stage: its own task, trained once, reused by the other run
-        assert f"shared stages 0-0 of mixed-sequential-f{f}-s0" in first
+        assert f"shared stages 0-0 of mixed-sequential-f{f}-s0-matched" in first
         stages = [json.loads((study_dir / r / "stages" / "0-specialized" / "stage.json").read_text())
-                  for r in (f"mixed-sequential-f{f}-s0", f"dmt-k-1-4-f{f}-s0")]
+                  for r in (f"mixed-sequential-f{f}-s0-matched", f"dmt-k-1-4-f{f}-s0-matched")]
         assert ["reused_from" in st for st in stages] == [False, True]
     mtimes = {p: p.stat().st_mtime_ns for p in study_dir.glob("*/stages/*/stage.json")}
 
@@ -106,34 +106,35 @@ def test_ray_study_retries_a_killed_worker_resumes_a_killed_driver_and_records_e
         time.sleep(0.05)  # until the new fraction's shared stage is published
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(cached()) == len(before) + 1 and not finished(db_path) >= {"mixed-sequential-f0.25-s0"}
-    prefix = study_dir / "mixed-sequential-f0.25-s0" / "stages" / "0-specialized" / "stage_weights.safetensors"
+    assert len(cached()) == len(before) + 1 and not finished(db_path) >= {"mixed-sequential-f0.25-s0-matched"}
+    prefix = study_dir / "mixed-sequential-f0.25-s0-matched" / "stages" / "0-specialized" / "stage_weights.safetensors"
     prefix_mtime = prefix.stat().st_mtime_ns
-    while any(_pid_alive(pid) for pid in filter(None, map(_lock_pid, study_dir.glob("*-s0")))) and \
+    while any(_pid_alive(pid) for pid in filter(None, map(_lock_pid, study_dir.glob("*-s0-matched")))) and \
             time.monotonic() < deadline:  # Ray stops a dead driver's workers
         time.sleep(0.2)
     out = subprocess.run(more, env=child_env(), capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    assert "6 runs (4 already finished)" in out.stdout
+    assert "7 runs (5 already finished)" in out.stdout
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes  # finished runs were not redone
     assert prefix.stat().st_mtime_ns == prefix_mtime  # nor the prefix the killed driver had trained
-    ids += ["mixed-sequential-f0.25-s0", "dmt-k-1-4-f0.25-s0"]
-    assert finished(db_path) == set(ids)
+    ids += ["mixed-sequential-f0.25-s0-matched", "dmt-k-1-4-f0.25-s0-matched"]
+    assert finished(db_path) == {"base", *ids}
 
     # 3. each row once: scores per (run, stage, benchmark, metric), stages per (run, stage)
     counts = query(db_path, "SELECT run_id, stage, benchmark, metric, COUNT(*) FROM scores GROUP BY 1, 2, 3, 4")
     assert {c[-1] for c in counts} == {1}
     assert {(c[0], c[1], c[2]) for c in counts} == {(r, s, "minilab_math") for r in ids
-                                                     for s in ("specialized", "general")}
-    assert sorted(query(db_path, "SELECT run_id, stage_name FROM stages")) == sorted(
+                                                     for s in ("specialized", "general")} | {
+        ("base", "base", "minilab_math")}  # the base, scored once
+    assert sorted(query(db_path, "SELECT run_id, stage_name FROM stages WHERE run_id != 'base'")) == sorted(
         (r, s) for r in ids for s in ("specialized", "general"))
 
     # 4. TensorBoard: the whole study under one folder, one run per grid run, loss and scores read back
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     assert sorted(p.name for p in (study_dir / "tensorboard").iterdir()) == sorted(ids)
-    events = EventAccumulator(str(study_dir / "tensorboard" / "dmt-k-1-4-f1-s0"))
+    events = EventAccumulator(str(study_dir / "tensorboard" / "dmt-k-1-4-f1-s0-matched"))
     events.Reload()
     assert {"loss", "lr", "score/minilab_math/strict"} <= set(events.Tags()["scalars"])
     steps = [e.step for e in events.Scalars("score/minilab_math/strict")]
-    assert steps == [8, 14]  # after stage 1 (8 steps) and stage 2 (6 more): the run's global steps
+    assert steps == [8, 12]  # after stage 1 (8 steps) and stage 2 (4 more, matched steps): the run's global steps

@@ -188,7 +188,7 @@ BAD_BODIES = [
     ({"model": "lora-run", "messages": user("x"), "n": 0}, 400, "n"),
     ({"model": "lora-run", "messages": user("x"), "n": 9}, 400, "n"),  # more than --max-batch
     ({"model": "lora-run", "messages": user("x"), "max_tokens": 0}, 400, "max_tokens"),
-    ({"model": "lora-run", "messages": user("x"), "max_tokens": 300}, 400, "max_tokens"),  # context is 256
+    ({"model": "lora-run", "messages": user("x"), "max_tokens": 600}, 400, "max_tokens"),  # context is 512
     ({"model": "lora-run", "messages": user("x"), "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
     ({"model": "lora-run", "messages": user("x"), "logprobs": True}, 400, None),
     ({"model": "lora-run", "messages": user("x"), "frequency_penalty": 0.5}, 400, "frequency_penalty"),
@@ -220,8 +220,8 @@ def test_other_bad_input_and_the_client_errors(served):
         served.client.chat.completions.create(model="gpt-9", messages=user("x"))
     assert err.value.body["code"] == "model_not_found"
     with pytest.raises(openai.BadRequestError) as err:
-        served.client.completions.create(model="lora-run", prompt="x " * 120, max_tokens=200)
-    assert err.value.body["code"] == "context_length_exceeded" and "256" in err.value.body["message"]
+        served.client.completions.create(model="lora-run", prompt="x " * 120, max_tokens=450)
+    assert err.value.body["code"] == "context_length_exceeded" and "512" in err.value.body["message"]
 
 
 def test_concurrent_requests_share_generate_calls_and_match_alone(served, loaded):

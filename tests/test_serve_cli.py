@@ -89,7 +89,7 @@ def test_bad_input_is_one_line_and_exit_2(capsys, runs, base_dir, tmp_path):
     (tmp_path / "file.txt").write_text("x")
     one_line_error(capsys, ["serve", str(tmp_path / "file.txt")], "is a file")
     one_line_error(capsys, ["serve", str(runs["vicuna"]), "--template", "alpaca"],
-                   "unknown chat template; valid: tokenizer, chatml, vicuna")
+                   f"unknown chat template; valid: {', '.join(TEMPLATES)}")
     bare = no_template_checkpoint(base_dir, tmp_path / "bare")
     one_line_error(capsys, ["serve", str(bare), "--port", "0"], "no chat_template")
     taken = bind("127.0.0.1", 0)

@@ -96,7 +96,7 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
     proc = subprocess.Popen(study_cmd(recipe, "--no-report"), env=child_env(), start_new_session=True,
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while not (done_before := finished(db_path)) and proc.poll() is None and time.monotonic() < deadline:
+    while not (done_before := finished(db_path) - {"base"}) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     mtimes = {p: p.stat().st_mtime_ns for run in done_before for p in (study_dir / run).glob("stages/*/stage.json")}
     os.killpg(proc.pid, signal.SIGKILL)
@@ -110,11 +110,11 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
     # 2. restart: the finished runs are not retrained, the others finish
     out = subprocess.run(study_cmd(recipe), env=child_env(), capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert f"({len(done_before)} already finished)" in out.stdout
+    assert f"({len(done_before) + 1} already finished)" in out.stdout  # and the base's scores
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
     ids = ["mixed-sequential-f1-s0-matched", "dmt-k-1-4-f1-s0-matched", "mixed-sequential-f0.5-s0-matched",
            "dmt-k-1-4-f0.5-s0-matched"]
-    assert finished(db_path) == set(ids)
+    assert finished(db_path) == {"base", *ids}
     assert json.loads((study_dir / "study.json").read_text())["failed"] == []
 
     # 3. the specialised stage is shared by mixed sequential and DMT: trained once per fraction, then reused
@@ -141,12 +141,13 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
     counts = query(db_path, "SELECT run_id, stage, benchmark, metric, COUNT(*) FROM scores GROUP BY 1, 2, 3, 4")
     assert {c[-1] for c in counts} == {1}
     assert {(c[0], c[1], c[2]) for c in counts} == {(r, s, "minilab_math") for r in ids
-                                                     for s in ("specialized", "general")}
+                                                     for s in ("specialized", "general")} | {
+        ("base", "base", "minilab_math")}  # the base, scored once
     assert {c[3] for c in counts} >= {"strict", "flexible", "n"}
 
     # 5. matched steps: every run trains the budget (ceil(1 epoch × 48 examples / batch 4) = 12 steps), split by
     #    each stage's distinct examples (32 : 16), whatever its fraction or replay
-    rows = query(db_path, "SELECT run_id, stage_name, n_examples, steps FROM stages")
+    rows = query(db_path, "SELECT run_id, stage_name, n_examples, steps FROM stages WHERE run_id != 'base'")
     steps = {(r.removesuffix("-s0-matched"), s): (n, k) for r, s, n, k in rows}
     assert steps == {
         ("mixed-sequential-f1", "specialized"): (32, 8), ("mixed-sequential-f0.5", "specialized"): (16, 8),
@@ -154,7 +155,7 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
         ("mixed-sequential-f1", "general"): (16, 4), ("mixed-sequential-f0.5", "general"): (8, 4),
         ("dmt-k-1-4-f1", "general"): (24, 4), ("dmt-k-1-4-f0.5", "general"): (12, 4),  # 16|8 + 2 × 4|2 replayed
     }
-    per_run = query(db_path, "SELECT run_id, SUM(steps) FROM stages GROUP BY run_id")
+    per_run = query(db_path, "SELECT run_id, SUM(steps) FROM stages WHERE run_id != 'base' GROUP BY run_id")
     assert {n for _, n in per_run} == {12} and json.loads((study_dir / "study.json").read_text())["step_budget"] == 12
 
     # 6. the report: JSON rows with the required keys; the page names the protocol
@@ -165,9 +166,9 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
     assert all(REQUIRED_KEYS <= set(row) for row in rows)
     assert {(r["strategy"], r["fraction"], r["seed"], r["stage"]) for r in rows} == {
         (label, f, 0, s) for label in ("mixed sequential", "DMT k=1/4") for f in (1.0, 0.5)
-        for s in ("specialized", "general")}
+        for s in ("specialized", "general")} | {("base", None, 0, "base")}
     assert {(r["ability"], r["benchmark"]) for r in rows} == {("math", "minilab_math")}
-    assert "protocol: matched steps" in (study_dir / "report" / "index.html").read_text()
+    assert "training protocol: matched steps" in (study_dir / "report" / "index.html").read_text()
 
 
 def test_fixed_epochs_halves_the_steps_and_workers_are_spawned_processes(tmp_path, base, monkeypatch):

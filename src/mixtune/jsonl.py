@@ -17,10 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
+from mixtune.errors import UserError
+
 BOM = b"\xef\xbb\xbf"
 
 
-class JsonlError(ValueError):
+class JsonlError(UserError, ValueError):
     """A JSONL file that cannot be read; the message is `file:line: problem` (or `file: problem`)."""
 
 

@@ -168,6 +168,13 @@ class ResultsDB:
         cur = self.conn.execute("SELECT * FROM stages WHERE run_id = ? ORDER BY stage_index", (run_id,))
         return [dict(r) for r in cur]
 
+    def run_totals(self) -> dict[str, dict[str, int | None]]:
+        """run_id -> {"steps", "tokens"}: optimizer steps and training tokens (`n_tokens`) summed over the run's
+        recorded stages (None when no stage recorded them)."""
+        cur = self.conn.execute("SELECT run_id, SUM(steps) AS steps, SUM(n_tokens) AS tokens FROM stages "
+                                "GROUP BY run_id")
+        return {r["run_id"]: {"steps": r["steps"], "tokens": r["tokens"]} for r in cur}
+
     def add_metric(self, run_id: str, stage: str, step: int, name: str, value: float) -> None:
         """Append one training metric value (e.g. loss at a step)."""
         self._write("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", (run_id, stage, step, name, float(value)))

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import mixtune
 from mixtune.config import Recipe, dump_recipe
+from mixtune.errors import UserError
 from mixtune.jsonl import dumps_line, iter_jsonl
 
 if TYPE_CHECKING:
@@ -41,11 +42,11 @@ LOW_DISK_BYTES = 64 << 20
 """Below this much free space a failed write is reported as a full disk (torch's writer hides ENOSPC)."""
 
 
-class DiskFullError(OSError):
+class DiskFullError(UserError, OSError):
     """A write failed because the disk (or quota) is full; the message names the path and how much is free."""
 
 
-class RunLockedError(RuntimeError):
+class RunLockedError(UserError, RuntimeError):
     """Another process holds the writer lock of a run or study folder."""
 
 

@@ -13,8 +13,10 @@ import importlib
 
 from pydantic import BaseModel, ConfigDict
 
+from mixtune.errors import UserError
 
-class RecipeError(ValueError):
+
+class RecipeError(UserError, ValueError):
     """A recipe that cannot be loaded; the message names the file and the key path."""
 
 
@@ -28,7 +30,7 @@ class Section(BaseModel):
 REGISTRIES: dict[str, tuple[str, tuple[str, ...]]] = {
     # kind -> ("module:dict", names valid besides the dict's keys)
     "data format": ("mixtune.data.formats:FORMATS", ("auto",)),
-    "chat template": ("mixtune.data.templates:TEMPLATES", ()),
+    "chat template": ("mixtune.data.templates:TEMPLATES", ("auto",)),
     "mini-lab source": ("mixtune.data.mixture:MINILAB_FILES", ()),
     "adapter": ("mixtune.model.adapters:ADAPTERS", ("none",)),
     "strategy": ("mixtune.train.strategies:STRATEGIES", ()),

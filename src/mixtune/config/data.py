@@ -19,10 +19,11 @@ class SourceConfig(Section):
     name: str
     """Name used in logs, manifests and the per-source eval loss."""
     path: str | None = None
-    """File to read (JSON list or JSONL, .gz allowed)."""
-    minilab: str | None = None
+    """File or folder to read: JSONL / JSON list (.gz allowed), parquet, csv, arrow; a folder of such files; a
+    `save_to_disk` folder; a LLaMA-Factory `dataset_info.json` (or its folder; `file#entry` names the entry)."""
+    minilab: str | None = Field(None, json_schema_extra={"registry": "mini-lab source"})
     """Instead of `path`: the mini-lab world's source for this ability (math, code, general, knowledge, ...)."""
-    format: str = "auto"
+    format: str = Field("auto", json_schema_extra={"registry": "data format"})
     """Record format (a name of the data-format registry); `auto` detects it from the first record."""
     ability: Ability | None = None
     """Ability the examples train; defaults to the mini-lab ability or the format's natural one."""
@@ -43,6 +44,16 @@ class SourceConfig(Section):
     skip_invalid: bool = False
     """Skip records that fail validation instead of failing the run (each skip is counted, logged and recorded
     in the manifest)."""
+    dataset_info: str | None = None
+    """Entry name in a LLaMA-Factory dataset_info.json given by `path` (its columns / tags mapping is used)."""
+    split: str | None = None
+    """Split of a DatasetDict save_to_disk folder (default train, or the dataset_info entry's split)."""
+    columns: dict[str, str] = Field(default_factory=dict)
+    """Rename before conversion: {field the format reads: column of the file}, e.g. {instruction: prompt}."""
+    streaming: bool = False
+    """Read the source as a stream, keeping only the drawn records in memory (large files). count, fraction and
+    ratio then need the number of records up front: parquet, arrow and save_to_disk folders declare it, csv and
+    JSON/JSONL do not (refused with a message)."""
 
     @field_validator("format")
     @classmethod
@@ -65,6 +76,8 @@ class SourceConfig(Section):
             raise ValueError("`ratio` and `relative_to` go together")
         if self.fraction is not None and self.fraction > 1 and not self.replace:
             raise ValueError("fraction > 1 needs replace: true")
+        if self.minilab is not None and (self.dataset_info or self.streaming or self.split or self.columns):
+            raise ValueError("dataset_info, split, columns and streaming apply to a `path` source")
         return self
 
 
@@ -73,8 +86,9 @@ class DataConfig(Section):
 
     sources: list[SourceConfig] = Field(default_factory=list)
     """The sources of the mixture."""
-    template: str = "tokenizer"
-    """Chat template: `tokenizer` (the tokenizer's own) or a name of the template registry (chatml, vicuna, ...)."""
+    template: str = Field("tokenizer", json_schema_extra={"registry": "chat template"})
+    """Chat template: `tokenizer` (the tokenizer's own), `auto` (the checkpoint's own, else its family's from
+    config.json model_type) or a family template of the registry; it is saved with the trained model."""
     system_prompt: str | None = None
     """System message prepended to every conversation that has none."""
     max_seq_len: int = Field(512, ge=16)

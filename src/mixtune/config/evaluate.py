@@ -26,12 +26,17 @@ class JudgeConfig(Section):
     """Per-request timeout."""
     cache_dir: str = "runs/judge-cache"
     """Verdict cache on disk (keyed by judge model and prompt)."""
+    on_unreachable: Literal["fail", "skip"] = "fail"
+    """When the judge does not answer the connection check: fail (one-line error naming the URL) or skip the
+    judged benchmarks (a loud warning; recorded as skipped, never as a score)."""
+    check_timeout_s: float = Field(3.0, gt=0)
+    """Timeout of the one connection check (GET <base_url>/models) made before any generation."""
 
 
 class EvalConfig(Section):
     """Ability benchmarks: which to run, how to generate, where the data lies."""
 
-    benchmarks: list[str] = Field(default_factory=list)
+    benchmarks: list[str] = Field(default_factory=list, json_schema_extra={"registry": "benchmark"})
     """Benchmark names from the task registry (`mixtune eval list`)."""
     limit: int | None = Field(None, ge=1)
     """Examples per benchmark (None: all)."""

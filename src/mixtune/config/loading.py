@@ -4,7 +4,7 @@ resolved YAML dump, and the field documentation the CLI prints as help."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -58,10 +58,15 @@ def format_validation_error(source: str, err: ValidationError) -> str:
 
 def load_tree(path: str | Path) -> dict:
     path = Path(path)
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a folder; -c takes a recipe YAML file (e.g. recipes/quickstart.yaml)")
     try:
         tree = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
-        raise RecipeError(f"{path}: no such recipe") from None
+        raise RecipeError(f"{path}: no such recipe; -c takes a recipe YAML file (see recipes/)") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path}: not a text file ({e.reason} at byte {e.start}); -c takes a recipe YAML file") \
+            from None
     except yaml.YAMLError as e:
         raise RecipeError(f"{path}: invalid YAML: {e}") from None
     if not isinstance(tree, dict):
@@ -91,7 +96,8 @@ def dump_recipe(recipe: BaseModel) -> str:
 
 
 def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, str, str]]:
-    """(dotted key, default, docstring) for every field, nested sections expanded: the recipe help."""
+    """(dotted key, default, docstring) for every field, nested sections expanded, list entries as `key[].field`;
+    the docstring of a field naming a registry entry (or a Literal) ends with its valid names: the recipe help."""
     rows = []
     for name, field in model.model_fields.items():
         ann = field.annotation
@@ -99,6 +105,33 @@ def describe_fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str,
         if isinstance(ann, type) and issubclass(ann, BaseModel):
             rows.extend(describe_fields(ann, key + "."))
             continue
+        doc = " ".join((field.description or "").split())
+        entry = _list_entry(ann)
+        if entry is not None:
+            how = f"A list: one entry's field is {key}.0.<field>=value (from 0); a whole list is YAML, {key}='[...]'."
+            rows.append((key, "[]", f"{doc} {how}"))
+            rows.extend(describe_fields(entry, key + "[]."))
+            continue
         default = "" if field.is_required() else repr(field.get_default(call_default_factory=True))
-        rows.append((key, default, field.description or ""))
+        rows.append((key, default, doc + _valid_names(field)))
     return rows
+
+
+def _list_entry(ann: Any) -> type[BaseModel] | None:
+    """The section type of a `list[Section]` annotation, else None."""
+    args = get_args(ann)
+    if get_origin(ann) is list and args and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]
+    return None
+
+
+def _valid_names(field: Any) -> str:
+    """' Valid: a, b, c.' for a registry field (names read from the registry) or a Literal; else ''."""
+    kind = (field.json_schema_extra or {}).get("registry") if isinstance(field.json_schema_extra, dict) else None
+    if kind:
+        from mixtune.config.base import registry_names
+
+        return f" Valid: {', '.join(registry_names(kind))}."
+    choices = [a for arg in (field.annotation, *get_args(field.annotation)) if get_origin(arg) is Literal
+               for a in get_args(arg)]
+    return f" One of: {', '.join(map(str, choices))}." if choices else ""

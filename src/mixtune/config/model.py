@@ -13,7 +13,8 @@ class ModelConfig(Section):
     """Either a local Hugging Face checkpoint (`path`) or a Llama-architecture model built from the size fields."""
 
     path: str | None = None
-    """Local checkpoint folder (config.json + safetensors). Nothing is fetched from a hub."""
+    """Local checkpoint folder (config.json + safetensors + tokenizer), or a mixtune run folder (its final/ is used).
+    Nothing is fetched from a hub."""
     tokenizer: str | None = None
     """Tokenizer folder; defaults to `path`."""
     hidden_size: int = Field(128, ge=8)
@@ -32,14 +33,19 @@ class ModelConfig(Section):
     """RoPE base of a built model."""
     tie_word_embeddings: bool = True
     """Share input and output embeddings in a built model."""
-    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
-    """Attention kernel (flash-attention-2 can be set on GPUs through a real checkpoint's config)."""
+    attn_implementation: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    """Attention kernel. auto: sdpa for a built model, transformers' own choice for a checkpoint; flash_attention_2
+    needs a CUDA GPU, the flash-attn package (`make install-gpu`) and dtype bfloat16/float16 (packed rows then go
+    through its varlen kernel, one flattened row per micro-batch, so examples never attend to each other)."""
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    """Weight dtype. auto: float32 on CPU, bfloat16 on CUDA (a 7B model in 14 GB instead of 28; full fine-tuning
+    then updates bf16 weights, with no fp32 master copy, while LoRA adapters stay fp32)."""
 
 
 class AdapterConfig(Section):
     """Parameter-efficient fine-tuning; `none` trains every weight."""
 
-    type: str = "none"
+    type: str = Field("none", json_schema_extra={"registry": "adapter"})
     """Adapter kind: none or a name of the adapter registry (lora, loramoe, prefix, prompt, bottleneck)."""
     r: int = Field(8, ge=1)
     """LoRA / LoRAMoE rank."""

@@ -1,4 +1,5 @@
-"""Recipe section of the preference stages (`reward`, `dpo`; METHODS.md §5–§6): losses, β, the reference, lengths.
+"""Recipe section of the preference stages (`reward`, `dpo`, `spin`, `self_reward`, `rlaif`; METHODS.md §5–§6):
+losses, β, the reference, lengths, the iterated methods' sampling and the AI labeller.
 
 A stage changes any of these for itself through its overrides (`preference.beta=0.05`)."""
 
@@ -34,9 +35,49 @@ class PreferenceConfig(Section):
     eval_fraction: float = Field(0.0, ge=0, lt=1)
     """Hold out this fraction of the stage's pairs (seeded) for held-out pair accuracy, besides the sources'
     eval_count pairs."""
+    soft_label: bool = False
+    """Reward model: train on each pair's `label` (P(chosen preferred), in [0, 1]; 1 when absent) with the
+    soft-label cross-entropy −[p log σ(r_w − r_l) + (1−p) log σ(r_l − r_w)] (RLAIF, Lee et al. 2023)."""
+    max_new_tokens: int = Field(256, ge=1)
+    """spin / self_reward: longest sampled answer (and judgement) in tokens."""
+    spin_iterations: int = Field(2, ge=1)
+    """SPIN (Chen et al. 2024): iterations t = 0..T−1; iteration t trains on the synthetic pairs of t and t−1."""
+    spin_temperature: float = Field(1.0, gt=0)
+    """SPIN: sampling temperature of y_gen (the paper: 1)."""
+    self_reward_iterations: int = Field(2, ge=1)
+    """Self-rewarding (Yuan et al. 2024): iterations M_t → M_{t+1}, each a DPO stage on self-judged pairs."""
+    self_reward_samples: int = Field(4, ge=2)
+    """Self-rewarding: answers sampled per prompt (N; the paper: 4)."""
+    self_reward_temperature: float = Field(0.7, gt=0)
+    """Self-rewarding: temperature of the answers and of the judgements (the paper: 0.7)."""
+    self_reward_top_p: float = Field(0.9, gt=0, le=1)
+    """Self-rewarding: nucleus top-p of the answers and of the judgements (the paper: 0.9)."""
+    judge_max_new_tokens: int = Field(256, ge=1)
+    """Self-rewarding: longest judgement in tokens (the prompt asks for up to 100 words, then "Score: <points>")."""
+    judge_samples: int = Field(3, ge=1)
+    """Self-rewarding: judgements per answer, averaged over the parsable ones (the paper: 3)."""
+    judge_eval_prompts: int = Field(50, ge=0)
+    """Self-rewarding: held-out prompts (the sources' eval_count examples, at most this many) on which the judge's
+    agreement with the ability scorers is measured each iteration (0: not measured)."""
+    labeller: str | None = None
+    """RLAIF: the AI labeller as a local model (a checkpoint or a mixtune run folder); or set labeller_url."""
+    labeller_url: str | None = None
+    """RLAIF: an OpenAI-compatible endpoint (…/v1) whose chat completions return logprobs (top_logprobs 20)."""
+    labeller_model: str | None = None
+    """RLAIF: the model name sent to `labeller_url`."""
+    labeller_api_key_env: str | None = "OPENAI_API_KEY"
+    """RLAIF: environment variable holding the endpoint's API key (unset: no Authorization header)."""
+    labeller_batch_size: int = Field(8, ge=1)
+    """RLAIF: prompts per forward pass of a local labeller (concurrent requests of an endpoint)."""
 
     @model_validator(mode="after")
     def _smoothing_needs_sigmoid(self) -> PreferenceConfig:
         if self.label_smoothing and self.loss != "sigmoid":
             raise ValueError(f"label_smoothing applies to the sigmoid loss only, not {self.loss}")
+        if self.soft_label and self.margin:
+            raise ValueError("margin applies to the hard-label reward loss; with soft_label leave it 0")
+        if self.labeller and self.labeller_url:
+            raise ValueError("give preference.labeller (a local model) or labeller_url (an endpoint), not both")
+        if self.labeller_url and not self.labeller_model:
+            raise ValueError("preference.labeller_url needs labeller_model (the model name the endpoint serves)")
         return self

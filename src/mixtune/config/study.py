@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from mixtune.config.base import Section
 from mixtune.config.train import StrategyConfig
 
 Protocol = Literal["matched_steps", "fixed_epochs"]
+
+DEFAULT_BASE_RECIPE = "recipes/base-mini.yaml"
+"""The mini-lab base a study uses when it names neither study.base nor study.base_recipe."""
 
 
 class StudyRun(Section):
@@ -39,8 +42,12 @@ class RatioSetup(Section):
 class StudyConfig(Section):
     """A grid of runs × data fractions × seeds from one shared base model (`mixtune study`)."""
 
-    base_recipe: str = "recipes/base-mini.yaml"
-    """Recipe of the base model (world, tokenizer, pre-training); prepared once, cached."""
+    base: str | None = None
+    """The base model of every run: a local Hugging Face checkpoint folder, or a mixtune run folder (its final/);
+    exclusive with base_recipe. The base is scored once on the study's benchmarks (run `base`, stage `base`)."""
+    base_recipe: str | None = None
+    """Recipe of a mini-lab base (world, tokenizer, pre-training), prepared once and cached; the default when
+    `base` is not set: recipes/base-mini.yaml."""
     runs: list[StudyRun] = Field(default_factory=list)
     """The strategies compared."""
     fractions: list[float] = Field(default_factory=lambda: [1.0])
@@ -83,3 +90,14 @@ class StudyConfig(Section):
     def protocols(self) -> tuple[str, ...]:
         """The protocols the study runs, in order (a single one given as a string is a one-item tuple)."""
         return (self.protocol,) if isinstance(self.protocol, str) else tuple(dict.fromkeys(self.protocol))
+
+    @model_validator(mode="after")
+    def _one_base(self) -> StudyConfig:
+        if self.base is not None and self.base_recipe is not None:
+            raise ValueError("give study.base (a checkpoint or run folder) or study.base_recipe (a mini-lab base "
+                             "recipe), not both")
+        return self
+
+    def base_recipe_path(self) -> str:
+        """The mini-lab base recipe (when `base` is not set)."""
+        return self.base_recipe or DEFAULT_BASE_RECIPE

@@ -44,6 +44,9 @@ class TrainConfig(Section):
     """Gradient clipping norm (0 disables)."""
     bf16: bool = True
     """bf16 autocast (CPU and GPU)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass (less memory for long sequences or large models, ~30% slower;
+    the same loss and gradients)."""
     threads: int = Field(1, ge=1)
     """torch CPU threads for this run (one per run is fastest on small machines)."""
     seed: int = 0
@@ -73,7 +76,7 @@ class StageSpec(Section):
 
     name: str
     """Stage name (used for folders, logs and the per-stage scores)."""
-    kind: str = "sft"
+    kind: str = Field("sft", json_schema_extra={"registry": "stage kind"})
     """Stage kind, a name of the stage registry (`train/stages.py`): sft, dpo, reward, grpo, ..."""
     sources: list[str] = Field(default_factory=list)
     """Names of data sources this stage trains on in full (SFT examples, preference pairs or RL prompts)."""
@@ -100,7 +103,7 @@ class StageSpec(Section):
 class StrategyConfig(Section):
     """How the sources are split into stages (DMT paper §3.5, METHODS.md §1), and what follows the SFT stages."""
 
-    name: str = "multi_task"
+    name: str = Field("multi_task", json_schema_extra={"registry": "strategy"})
     """A name of the strategy registry. multi_task: one stage on all; sequential: one stage per ability in `order`;
     mixed_sequential: specialised then general; dmt: specialised, then general + k of each specialised source;
     stages: the explicit list."""

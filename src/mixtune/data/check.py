@@ -36,7 +36,7 @@ def describe(path: str, result: ReadResult) -> list[str]:
     abilities = Counter(ex["ability"] for ex in result.examples)
     fields = Counter(k for ex in result.examples for k in ex if k not in BOOKKEEPING)
     bad_fields = Counter(problem_field(p, path) for p in result.skipped)
-    header = (f"{path}: format {result.format}, {result.n_records} records ({result.position}s), "
+    header = (f"{path}: format {result.format}, {result.n_records} records ({result.position}), "
               f"{len(result.examples)} examples, {len(result.skipped)} bad records")
     lines = [header, "  examples per ability: " + _counts(abilities)]
     lines.append("  examples with field: " + _counts(fields))

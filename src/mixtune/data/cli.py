@@ -7,8 +7,7 @@ generation backends live on the evaluate side of the import rule (data never imp
 
 from __future__ import annotations
 
-import importlib
-import sys
+from mixtune.cliutil import dispatch
 
 # sub-verb -> ("module:function", one-line help).
 DATA_VERBS: dict[str, tuple[str, str]] = {
@@ -20,26 +19,5 @@ DATA_VERBS: dict[str, tuple[str, str]] = {
 }
 
 
-def usage() -> str:
-    lines = ["usage: mixtune data <verb> INPUT --out OUTPUT [options]", "", "verbs:"]
-    lines += [f"  {verb:<14} {text}" for verb, (_, text) in DATA_VERBS.items()]
-    return "\n".join(lines)
-
-
 def main(argv: list[str]) -> int:
-    if not argv or argv[0] in ("-h", "--help"):
-        print(usage())
-        return 0
-    verb, rest = argv[0], argv[1:]
-    if verb not in DATA_VERBS:
-        print(f"mixtune data: unknown verb {verb!r}; valid verbs: {', '.join(DATA_VERBS)}", file=sys.stderr)
-        return 2
-    module, function = DATA_VERBS[verb][0].split(":")
-    try:
-        loaded = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        print(f"mixtune data {verb}: not available in this build ({module} is missing)", file=sys.stderr)
-        return 2
-    return int(getattr(loaded, function)(rest) or 0)
+    return dispatch("mixtune data", DATA_VERBS, argv, "<verb> INPUT --out OUTPUT [options]")

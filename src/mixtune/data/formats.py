@@ -7,18 +7,21 @@ An example follows the data contract (DESIGN.md, docs/CONTRACTS.md):
 of `messages` (every token is trained). A preference pair carries the prompt turns in `messages` plus `chosen`,
 `rejected` and `weight` (`data/preference.py`).
 
-Files are JSONL or one JSON list, optionally gzipped. Every record is validated; a problem reads
-`{path}:{n}: {field}: {problem}` where n is the 1-based line of a JSONL file or the 1-based position of the item in a
-JSON list (`ReadResult.position` and the `DataError` header say which). Nothing is dropped silently: by default all
-problems raise one `DataError`; with `skip_invalid=True` bad records are skipped and their messages returned.
+Files read here are JSONL or one JSON list, optionally gzipped (`data/hf_sources.py` reads parquet, csv, arrow,
+folders, save_to_disk folders and LLaMA-Factory entries into the same `convert_records`). Every record is validated;
+a problem reads `{path}:{n}: {field}: {problem}` where n is the 1-based line of a JSONL file or the 1-based position of
+the item in a JSON list (`file: row N`, 0-based, for columnar files; `ReadResult.position` and the `DataError` header
+say which). Nothing is dropped silently: by default all problems raise one `DataError`; with `skip_invalid=True` bad
+records are skipped and their messages returned.
 
 Our own code: the formats are plain dict records, no library reads them with validation and line numbers.
 """
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +30,7 @@ from mixtune.data import preference
 from mixtune.data.records import Expanded, RecordError
 from mixtune.data.records import text_field as _text
 from mixtune.data.records import turns as _turns
+from mixtune.errors import UserError
 from mixtune.jsonl import iter_lines, parse_line
 
 MAX_LISTED = 20
@@ -37,7 +41,7 @@ KEEP_FIELDS = ("answer", "tests", "entry_point", "instruction_ids", "kwargs", "c
 """Extra fields of a mixtune (messages-format) record kept on the example."""
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Invalid data; `problems` holds every `path:n: field: problem` message."""
 
     def __init__(self, header: str, problems: list[str] | None = None):
@@ -51,24 +55,28 @@ class DataError(ValueError):
 
 @dataclass
 class ReadResult:
-    """Examples read from one file, plus one message per skipped record (empty unless skip_invalid)."""
+    """Examples read from one source, plus one message per skipped record (empty unless skip_invalid)."""
 
     examples: list[dict]
     skipped: list[str] = field(default_factory=list)
     format: str = ""
-    position: str = "line"
-    """What the number in a message counts: `line` (JSONL, 1-based) or `item` (JSON list, 1-based)."""
+    position: str = "1-based lines"
+    """What the number in a message counts: 1-based lines (JSONL) or items (JSON list), 0-based rows (columnar)."""
+    indices: list[int] = field(default_factory=list)
+    """The 0-based record position of each example (a streamed draw keeps only some)."""
     notes: dict[str, int] = field(default_factory=dict)
     """What valid records left out on purpose, counted (e.g. tied pairs of ranked lists)."""
     n_records: int = 0
-    """Records in the file (valid or not); a ranked list gives several examples from one record."""
+    """Records in the source (read or passed over); a ranked list gives several examples from one record."""
+    warnings: list[str] = field(default_factory=list)
+    """Said once per file: fields that look like misspellings of a field the format reads (they are ignored)."""
 
 
 # -------------------------------------------------------------------------------------------------- converters
 def from_alpaca(rec: dict) -> dict:
     """instruction (+ blank line + input when non-empty) → user; output → assistant."""
     prompt = _text(rec, "instruction")
-    extra = _text(rec, "input", allow_empty=True) if "input" in rec else ""
+    extra = _text(rec, "input", allow_empty=True) if rec.get("input") is not None else ""
     if extra.strip():
         prompt = f"{prompt}\n\n{extra}"
     return {"messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": _text(rec, "output")}]}
@@ -217,51 +225,134 @@ def _finish(part: dict, index: int, fmt: str, source: str, ability: str | None, 
     return ex
 
 
+def check_format(format: str) -> None:
+    if format != "auto" and format not in FORMATS:
+        raise ValueError(f"unknown format {format!r}; valid: {['auto', *sorted(FORMATS)]}")
+
+
+def _first_at(first: str, current: str, position: str) -> str:
+    """Where an earlier record is, short when it is in the same file: "line 8", "item 3", "row 2"."""
+    first_file, first_pos = first.rsplit(":", 1)
+    if first_file != current.rsplit(":", 1)[0]:
+        return first
+    first_pos = first_pos.strip()
+    return f"{position.split()[-1].rstrip('s')} {first_pos}" if first_pos.isdigit() else first_pos
+
+
 def read_examples(path: str | Path, format: str = "auto", source: str | None = None, ability: str | None = None,
                   task_type: int | None = None, skip_invalid: bool = False) -> ReadResult:
-    """Read and validate every record of `path` into examples (see the module docstring for messages and ids).
+    """Read and validate every record of a JSONL / JSON-list file `path` into examples (see the module docstring
+    for messages and ids; `data.hf_sources.read_source` reads every other kind of source the same way).
 
     source defaults to the file name without suffixes. Ids: the record's `id` (HumanEval: `task_id`) if present,
     else f"{source}/{index}" with the 0-based record index. Duplicate ids are a problem of the later record.
     Raises DataError (all problems, listing capped at 20) unless skip_invalid; an unknown format raises ValueError.
     """
+    check_format(format)
     path = Path(path)
-    source = source or path.name.split(".")[0]
-    if format != "auto" and format not in FORMATS:
-        raise ValueError(f"unknown format {format!r}; valid: {['auto', *sorted(FORMATS)]}")
     position, rows = iter_records(path)
-    if format == "auto":
-        first = next((rec for _, rec, bad in rows if bad is None), None)
-        if first is None:
-            raise DataError(f"{path}: no readable record to detect the format from", [
-                f"{path}:{n}: <json>: {bad}" for n, _, bad in rows])
-        try:
-            format = detect_format(first)
-        except ValueError as e:
-            raise DataError(f"{path}: {e}", []) from None
-    convert = FORMATS[format]
-    examples, problems, seen, notes = [], [], {}, {}
-    for index, (n, rec, bad) in enumerate(rows):
+    return convert_records(((f"{path}:{n}", rec, bad) for n, rec, bad in rows), str(path), f"1-based {position}s",
+                           format, source or path.name.split(".")[0], ability, task_type, skip_invalid)
+
+
+class _Watched(dict):
+    """A record that notes which fields its converter asked for (read, `get` or `in`), so a field the converter
+    wanted and did not find can be matched against the fields nobody read: a misspelling (`instrcution`)."""
+
+    def __init__(self, rec: dict):
+        super().__init__(rec)
+        self.asked: set[str] = set()
+
+    def __getitem__(self, key):
+        self.asked.add(key)
+        return super().__getitem__(key)
+
+    def get(self, key, default=None):
+        self.asked.add(key)
+        return super().get(key, default)
+
+    def __contains__(self, key) -> bool:
+        self.asked.add(key)
+        return super().__contains__(key)
+
+    def misspelled(self) -> dict[str, str]:
+        """{field present but never read: the asked-for absent field it is close to}."""
+        unread = [k for k in self if k not in self.asked and isinstance(k, str)]
+        wanted = [k for k in self.asked if isinstance(k, str) and not dict.__contains__(self, k)]
+        out = {}
+        for key in wanted:
+            close = difflib.get_close_matches(key, unread, n=1, cutoff=0.8)
+            if close:
+                out[close[0]] = key
+        return out
+
+
+def _misspelling_warnings(origin: str, fmt: str, seen: dict[tuple[str, str], int]) -> list[str]:
+    return [f"{origin}: field {bad!r} in {n} record(s) looks like a misspelling of {good!r}, which the {fmt} "
+            f"format reads; it is ignored (rename it, or map it with `columns`)" for (bad, good), n in seen.items()]
+
+
+def convert_records(rows: Iterable[tuple[str, Any, str | None]], origin: str, position: str, format: str = "auto",
+                    source: str = "", ability: str | None = None, task_type: int | None = None,
+                    skip_invalid: bool = False, convert: Callable[[dict], dict] | None = None,
+                    columns: dict[str, str] | None = None, keep: Container[int] | None = None) -> ReadResult:
+    """Validate and convert `(where, record, problem)` rows (where: `file:line` or `file: row N`) into examples.
+
+    `convert`: a converter the source implies (a LLaMA-Factory mapping; `format` then names its formatting).
+    `columns`: {field the format reads: column of the file}, renamed before conversion. `keep`: only the records
+    at these 0-based positions are converted and validated (a streamed draw); `ReadResult.indices` gives each
+    example's position."""
+    check_format(format)
+    rows = iter(rows)
+    result = ReadResult(examples=[], position=position)
+    seen: dict[str, str] = {}
+    misspelt: dict[tuple[str, str], int] = {}  # (field in the file, field the format reads) -> records
+    n_rows = 0
+    for index, (where, rec, bad) in enumerate(rows):
+        n_rows += 1
+        if keep is not None and index not in keep:
+            continue
+        if isinstance(rec, dict) and columns:
+            rec = {**rec, **{field: rec[col] for field, col in columns.items() if col in rec}}
+        if format == "auto" and convert is None and bad is None:
+            try:
+                format = detect_format(rec)
+            except ValueError as e:
+                raise DataError(f"{origin}: {e} ({where}); set format: on the source", []) from None
         try:
             if bad is not None:
                 raise RecordError("<json>", bad)
             if not isinstance(rec, dict):
                 raise RecordError("<record>", f"expected an object, got {type(rec).__name__}")
-            made, counted = _examples_of(rec, convert(rec), index, format, source, ability, task_type)
+            watched = _Watched(rec)
+            try:
+                part = (convert or FORMATS[format])(watched)
+            except RecordError as e:
+                hint = next((k for k, v in watched.misspelled().items() if v == e.field), None)
+                raise RecordError(e.field, e.problem + (f" (the record has {hint!r}: a misspelling?)" if hint else "")
+                                  ) from None
+            for pair in watched.misspelled().items():
+                misspelt[pair] = misspelt.get(pair, 0) + 1
+            made, counted = _examples_of(rec, part, index, format, source, ability, task_type)
             for ex in made:
                 if ex["id"] in seen:
-                    raise RecordError("id", f"duplicate id {ex['id']!r} (first at {position} {seen[ex['id']]})")
-            seen.update({ex["id"]: n for ex in made})
-            examples.extend(made)
+                    raise RecordError("id", f"duplicate id {ex['id']!r} "
+                                            f"(first at {_first_at(seen[ex['id']], where, position)})")
+            seen.update({ex["id"]: where for ex in made})
+            result.examples.extend(made)
+            result.indices.extend([index] * len(made))
             for k, v in counted.items():
-                notes[k] = notes.get(k, 0) + v
+                result.notes[k] = result.notes.get(k, 0) + v
         except RecordError as e:
-            problems.append(f"{path}:{n}: {e.field}: {e.problem}")
-    if problems and not skip_invalid:
-        raise DataError(f"{path}: {len(problems)} invalid record(s) of {len(rows)} "
-                        f"({format} format; numbers are 1-based {position}s)", problems)
-    return ReadResult(examples=examples, skipped=problems, format=format, position=position, notes=notes,
-                      n_records=len(rows))
+            result.skipped.append(f"{where}: {e.field}: {e.problem}")
+    if format == "auto" and convert is None:
+        raise DataError(f"{origin}: no readable record to detect the format from", result.skipped)
+    result.format, result.n_records = format, n_rows
+    result.warnings = _misspelling_warnings(origin, format, misspelt)
+    if result.skipped and not skip_invalid:
+        raise DataError(f"{origin}: {len(result.skipped)} invalid record(s) of {n_rows} ({format} format; numbers "
+                        f"are {position}); fix them or set skip_invalid: true on the source", result.skipped)
+    return result
 
 
 def _examples_of(rec: dict, part: dict | Expanded, index: int, fmt: str, source: str, ability: str | None,

@@ -67,7 +67,8 @@ def tokenize_pair(example: dict, tokenizer: Any, data_cfg: DataConfig, max_promp
 class PairSet:
     """Tokenised pairs of one stage, in input order minus those left without an answer token.
 
-    rows[i]: {id, source, weight, prompt_ids, chosen_ids, rejected_ids, n_tokens, truncated}. truncated: ids cut to
+    rows[i]: {id, source, weight, label, prompt_ids, chosen_ids, rejected_ids, n_tokens, truncated} (label:
+    P(chosen preferred), 1 unless the pair carries a soft label). truncated: ids cut to
     fit (kept). dropped: ids whose prompt fills data.max_seq_len, so an answer has no token left (reported)."""
 
     rows: list[dict]
@@ -116,7 +117,8 @@ def build_pair_rows(examples: list[dict], tokenizer: Any, data_cfg: DataConfig, 
             dropped.append(ex["id"])
             dropped_sources.append(ex.get("source", ""))
             continue
-        rows.append({"id": ex["id"], "source": ex.get("source", ""), "weight": float(ex.get("weight", 1.0)), **tok})
+        rows.append({"id": ex["id"], "source": ex.get("source", ""), "weight": float(ex.get("weight", 1.0)),
+                     "label": float(ex.get("label", 1.0)), **tok})
     return PairSet(rows, truncated, dropped, dropped_sources)
 
 
@@ -130,6 +132,7 @@ def pair_sequences(row: dict) -> tuple[dict, dict]:
 def pair_batch(rows: list[dict], capacity: int, pad_id: int, packing: bool = True) -> dict:
     """One micro-batch of the pairs `rows`: collated sequences (see the module docstring) plus
     chosen_index / rejected_index (P,) long: each pair's sequences in example_index numbering; weights (P,) float;
+    labels_soft (P,) float: P(chosen preferred) of each pair (1 for a hard label);
     n_sequences int (2P)."""
     sequences = [seq for row in rows for seq in pair_sequences(row)]  # 2k: chosen of pair k, 2k+1: its rejected
     if packing:
@@ -143,6 +146,7 @@ def pair_batch(rows: list[dict], capacity: int, pad_id: int, packing: bool = Tru
     batch["chosen_index"] = torch.tensor([where[2 * k] for k in range(len(rows))], dtype=torch.long)
     batch["rejected_index"] = torch.tensor([where[2 * k + 1] for k in range(len(rows))], dtype=torch.long)
     batch["weights"] = torch.tensor([r["weight"] for r in rows], dtype=torch.float32)
+    batch["labels_soft"] = torch.tensor([r.get("label", 1.0) for r in rows], dtype=torch.float32)
     batch["n_sequences"] = len(sequences)
     return batch
 

@@ -7,7 +7,9 @@ ranked list). The formats (registered in `formats.FORMATS`, detected by `detect`
 
 - `pairs`:              mixtune's own records (the mini-lab world writes them): the fields above, plus optional
                         `answer` / `tests` + `entry_point` / `instruction_ids` + `kwargs` (what the prompt's ability
-                        scorer needs), `domain` (math, code, general), `flaw` (how the rejected answer is wrong).
+                        scorer needs), `domain` (math, code, general), `flaw` (how the rejected answer is wrong),
+                        `label` (a soft preference P(chosen preferred) in [0, 1], e.g. an AI labeller's: the
+                        reward stage trains on it with `preference.soft_label`).
 - `trl_standard`:       TRL's standard preference format, `{prompt, chosen, rejected}` strings; the prompt becomes
                         one user turn.
 - `trl_conversational`: TRL's conversational format: message lists, with an explicit `prompt` (then `chosen` and
@@ -61,6 +63,13 @@ def _weight(rec: dict) -> float:
     return float(value)
 
 
+def _label(rec: dict) -> float:
+    value = rec["label"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise RecordError("label", f"expected a probability in [0, 1] (P(chosen preferred)), got {value!r}")
+    return float(value)
+
+
 def _prompt(rec: dict, key: str = "prompt") -> list[dict]:
     """A prompt given as a string (one user turn) or as a message list."""
     if key not in rec:
@@ -78,6 +87,8 @@ def from_pairs(rec: dict) -> dict:
     prompt = parse_turns(rec["messages"], "messages", "role", "content", ROLES)
     out = pair(prompt, text_field(rec, "chosen"), text_field(rec, "rejected"), _weight(rec))
     out.update({k: rec[k] for k in PAIR_FIELDS if k in rec})
+    if "label" in rec:
+        out["label"] = _label(rec)
     if "ability" in rec:
         out["ability"] = text_field(rec, "ability")
     if "task_type" in rec:

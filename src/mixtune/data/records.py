@@ -29,7 +29,7 @@ class Expanded:
 def text_field(rec: dict, key: str, where: str = "", allow_empty: bool = False) -> str:
     """`rec[key]` as a string; missing, non-string and (unless allowed) blank values are errors."""
     name = f"{where}{key}"
-    if key not in rec:
+    if rec.get(key) is None:  # absent, or a null cell of a columnar file
         raise RecordError(name, "missing")
     value = rec[key]
     if not isinstance(value, str):

@@ -12,15 +12,17 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from mixtune.cliutil import parse_recipe, recipe_parser
 from mixtune.jsonl import iter_jsonl
 
 EOS, PAD, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [EOS, PAD, IM_START, IM_END]
+
+if TYPE_CHECKING:  # imported when a tokenizer is trained, so `mixtune tokenizer --help` stays instant
+    from tokenizers import Tokenizer, trainers
+    from transformers import PreTrainedTokenizerFast
 
 # ChatML. The assistant content and its <|im_end|> are the generation (trained, masked in); the newline after
 # <|im_end|> is not, since generation stops at <|im_end|>.
@@ -58,6 +60,8 @@ def iter_texts(path: Path) -> Iterator[str]:
 
 def build_backend(vocab_size: int, min_frequency: int) -> tuple[Tokenizer, trainers.BpeTrainer]:
     """An untrained byte-level BPE with single-digit pre-tokenization, and its trainer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
     tokenizer = Tokenizer(models.BPE())
     # Newlines are isolated so no token spans the template's "\n" after "<|im_start|>assistant" and the indent of a
     # code body: the assistant turn then tokenizes the same inside a conversation, alone, and at generation time.
@@ -85,6 +89,8 @@ def train_tokenizer(files: list[Path], vocab_size: int, min_frequency: int, out_
     for path in files:
         if not Path(path).is_file():
             raise FileNotFoundError(f"tokenizer training file not found: {path}")
+    from transformers import PreTrainedTokenizerFast
+
     backend, trainer = build_backend(vocab_size, min_frequency)
     backend.train_from_iterator((t for p in files for t in iter_texts(Path(p))), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(

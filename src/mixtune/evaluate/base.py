@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mixtune.errors import UserError
 from mixtune.jsonl import iter_jsonl as read_jsonl_lines
 
 DEFAULT_DATA_DIR = "../shared/data"
@@ -30,7 +31,7 @@ DEFAULT_WORLD_DIR = "runs/world-mini"
 """The mini-lab world folder when none is given (WorldConfig.out_dir's default)."""
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(UserError, ValueError):
     """A benchmark file that is missing or malformed; the message names the file (and line)."""
 
 

@@ -28,6 +28,8 @@ from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from tqdm.auto import tqdm
+
 from mixtune.evaluate import code_io
 from mixtune.evaluate.base import BenchmarkDataError, Task
 from mixtune.evaluate.code_plus import MBPP_RULE_OF, NOT_NONE, SET_EQ, SPECIAL
@@ -206,10 +208,11 @@ class CodeTask(Task):
     default_memory_mb = 1024
 
     def __init__(self, data_dir: str = "../shared/data", world_dir: str | None = None, path: str | None = None,
-                 timeout_s: float | None = None, ks: tuple[int, ...] = (1, 10), workers: int | None = None) -> None:
+                 timeout_s: float | None = None, ks: tuple[int, ...] = (1, 10), workers: int | None = None,
+                 progress: bool = True) -> None:
         super().__init__(data_dir, world_dir, path)
         self.timeout_s = timeout_s or self.default_timeout_s
-        self.ks, self.workers = tuple(ks), workers
+        self.ks, self.workers, self.progress = tuple(ks), workers, progress
         self.limits = Limits(wall_s=self.timeout_s, cpu_s=self.timeout_s, memory_mb=self.default_memory_mb)
 
     def default_path(self) -> Path:
@@ -264,8 +267,10 @@ class CodeTask(Task):
                        "detail": f"scoring failed: {type(exc).__name__}: {exc}"[:300], "isolation": []}
             return {"task_id": ex["task_id"], **row}
 
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(one, range(len(examples))))
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # a bar that stays: scoring can take minutes
+            rows = pool.map(one, range(len(examples)))
+            return list(tqdm(rows, total=len(examples), desc=f"{self.name} sandbox", unit="prog", leave=True,
+                             disable=not self.progress))
 
     def verdict_paths(self) -> dict[str, str]:
         """task_id -> "io" or the reason its test keeps the legacy harness (runs every reference once)."""

@@ -185,7 +185,7 @@ def generate_details(
     was_training = model.training
     model.eval()
     outputs: list[Generated] = [Generated("", 0, "stop")] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=True)  # stays: the record of each pass
     try:
         for b, start in enumerate(range(0, len(order), batch_size)):
             rows = order[start:start + batch_size]

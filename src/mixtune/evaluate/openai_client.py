@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from mixtune.errors import UserError
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -32,6 +34,10 @@ RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 class ChatError(RuntimeError):
     """A request that failed for good (non-retryable status, bad body, or retries exhausted)."""
+
+
+class ServerUnreachableError(UserError, ChatError):
+    """The endpoint does not answer, or refuses our key: found by `ChatClient.check` before any generation."""
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
@@ -67,8 +73,9 @@ class ChatClient:
     ):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.completions_url = base_url.rstrip("/") + "/completions"  # raw prompts: no chat template
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.completions_url = self.base_url + "/completions"  # raw prompts: no chat template
         self.model = model
         self.concurrency = concurrency
         self.max_retries = max_retries
@@ -97,6 +104,21 @@ class ChatClient:
         body = self._body(temperature, max_tokens, top_p, stop, seed)
         body["messages"] = list(messages)
         return _content(self._post_with_retries(body))
+
+    def complete_logprobs(self, messages: Sequence[Message], *, max_tokens: int = 1, top_logprobs: int = 20,
+                          seed: int | None = None) -> list[tuple[str, dict[str, float]]]:
+        """Greedy reply tokens with their top log-probs (`logprobs: true`): per generated position, (the token,
+        {candidate token: log-prob} of the `top_logprobs` most likely). Raises ChatError when the server sends
+        none (it does not support logprobs)."""
+        body = self._body(0.0, max_tokens, None, None, seed)
+        body.update(messages=list(messages), logprobs=True, top_logprobs=top_logprobs)
+        data = self._post_with_retries(body)
+        try:
+            positions = data["choices"][0]["logprobs"]["content"]
+            return [(p["token"], {c["token"]: float(c["logprob"]) for c in p["top_logprobs"]}) for p in positions]
+        except (KeyError, IndexError, TypeError):
+            raise ChatError(f"{self.url}: no logprobs in the reply (does the server support logprobs: true?): "
+                            f"{str(data)[:200]}") from None
 
     def complete_text(self, prompt: str, *, temperature: float = 0.0, max_tokens: int = 1024,
                       top_p: float | None = None, stop: Sequence[str] | None = None, seed: int | None = None) -> str:
@@ -167,6 +189,20 @@ class ChatClient:
                 delay = self.backoff_s * 2**attempt * (0.5 + random.random() / 2)  # jitter spreads retry storms
             time.sleep(min(delay, self.max_backoff_s))
         raise ChatError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+
+    def check(self, timeout_s: float = 3.0, fix: str = "start the server or fix its base URL") -> None:
+        """One GET of `<base_url>/models` with a short timeout, before any real request: a server that does not
+        answer (or rejects the key) fails in seconds instead of after every retry of every request. Any other
+        answer, a 404 or 501 of a server without that route included, counts as reachable."""
+        url = self.base_url + "/models"
+        try:
+            response = self._http.get(url, timeout=timeout_s)
+        except httpx.TransportError as e:
+            raise ServerUnreachableError(f"{url}: no answer within {timeout_s:g} s ({type(e).__name__}: {e}); "
+                                         f"{fix}") from None
+        if response.status_code in (401, 403):
+            raise ServerUnreachableError(f"{url}: HTTP {response.status_code}, the server refuses the API key; "
+                                         f"{fix}")
 
     # ---------------------------------------------------------------------------------------------- lifecycle
     def close(self) -> None:

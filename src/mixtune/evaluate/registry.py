@@ -10,6 +10,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from mixtune.errors import UserError
+
 TASKS: dict[str, tuple[str, str]] = {
     # name: ("module:Class", the ability it measures: the data contract's math | code | general | knowledge)
     "gsm8k": ("mixtune.evaluate.gsm8k:GSM8K", "math"),
@@ -31,7 +33,7 @@ ABILITY_OF: dict[str, str] = {name: ability for name, (_, ability) in TASKS.item
 """benchmark -> ability, for tables and the results store (read off TASKS)."""
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(UserError, ValueError):
     """A benchmark name that is not in `TASKS`; the message lists the valid names."""
 
 

@@ -14,13 +14,14 @@ from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
+from mixtune.errors import UserError
 from mixtune.evaluate.base import iter_jsonl
 from mixtune.runs import write_jsonl
 
 __all__ = ["SamplesError", "read_samples", "scored_rows", "write_jsonl"]
 
 
-class SamplesError(ValueError):
+class SamplesError(UserError, ValueError):
     """A samples file that cannot be scored; the message is `file:line: problem`."""
 
 

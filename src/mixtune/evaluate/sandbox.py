@@ -358,11 +358,16 @@ def _cleanup(tmp: str, uid: int | None) -> None:
         UIDS.give(uid)
 
 
-def run_many(sources: list[str], limits: Limits | None = None, workers: int | None = None) -> list[ExecResult]:
-    """Run programs concurrently (one driving thread per running program); results in input order."""
+def run_many(sources: list[str], limits: Limits | None = None, workers: int | None = None,
+             desc: str | None = None) -> list[ExecResult]:
+    """Run programs concurrently (one driving thread per running program); results in input order. With `desc`, a
+    progress bar (programs done) that stays on screen."""
+    from tqdm.auto import tqdm
+
     workers = max(1, workers or os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda s: run_program(s, limits), sources))
+        results = pool.map(lambda s: run_program(s, limits), sources)
+        return list(tqdm(results, total=len(sources), desc=desc, unit="prog", leave=True, disable=desc is None))
 
 
 @cache

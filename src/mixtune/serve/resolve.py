@@ -21,11 +21,15 @@ from typing import Any
 
 import yaml
 
-MODEL_META = "mixtune_model.json"  # mixtune.model.load.MODEL_META (not imported: that module loads torch)
-TEMPLATE_NAMES = ("tokenizer", "chatml", "vicuna")  # the keys of mixtune.data.templates.TEMPLATES (tested equal)
+from mixtune.data.templates import TEMPLATES
+from mixtune.errors import UserError
+from mixtune.model.folders import MODEL_META, is_model_folder
+
+TEMPLATE_NAMES = tuple(TEMPLATES)
+"""The chat templates `--template` takes: the template registry's names (that module imports no torch)."""
 
 
-class ServeError(ValueError):
+class ServeError(UserError, ValueError):
     """A user error of `mixtune serve` / `mixtune chat`: the message says what, where and how to fix it."""
 
 
@@ -38,10 +42,6 @@ class ModelSource:
     name: str
 
 
-def _is_model(folder: Path) -> bool:
-    return (folder / "config.json").is_file() or (folder / MODEL_META).is_file()
-
-
 def resolve_source(path: str | Path) -> ModelSource:
     """The model folder of a run folder, of its `final/`, or of a checkpoint folder; ServeError otherwise."""
     path = Path(path)
@@ -49,10 +49,10 @@ def resolve_source(path: str | Path) -> ModelSource:
         raise ServeError(f"{path}: no such folder; give a run folder, its final/, or a Hugging Face checkpoint folder")
     if not path.is_dir():
         raise ServeError(f"{path}: is a file; give a run folder, its final/, or a Hugging Face checkpoint folder")
-    if _is_model(path / "final"):
+    if is_model_folder(path / "final"):
         config = path / "config.yaml"
         return ModelSource(path / "final", config if config.is_file() else None, path.resolve().name)
-    if _is_model(path):
+    if is_model_folder(path):
         config = path.parent / "config.yaml"
         in_run = path.name == "final" and config.is_file()
         name = path.resolve().parent.name if path.resolve().name == "final" else path.resolve().name

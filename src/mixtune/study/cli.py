@@ -1,11 +1,16 @@
 """`mixtune study -c recipe.yaml`: run a strategy × data-fraction × seed grid from one shared base model.
 
-The base (world, tokenizer, pre-training) is prepared once and cached. Independent runs execute in parallel, one
-torch thread each (on 2 cores two single-thread runs beat one two-thread run). Runs that share a stage prefix train
-it once (a shared stage cache with a file lock per prefix). Resumable: a finished run is never redone, an
-interrupted one continues from its checkpoints. Results: `runs/<study>/results.sqlite`; then the report.
-`study.executor: ray` runs the same worker functions (study/workers.py) as Ray tasks (study/ray_exec.py). With
-train.tensorboard every run logs to `<study>/tensorboard/<run_id>`: `tensorboard --logdir runs/<study>/tensorboard`.
+The base is any local checkpoint (`study.base`) or the mini-lab base (world, tokenizer, pre-training; prepared once
+and cached; one per `study.base_seeds`). Before the study folder exists, what every run would check is checked once
+(`study.base.check_study`: context length, tokenizer and template, judge, data sources), so a bad study fails in one
+line; then the held-out check (`study.contamination`). Each base is scored once on the study's benchmarks (run
+`base`, stage `base`). Independent runs execute in parallel, one torch thread each (on 2 cores two single-thread
+runs beat one two-thread run), under one overall progress bar with an ETA. Runs that share a stage prefix train it
+once (a shared stage cache with a file lock per prefix). Resumable: a finished run is never redone, an interrupted
+one continues from its checkpoints; one `mixtune study` at a time per folder. Results:
+`runs/<study>/results.sqlite`; then the report. `study.executor: ray` runs the same worker functions
+(study/workers.py) as Ray tasks (study/ray_exec.py). With train.tensorboard every run logs to
+`<study>/tensorboard/<run_id>`: `tensorboard --logdir runs/<study>/tensorboard`.
 """
 
 from __future__ import annotations
@@ -16,16 +21,20 @@ import multiprocessing as mp
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
 from mixtune.config import Recipe, load_recipe
+from mixtune.errors import UserError
 from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import RunLock, atomic_write_json, prepare_run_dir
-from mixtune.study.base import prepare_base
+from mixtune.study.base import BASE_RUN, base_run_recipe, check_study, prepare_base, study_base
 from mixtune.study.contamination import check_contamination
 from mixtune.study.grid import GridRun, expand_grid
 from mixtune.study.workers import run_one
+
+REFRESH_S = 15.0
+"""Seconds between redraws of the study's progress bar (elapsed time, ETA) while no run finishes."""
 
 
 def _execute(study: Recipe, todo: list[GridRun], study_dir: Path, workers: int, threads: int,
@@ -40,12 +49,16 @@ def _execute(study: Recipe, todo: list[GridRun], study_dir: Path, workers: int, 
         return
     ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
     with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-        futures = [pool.submit(run_one, run, str(study_dir), threads) for run in todo]
-        for fut in as_completed(futures):
-            yield fut.result()
+        pending = {pool.submit(run_one, run, str(study_dir), threads) for run in todo}
+        while pending:
+            done, pending = wait(pending, timeout=REFRESH_S, return_when=FIRST_COMPLETED)
+            if not done:
+                yield None  # nothing finished: the caller redraws its progress bar (elapsed time, ETA)
+            for fut in done:
+                yield fut.result()
 
 
-class StudyConfigError(ValueError):
+class StudyConfigError(UserError, ValueError):
     """The study folder holds runs made from a different configuration."""
 
 
@@ -74,9 +87,15 @@ def register_runs(db: ResultsDB, study: Recipe, runs: list[GridRun]) -> None:
 
 
 def prepare_bases(study: Recipe, log=print) -> dict[str, dict]:
-    """The study's base models: the base recipe as it is, or one pre-training per `study.base_seeds` (same world
-    and tokenizer, `train.seed` = the base seed, folder `<base name>-b<seed>`). name -> {path, eval_loss, seed}."""
-    recipe = load_recipe(study.study.base_recipe)
+    """The study's base models: `study.base` (a checkpoint) as it is; else the mini-lab base recipe as it is, or one
+    pre-training per `study.base_seeds` (same world and tokenizer, `train.seed` = the base seed, folder
+    `<base name>-b<seed>`). name -> {path, eval_loss, seed}."""
+    if study.study.base is not None:  # any local checkpoint (or a run folder's final/) as it is
+        if study.study.base_seeds:
+            raise StudyConfigError("study.base_seeds pre-trains mini-lab bases; with study.base (a checkpoint) "
+                                   "leave it empty")
+        return {"base": {"path": str(study_base(study, log=log)), "eval_loss": None, "seed": None}}
+    recipe = load_recipe(study.study.base_recipe_path())
     variants = [(recipe.name, recipe)]
     if study.study.base_seeds:  # the recipe's own seed keeps its folder (the demo's base is not trained twice)
         variants = [(f"{recipe.name}-b{s}", recipe if s == recipe.train.seed else recipe.model_copy(update={
@@ -100,19 +119,36 @@ def base_eval_loss(run_dir: Path) -> float | None:
     return losses[-1] if losses else None
 
 
+def study_runs(study: Recipe, study_dir: Path, bases: dict[str, dict]) -> list[GridRun]:
+    """The grid's runs, preceded by one base-scoring run per base when the study has benchmarks (run id `base`, or
+    `base-b<seed>` with several bases)."""
+    runs = expand_grid(study, study_dir, {name: Path(b["path"]) for name, b in bases.items()})
+    if study.eval.benchmarks:
+        for k, (name, b) in enumerate(reversed(bases.items())):
+            run_id = BASE_RUN if len(bases) == 1 else f"{BASE_RUN}-{name.rsplit('-', 1)[-1]}"
+            runs.insert(0, GridRun(run_id=run_id, label=BASE_RUN, fraction=None, seed=study.seed, setup=BASE_RUN,
+                                   recipe=base_run_recipe(study, study_dir, Path(b["path"]), run_id),
+                                   protocol="", base=name))
+    return runs
+
+
 def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
-    """Prepare the bases, run every unfinished run of the grid, write the study meta; returns the study folder.
-    One `mixtune study` at a time per study folder (a second is refused, naming the first one's pid)."""
-    with RunLock(study.run_dir, what="study"):
-        return _run_study(study, workers, log)
-
-
-def _run_study(study: Recipe, workers: int | None, log) -> Path:
+    """Prepare (or find) the bases, check the study, run every unfinished run of the grid, write the study meta;
+    returns the study folder. One `mixtune study` at a time per study folder (a second is refused, naming the first
+    one's pid). Runs that fail, or finish with a benchmark left without a valid score, are listed in study.json
+    (`failed`) and raise a StudyRunError after the others have finished."""
     t0 = time.perf_counter()
+    bases = prepare_bases(study, log=log)  # before the lock: a study that cannot start leaves no folder
+    for b in bases.values():
+        check_study(study, Path(b["path"]), log=log)
+    with RunLock(study.run_dir, what="study"):
+        return _run_study(study, bases, workers, log, t0)
+
+
+def _run_study(study: Recipe, bases: dict[str, dict], workers: int | None, log, t0: float) -> Path:
     study_dir = prepare_run_dir(study, verb="study")
     contamination = check_contamination(study, study_dir, log) if study.study.contamination == "check" else None
-    bases = prepare_bases(study, log=log)
-    runs = expand_grid(study, study_dir, {name: Path(b["path"]) for name, b in bases.items()})
+    runs = study_runs(study, study_dir, bases)
     with ResultsDB(study_dir / DB_NAME) as db:
         register_runs(db, study, runs)
         done = db.finished_runs(study.name)
@@ -124,15 +160,11 @@ def _run_study(study: Recipe, workers: int | None, log) -> Path:
            f"{study.study.gpus_per_run:g} GPU per run")
     log(f"[study] {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished), {how}, "
         f"protocol {', '.join(study.study.protocols)}")
-    failures = []
-    for n, (run_id, wall, error) in enumerate(_execute(study, todo, study_dir, workers, threads, log), 1):
-        log(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
-        if error:
-            failures.append(run_id)
-            log(error)
+    failures = _run_all(study, todo, study_dir, workers, threads, log) if todo else []
     atomic_write_json(study_dir / "study.json", {
         "study": study.name, "protocols": list(study.study.protocols), "fractions": study.study.fractions,
         "seeds": study.study.seeds, "runs": [r.run_id for r in runs], "bases": bases,
+        "base": next(iter(bases.values()))["path"] if len(bases) == 1 else None,
         "step_budget": next((r.recipe.train.step_budget for r in runs if r.recipe.train.step_budget), None),
         "benchmarks": study.eval.benchmarks, "wall_s_last_invocation": round(time.perf_counter() - t0, 1),
         "contamination": {name: {k: c[k] for k in ("records", "flagged", "by_benchmark")}
@@ -140,21 +172,61 @@ def _run_study(study: Recipe, workers: int | None, log) -> Path:
         "failed": failures,
     })
     if failures:
-        raise RuntimeError(f"{len(failures)} runs failed: {failures}; see their train.log")
+        raise StudyRunError(f"{len(failures)} run(s) failed or have no valid score: {', '.join(failures)}; "
+                            f"see their train.log in {study_dir}")
     return study_dir
 
 
+def _run_all(study: Recipe, todo: list[GridRun], study_dir: Path, workers: int, threads: int, log) -> list[str]:
+    """Run `todo` (local spawn pool or Ray) under one overall progress bar (runs done / total, elapsed, ETA);
+    returns the ids of the runs that failed."""
+    from tqdm import tqdm
+
+    failures = []
+    with tqdm(total=len(todo), desc="study", unit="run", leave=True, dynamic_ncols=True) as bar:
+        emit = bar.write if log is print else log  # lines above the bar, which stays at the bottom
+        n = 0
+        for ended in _execute(study, todo, study_dir, workers, threads, log):
+            bar.refresh()  # elapsed time and ETA move on while long runs train
+            if ended is None:
+                continue
+            n += 1
+            run_id, wall, error = ended
+            bar.update(1)
+            emit(f"[study] {n}/{len(todo)} {run_id}: {'failed' if error else 'done'} in {wall:.0f} s")
+            if error:
+                failures.append(run_id)
+                emit(error)
+    return failures
+
+
+class StudyRunError(RuntimeError):
+    """Some runs of a study failed (their tracebacks are in their train.log and were printed)."""
+
+
 def main(argv: list[str]) -> int:
+    """Exit 0 when every run finished with valid scores, 1 when some failed (the report is still written), 2 for a
+    user error (one line, `mixtune.cli`)."""
+    import sys
+
     from mixtune.cliutil import recipe_parser
 
-    parser = recipe_parser("study", __doc__.split("\n")[0], sections=["study", "data", "train", "eval", "adapter"])
+    parser = recipe_parser("study", __doc__.split("\n")[0], sections=["study", "model", "data", "train", "eval",
+                                                                       "adapter"])
     parser.add_argument("--workers", type=int, default=None, help="parallel runs (default: study.workers)")
     parser.add_argument("--no-report", action="store_true", help="skip the report at the end")
     args: argparse.Namespace = parser.parse_args(argv)
     study = load_recipe(args.config, args.overrides)
-    study_dir = run_study(study, workers=args.workers)
+    failed = None
+    try:
+        study_dir = run_study(study, workers=args.workers)
+    except StudyRunError as e:
+        study_dir, failed = study.run_dir, str(e)
     if not args.no_report:
         from mixtune.study.report_cli import main as report_main
 
         report_main([str(study_dir)])
+    if failed:
+        print(f"mixtune study: {failed}", file=sys.stderr)
+        return 1
     return 0

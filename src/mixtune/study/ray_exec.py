@@ -21,6 +21,7 @@ from pathlib import Path
 
 from mixtune.config import StudyConfig
 from mixtune.results import DB_NAME, ResultsDB
+from mixtune.study.base import BASE_RUN
 from mixtune.study.grid import GridRun
 from mixtune.study.workers import run_one, train_prefix
 
@@ -36,6 +37,8 @@ def shared_prefixes(runs: list[GridRun], cache: Path) -> tuple[dict[str, tuple[G
     parent_of: dict[str, str | None] = {}
     keys_of: dict[str, list[str]] = {}
     for run in runs:
+        if run.setup == BASE_RUN:  # scores a base model: trains no stage, shares none
+            continue
         parent = None
         for index, key in enumerate(prefix_keys(run.recipe)):
             users.setdefault(key, []).append((run, index))
@@ -58,7 +61,6 @@ def run_on_ray(cfg: StudyConfig, todo: list[GridRun], study_dir: Path,
 
         raise RecipeError("study.executor: ray needs Ray: pip install 'mixtune[ray]' (or ray==2.60.0)") from None
 
-    
     started = not ray.is_initialized()
     if started:  # the cluster at ray_address ("auto": the one `ray start` began on this machine), else a new local one
         ray.init(address=cfg.ray_address or "local", include_dashboard=False, log_to_driver=False)
@@ -71,7 +73,7 @@ def run_on_ray(cfg: StudyConfig, todo: list[GridRun], study_dir: Path,
         after = [prefix_refs[parent]] if parent else []
         prefix_refs[key] = prefix_task.remote(run, str(study_dir), threads, index, *after)
         log(f"[study] shared stages 0-{index} of {run.run_id} (prefix {key}): one task before the runs using them")
-    pending = {run_task.remote(run, str(study_dir), threads, *(prefix_refs[k] for k in uses[run.run_id])): run
+    pending = {run_task.remote(run, str(study_dir), threads, *(prefix_refs[k] for k in uses.get(run.run_id, []))): run
                for run in todo}
     try:
         while pending:

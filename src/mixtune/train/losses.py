@@ -152,6 +152,14 @@ def reward_pairwise_loss(r_chosen: Tensor, r_rejected: Tensor, margin: float | T
     return -F.logsigmoid(r_chosen - r_rejected - margin)
 
 
+def soft_pairwise_loss(r_a: Tensor, r_b: Tensor, p: Tensor) -> Tensor:
+    """−[p log σ(r_a − r_b) + (1 − p) log σ(r_b − r_a)] per pair: the cross-entropy between a soft preference
+    p = P(a preferred over b) and the reward model's Bradley–Terry probability σ(r_a − r_b) (RLAIF, Lee et al. 2023
+    arXiv 2309.00267; p = 1 is `reward_pairwise_loss` without margin). (P,) each → (P,)."""
+    diff = r_a - r_b
+    return -(p * F.logsigmoid(diff) + (1.0 - p) * F.logsigmoid(-diff))
+
+
 # ---------------------------------------------------------------------------------------------- DPO & co (§6)
 def per_sequence_logps(logits: Tensor, targets: Tensor, sequence: Tensor, n_sequences: int) -> tuple[Tensor, Tensor]:
     """Σ_t log p(target_t) per sequence, and each sequence's number of targets: log π(y|x) of DPO (Rafailov et al.

@@ -74,6 +74,18 @@ SCORERS: dict[str, ScoreFn] = {"math": score_math, "code": score_code, "general"
 """ability -> the scorer of its benchmark family."""
 
 
+SCORER_NEEDS: dict[str, tuple[str, ...]] = {"math": ("answer",), "code": ("tests", "entry_point"),
+                                            "general": ("instruction_ids", "kwargs")}
+"""ability -> the example fields its scorer reads."""
+
+
+def has_scorer(example: dict) -> bool:
+    """Whether `score_by_ability` can score answers to this example (its ability has a scorer and the example
+    carries what that scorer reads)."""
+    ability = ability_of(example)
+    return ability in SCORERS and all(k in example for k in SCORER_NEEDS.get(ability, ()))
+
+
 def score_by_ability(examples: list[dict], answers: list[list[str]]) -> list[list[float]]:
     """Each example scored by its ability's scorer (`ability_of`); an ability without one is an error."""
     out: list[list[float] | None] = [None] * len(examples)

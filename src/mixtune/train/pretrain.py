@@ -15,9 +15,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from mixtune.cliutil import recipe_parser
-from mixtune.config import Recipe, load_recipe
+from mixtune.config import Recipe
 from mixtune.data.sft_dataset import split_micro_batches
+from mixtune.errors import UserError
 from mixtune.jsonl import iter_jsonl, read_text
 from mixtune.model.load import count_parameters, load_model_and_tokenizer
 from mixtune.runs import MetricsLog, RunLock, prepare_run_dir, remove_stale_temps
@@ -26,7 +26,7 @@ from mixtune.train.losses import masked_token_ce
 from mixtune.train.save import save_final
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """A pre-training corpus that cannot be read; the message names the file and line."""
 
 
@@ -185,13 +185,3 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
     say(f"pretrain done: step {state.step}, eval loss {final_eval:.4f}, model in {run_dir / 'final'}")
     return summary
 
-
-def main(argv: list[str]) -> int:
-    parser = recipe_parser("pretrain", __doc__.split("\n")[0], sections=["model", "train", "tokenizer", "world"])
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    args = parser.parse_args(argv)
-    try:
-        pretrain(load_recipe(args.config, args.overrides), resume=args.resume)
-    finally:
-        engine.dist_close()
-    return 0

@@ -10,7 +10,8 @@ as in DPO, one forward pass per micro-batch; each sequence's reward is the head 
 (`evaluate/reward_model.reward_scores`, the scorer `mixtune eval rank` and the RL stages use). The step loss is
 Σ_p w_p·loss_p / Σ_p w_p (w = 1/C(K,2) for the pairs of a K-answer ranked list). One epoch by default
 (`preference.reward_epochs`; more overfits, InstructGPT §3.5). Reported: train and held-out pair accuracy (held-out:
-the sources' eval_count pairs and `preference.eval_fraction`).
+the sources' eval_count pairs and `preference.eval_fraction`). With `preference.soft_label` the pairs' soft labels
+(P(chosen preferred), RLAIF: `train/rlaif.py`) are the targets of a cross-entropy loss instead.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from mixtune.model.reward_head import reward_model_from_causal
 from mixtune.runs import MetricsLog, atomic_write_json
 from mixtune.train import engine
 from mixtune.train.dpo import stage_pairs
-from mixtune.train.losses import reward_pairwise_loss
+from mixtune.train.losses import reward_pairwise_loss, soft_pairwise_loss
 from mixtune.train.pair_forward import capacity, mean_stats, packs, pad_id
 from mixtune.train.stages import StageContext, StageResult
 
@@ -40,15 +41,23 @@ def output_model(model, recipe: Recipe, tokenizer):
 
 
 def reward_micro_loss(model, micro: dict, recipe: Recipe) -> tuple[torch.Tensor, dict]:
-    """(Σ_p w_p·loss_p / step weight, sums for logging: loss, accuracy r_w > r_l, margin r_w − r_l, weight)."""
+    """(Σ_p w_p·loss_p / step weight, sums for logging: loss, accuracy (the reward order agrees with the pair's
+    label: r_w > r_l for a hard label), margin r_w − r_l, weight). With `preference.soft_label` the loss is the
+    soft-label cross-entropy on each pair's `label` (RLAIF); else −log σ(r_w − r_l − m)."""
     with engine.autocast(recipe.train, engine.model_device(model)):
         rewards = reward_scores(model, micro)  # (S,)
     device = rewards.device
     r_chosen, r_rejected = rewards[micro["chosen_index"].to(device)], rewards[micro["rejected_index"].to(device)]
-    losses = reward_pairwise_loss(r_chosen, r_rejected, recipe.preference.margin)  # (P,)
+    label = micro["labels_soft"].to(device)  # (P,) P(chosen preferred): 1 unless a pair carries a soft label
+    if recipe.preference.soft_label:
+        losses = soft_pairwise_loss(r_chosen, r_rejected, label)  # (P,)
+    else:
+        losses = reward_pairwise_loss(r_chosen, r_rejected, recipe.preference.margin)  # (P,)
     weights = micro["weights"].to(device)
     margin = (r_chosen - r_rejected).detach()
-    stats = {"loss": float((weights * losses.detach()).sum()), "accuracy": float((weights * (margin > 0).float()).sum()),
+    # agreement with the label's side (a soft label of exactly 1/2 has none: half credit)
+    agree = torch.where(label == 0.5, 0.5, ((margin > 0) == (label > 0.5)).float())
+    stats = {"loss": float((weights * losses.detach()).sum()), "accuracy": float((weights * agree).sum()),
              "margin": float((weights * margin).sum()), "weight": float(weights.sum())}
     return (weights * losses).sum() / micro["step_weight"], stats
 

@@ -7,10 +7,11 @@ so forgetting is recorded stage by stage. A finished stage is never redone: `--r
 continues with the next (or mid-stage from its newest loadable checkpoint).
 
 Everything that can be checked before training is checked before the run folder is made: the stage plan and each
-stage's overrides, the data files (read and validated), the model and tokenizer. One process writes a run folder at a
-time (`RunLock`). Under torchrun / accelerate launch every rank runs this file and trains its share of each step
-(train/distributed.py); rank 0 alone holds the lock, decides from the files what each stage does (broadcast to the
-others), and writes.
+stage's overrides, the sequence lengths against the model's context, the tokenizer and its chat template (the one
+trained with is installed on the tokenizer, so `final/` is saved with it), the judge, the data files (read and
+validated), the model. One process writes a run folder at a time (`RunLock`). Under torchrun / accelerate launch
+every rank runs this file and trains its share of each step (train/distributed.py); rank 0 alone holds the lock,
+decides from the files what each stage does (broadcast to the others), and writes.
 """
 
 from __future__ import annotations
@@ -28,14 +29,15 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from mixtune.cliutil import recipe_parser
-from mixtune.config import Recipe, apply_override, load_recipe, parse_override, validate
+from mixtune.config import Recipe, apply_override, parse_override, validate
 from mixtune.data.mixture import Mixture, add_token_counts, draw_mixture, manifest_summary
 from mixtune.data.pair_dataset import build_pair_rows
 from mixtune.data.preference import is_pair
 from mixtune.data.sft_dataset import build_sft_rows
+from mixtune.evaluate.runner import check_judges
 from mixtune.model.adapters import apply_adapter
-from mixtune.model.load import count_parameters, load_model_and_tokenizer
+from mixtune.model.folders import check_context
+from mixtune.model.load import count_parameters, load_model_and_tokenizer, prepare_tokenizer
 from mixtune.results import ResultsDB
 from mixtune.runs import (
     RunLock,
@@ -52,7 +54,7 @@ from mixtune.train.strategies import Stage, plan_stages, stage_examples
 
 STAGE_WEIGHTS = "stage_weights.safetensors"
 STAGE_OPTIMIZER = "stage_optimizer.pt"  # only with train.fresh_optimizer: false
-STAGE_FILES = (STAGE_WEIGHTS, "stage.json", "manifest.json", STAGE_OPTIMIZER)
+STAGE_FILES = (STAGE_WEIGHTS, "stage.json", "manifest.json", "metrics.jsonl", STAGE_OPTIMIZER)
 """What a finished stage folder holds (and what the study's stage cache keeps of it)."""
 
 
@@ -166,6 +168,10 @@ def plan_run(recipe: Recipe, log=print) -> RunPlan:
     a run folder exists)."""
     stages = plan_stages(recipe.strategy, recipe.data.sources)
     recipes = [stage_recipe(recipe, s) for s in stages]
+    for r in recipes:  # cheap checks first: config.json only, no weights
+        check_context(r.model, {"data.max_seq_len": r.data.max_seq_len, "data.pack_len": r.data.pack_len})
+    tokenizer = prepare_tokenizer(recipe.model, recipe.data.template, recipe.tokenizer.out_dir, log=log)
+    check_judges(recipe, log)
     mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed, log=log)
     pools = group_by_source(mixture.train)
     recipes = budget_recipes(recipe, stages, recipes, pools)
@@ -173,7 +179,7 @@ def plan_run(recipe: Recipe, log=print) -> RunPlan:
         check_stage(stage.name, stage.kind, srecipe, {n: pools.get(n, []) for n in (*stage.sources,
                                                                                    *(s for s, _ in stage.replay))})
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir,
-                                                seed=recipe.train.seed)
+                                                seed=recipe.train.seed, tokenizer=tokenizer)
     model = apply_adapter(model, recipe.adapter).to(engine.pick_device())
     return RunPlan(stages, recipes, mixture, model, tokenizer)
 
@@ -403,15 +409,3 @@ def _record_stage(db_path: Path | None, run_dir: Path, index: int, record: dict)
                      n_tokens=record.get("n_tokens"), steps=record.get("steps"), wall_s=record.get("wall_s"))
         if record.get("metrics"):  # replaced, not appended: a resumed or retried run records its stages again
             db.set_metrics(run_dir.name, record["name"], int(record.get("steps") or 0), record["metrics"])
-
-
-def main(argv: list[str]) -> int:
-    parser = recipe_parser("train", __doc__.split("\n")[0],
-                           sections=["model", "data", "train", "adapter", "strategy", "preference", "rl", "eval"])
-    parser.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    args = parser.parse_args(argv)
-    try:
-        train(load_recipe(args.config, args.overrides), resume=args.resume)
-    finally:
-        engine.dist_close()
-    return 0

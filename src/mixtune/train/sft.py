@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from mixtune.config import Recipe
+from mixtune.data.packing import VARLEN_ATTENTION, flatten_packed, varlen_kwargs
 from mixtune.data.preference import is_pair
 from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
 from mixtune.model.adapters import unwrap_base
@@ -34,7 +35,12 @@ example per padded row with an attention mask, not packed rows whose position id
 def _forward_loss(model, micro: dict, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of target-token CE, auxiliary loss) of one micro-batch."""
     micro = engine.to_device(micro, engine.model_device(model))
+    varlen = uses_varlen(model) and "attention_mask" not in micro  # flash-attention: one flattened row
+    if varlen:
+        micro = flatten_packed(micro)
     inputs = {k: micro[k] for k in ("input_ids", "position_ids", "attention_mask") if k in micro}
+    if varlen:
+        inputs.update(varlen_kwargs(micro["position_ids"]))
     adapter = recipe.adapter
     if adapter.type == "loramoe" and adapter.lbc_weight > 0 and model.training:
         from mixtune.model.loramoe import loramoe_batch
@@ -66,6 +72,11 @@ def _ce_sum(model, inputs: dict, micro: dict, recipe: Recipe) -> torch.Tensor:
     with engine.autocast(recipe.train, device):  # logits only where there is a target (most of a tiny model's FLOPs)
         hidden = base.base_model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
         return target_token_ce(hidden, micro["labels"], head.weight, head.bias)[0]
+
+
+def uses_varlen(model) -> bool:
+    """Whether the model attends through a varlen flash-attention kernel (packed rows are flattened for it)."""
+    return getattr(unwrap_base(model).config, "_attn_implementation", None) in VARLEN_ATTENTION
 
 
 def _plain_head(base, head) -> bool:
@@ -128,6 +139,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     steps_per_epoch = max(1, math.ceil(len(rows) / step_size))
     # Rounded once over all epochs, so fractions of a dataset get proportional steps (matched-steps protocol).
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / step_size))
+    engine.set_gradient_checkpointing(model, cfg.gradient_checkpointing)
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)

@@ -27,14 +27,23 @@ STAGE_KINDS: dict[str, str] = {
     "sft": "mixtune.train.sft:run_stage",
     "reward": "mixtune.train.reward:run_stage",
     "dpo": "mixtune.train.dpo:run_stage",
+    "spin": "mixtune.train.spin:run_stage",
+    "self_reward": "mixtune.train.self_reward:run_stage",
+    "rlaif": "mixtune.train.rlaif:run_stage",
     "grpo": "mixtune.train.grpo:run_stage",
     "ppo": "mixtune.train.ppo:run_stage",
 }
 """kind -> "module:function" taking a StageContext and returning a StageResult (imported when a stage runs)."""
 
-STAGE_DATA: dict[str, str] = {"sft": "chats", "reward": "pairs", "dpo": "pairs", "grpo": "chats", "ppo": "chats"}
-"""kind -> the records its sources must hold: `chats` (conversations ending with an answer) or `pairs`
-(preference pairs: prompt turns + chosen / rejected). Checked before the run folder exists."""
+STAGE_DATA: dict[str, str] = {"sft": "chats", "reward": "pairs", "dpo": "pairs", "spin": "chats",
+                              "self_reward": "prompts", "rlaif": "pairs", "grpo": "chats", "ppo": "chats"}
+"""kind -> the records its sources must hold: `chats` (conversations ending with an answer), `pairs` (preference
+pairs: prompt turns + chosen / rejected) or `prompts` (anything with a prompt: chats, whose answer is not used, or
+pairs, whose answers are not used). Checked before the run folder exists. RL stages take chats: the reward reads the
+answer (GSM8K's number, the code task's canonical solution for CCCS)."""
+
+ITERATED = ("spin", "self_reward")
+"""Kinds whose every iteration is a DPO stage with the iteration's start model as its reference."""
 
 
 @dataclass
@@ -132,8 +141,15 @@ def check_stage(name: str, kind: str, recipe: Recipe, sources: dict[str, list[di
                               f"preference pairs; train it in a preference stage (strategy.then: [{{kind: dpo, "
                               f"sources: [{source}]}}])")
     adapter = recipe.adapter.type
-    if kind == "reward" and adapter not in ("none", "lora"):
-        raise RecipeError(f"stage {name} (reward): a reward model trains with adapter none or lora, not {adapter}")
+    if kind in ("reward", "rlaif") and adapter not in ("none", "lora"):
+        raise RecipeError(f"stage {name} ({kind}): a reward model trains with adapter none or lora, not {adapter}")
+    if kind in ITERATED and recipe.preference.reference != "start":
+        raise RecipeError(f"stage {name} ({kind}): the reference of iteration t is the model as it starts (θ_t); "
+                          f"set preference.reference start")
+    pref = recipe.preference
+    if kind == "rlaif" and not (pref.labeller or pref.labeller_url):
+        raise RecipeError(f"stage {name} (rlaif): no AI labeller; set preference.labeller (a local model or run "
+                          f"folder) or preference.labeller_url + labeller_model (an OpenAI-compatible endpoint)")
     if want == "pairs" and recipe.preference.reference == "base" and adapter not in ("lora", "prefix", "prompt"):
         raise RecipeError(f"stage {name}: preference.reference base disables a peft adapter (lora, prefix, prompt); "
                           f"adapter {adapter} has none to disable: use reference start")

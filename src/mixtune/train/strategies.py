@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from mixtune.config import SourceConfig, StageSpec, StrategyConfig
 from mixtune.data.formats import DEFAULT_ABILITY
 from mixtune.data.mixture import minilab_ability
+from mixtune.errors import UserError
 
 
-class StrategyError(ValueError):
+class StrategyError(UserError, ValueError):
     """A stage plan that does not fit the recipe's sources."""
 
 
