@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sft_throughput import bench_setup, build_model  # the shared benchmark model and words
+from sft_throughput import MAX_LEN, bench_setup, build_model  # the shared benchmark model and words
 
 from mixtune.config import Recipe
 from mixtune.data.templates import render_prompt
@@ -68,7 +68,7 @@ def make_prompts(tmp: Path, n: int) -> tuple[Path, list[dict], str, object]:
 
 def run_mixtune(tmp: Path, base: Path, prompts: Path, target: str, args, tag: str) -> list[dict]:
     tree = {"name": "grpo-bench", "out_dir": str(tmp / f"mixtune-{tag}"), "model": {"path": str(base)},
-            "data": {"sources": [{"name": "p", "path": str(prompts)}], "max_seq_len": 2048},
+            "data": {"sources": [{"name": "p", "path": str(prompts)}], "max_seq_len": MAX_LEN},  # the model's context
             "train": {"lr": LR, "betas": [0.9, 0.999], "weight_decay": 0.0, "batch_size": args.prompts,
                       "max_steps": args.steps, "warmup_ratio": 0.0, "schedule": "constant", "bf16": False,
                       "threads": args.threads, "log_every": 1},
