@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import SHARED_DATA, needs_data
 
+from mixtune.evaluate.base import summarize_task
 from mixtune.evaluate.code import (
     MBPP,
     HumanEval,
@@ -19,6 +20,15 @@ from mixtune.evaluate.code import (
 )
 
 DATA = str(SHARED_DATA)
+
+
+def test_summary_reports_the_recipes_pass_at_k():
+    # one task, 4 samples, 1 correct: pass@1 = 0.25, pass@4 = 1; the recipe's eval.pass_k reaches summarize
+    scored = [{"task_id": "t", "passed": p, "isolation": [], "outcome": "passed" if p else "wrong_answer"}
+              for p in (True, False, False, False)]
+    summary = summarize_task(HumanEval(), scored, [1, 4])
+    assert summary["pass@1"] == pytest.approx(0.25) and summary["pass@4"] == 1.0
+    assert "pass@4" not in HumanEval().summarize(scored)  # the task's own default ks (1, 10)
 
 
 def test_pass_at_k_hand_worked():

@@ -31,6 +31,7 @@ from mixtune.config.model import AdapterConfig, ModelConfig
 from mixtune.config.preference import PreferenceConfig
 from mixtune.config.prune import PruneConfig
 from mixtune.config.recipe import Recipe
+from mixtune.config.rl import RewardSpec, RLConfig
 from mixtune.config.study import RatioSetup, StudyConfig, StudyRun
 from mixtune.config.train import StageSpec, StrategyConfig, TrainConfig
 from mixtune.config.tts import TTSConfig
@@ -39,8 +40,9 @@ from mixtune.config.world import TokenizerConfig, WorldConfig
 __all__ = [
     "REGISTRIES", "Ability", "AdapterConfig", "AnalysisConfig", "CPTConfig", "CapacityConfig", "CapacityRun",
     "DataConfig", "DistillConfig", "EvalConfig", "JudgeConfig", "ModelConfig", "ModelSize", "PreferenceConfig",
-    "PruneConfig", "RatioSetup", "Recipe", "RecipeError", "ScalingConfig", "Section", "SourceConfig", "StageSpec",
-    "StrategyConfig", "StudyConfig", "StudyRun", "TTSConfig", "TokenizerConfig", "TrainConfig", "WorldConfig",
+    "PruneConfig", "RLConfig", "RatioSetup", "Recipe", "RecipeError", "RewardSpec", "ScalingConfig", "Section",
+    "SourceConfig", "StageSpec", "StrategyConfig", "StudyConfig", "StudyRun", "TTSConfig", "TokenizerConfig",
+    "TrainConfig", "WorldConfig",
     "apply_override", "check_name", "describe_fields", "dump_recipe", "format_validation_error", "load_recipe",
     "load_tree", "parse_override", "registry_names", "validate",
 ]

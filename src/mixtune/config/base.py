@@ -36,6 +36,8 @@ REGISTRIES: dict[str, tuple[str, tuple[str, ...]]] = {
     "strategy": ("mixtune.train.strategies:STRATEGIES", ()),
     "stage kind": ("mixtune.train.stages:STAGE_KINDS", ()),
     "benchmark": ("mixtune.evaluate.registry:TASKS", ()),
+    "reward": ("mixtune.train.rewards:REWARDS", ()),
+    "rollout backend": ("mixtune.train.rollout:ROLLOUT_BACKENDS", ()),
 }
 
 

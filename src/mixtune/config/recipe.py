@@ -14,6 +14,7 @@ from mixtune.config.evaluate import EvalConfig
 from mixtune.config.model import AdapterConfig, ModelConfig
 from mixtune.config.preference import PreferenceConfig
 from mixtune.config.prune import PruneConfig
+from mixtune.config.rl import RLConfig
 from mixtune.config.study import StudyConfig
 from mixtune.config.train import StrategyConfig, TrainConfig
 from mixtune.config.tts import TTSConfig
@@ -53,6 +54,8 @@ class Recipe(Section):
     """The pruning analysis (`mixtune analyze prune`): methods, sparsities, calibration, recovery SFT."""
     tts: TTSConfig = Field(default_factory=TTSConfig)
     """The test-time scaling analysis (`mixtune analyze tts`): samples per problem, the reward models."""
+    rl: RLConfig = Field(default_factory=RLConfig)
+    """RL stages (ppo, grpo): rollouts, rewards, losses, StepCoder's CCCS and FGO."""
     study: StudyConfig = Field(default_factory=StudyConfig)
     """Study grid (`mixtune study`)."""
     pretrain_corpus: list[str] = Field(default_factory=list)

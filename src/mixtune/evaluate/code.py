@@ -278,12 +278,13 @@ class CodeTask(Task):
         return {ex["task_id"]: (p.path if p.cases is not None else p.reason)
                 for ex, p in zip(examples, code_io.plans(examples, self.limits, max(1, self.workers or 2)))}
 
-    def summarize(self, scored: list[dict]) -> dict[str, float | str]:
+    def summarize(self, scored: list[dict], ks: list[int] | None = None) -> dict[str, float | str]:
+        """pass@1 and pass@k for `ks` (the recipe's eval.pass_k; default the task's own ks), plus bookkeeping."""
         per_task: dict[str, list[bool]] = defaultdict(list)
         for s in scored:
             per_task[s["task_id"]].append(bool(s["passed"]))
         out: dict[str, float | str] = {"n_tasks": float(len(per_task)), "n_programs": float(len(scored))}
-        for k in sorted(set(self.ks) | {1}):
+        for k in sorted(set(ks or self.ks) | {1}):
             values = [pass_at_k(len(v), sum(v), k) for v in per_task.values() if len(v) >= k]
             if values:
                 out[f"pass@{k}"] = sum(values) / len(values)

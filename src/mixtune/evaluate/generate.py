@@ -13,7 +13,9 @@ around it:
   also fires on a stop string that spans the prompt/continuation boundary, ending a row whose output holds no
   stop string at all;
 - seeded sampling: batch `b` is sampled under `torch.manual_seed(seed + b)`, so a rerun with the same prompts and
-  batch size gives the same texts.
+  batch size gives the same texts;
+- with `return_tokens` (RL rollouts), each continuation also carries its prompt and generated token ids and the
+  log-prob of every generated token, read in the same forward pass that sampled it (`SampledLogprobs`).
 
 Backends (`GenerationBackend`): `HFBackend` (a loaded model; chat prompts rendered with
 `mixtune.data.templates.render_prompt`) and `OpenAIBackend` (an OpenAI-compatible server; messages in, text out).
@@ -23,12 +25,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
 from tqdm.auto import tqdm
-from transformers import GenerationConfig, StoppingCriteria, StoppingCriteriaList
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +93,49 @@ class Generated:
     text: str
     n_tokens: int
     finish_reason: str
+    prompt_ids: tuple[int, ...] = ()
+    """With `return_tokens`: the prompt's token ids as generated from (after any truncation)."""
+    token_ids: tuple[int, ...] = ()
+    """With `return_tokens`: the `n_tokens` generated ids (end token included)."""
+    logprobs: tuple[float, ...] = ()
+    """With `return_tokens`: log p(token) of each generated id under log_softmax(logits / temperature) (see
+    `SampledLogprobs`)."""
+
+
+class SampledLogprobs(LogitsProcessor):
+    """Records, at every decoding step, the log-prob of the token sampled at that step, from the logits of that
+    very forward pass (no second pass).
+
+    transformers runs custom processors before its sampling warpers (temperature, top-p), so `scores` here are the
+    model's raw logits (fp32). We keep log_softmax(raw / T): with top_p = 1 that is exactly the distribution the
+    token was sampled from; with top_p < 1 it is the untruncated tempered distribution, the one a teacher-forced
+    forward recomputes in the RL update (the truncation is a sampling device, not part of the policy π). The
+    sampled token is known only at the next call (it is the last id then), so each call scores the previous step
+    and `finish` the last one. Memory: one (B, V) row of logits, not the (T, B, V) of `output_logits`."""
+
+    def __init__(self, temperature: float):
+        self.temperature = temperature if temperature > 0 else 1.0  # greedy: the model's own distribution
+        self.last: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.steps: list[torch.Tensor] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if self.last is not None:
+            self.steps.append(self._score(input_ids[:, -1:]))
+        # the warpers after us return new tensors, so `scores` stays the raw logits; only its logsumexp is computed
+        tempered = scores.float() / self.temperature  # (B, V)
+        self.last = (tempered, torch.logsumexp(tempered, dim=-1, keepdim=True))
+        return scores
+
+    def _score(self, tokens: torch.Tensor) -> torch.Tensor:
+        tempered, lse = self.last
+        return tempered.gather(1, tokens) - lse  # (B, 1) log_softmax at the sampled tokens
+
+    def finish(self, new_ids: torch.Tensor) -> torch.Tensor:
+        """(B, T_new) log-probs of the generated ids `new_ids` (B, T_new)."""
+        if self.last is not None and new_ids.shape[1] > len(self.steps):
+            self.steps.append(self._score(new_ids[:, -1:]))
+        self.last = None
+        return torch.cat(self.steps, dim=1) if self.steps else new_ids.new_zeros(new_ids.shape, dtype=torch.float)
 
 
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) -> list[str]:
@@ -102,7 +147,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) 
 def generate_details(
     model: Any,
     tokenizer: Any,
-    prompts: Sequence[str],
+    prompts: Sequence[str] | Sequence[Sequence[int]],
     *,
     max_new_tokens: int = 256,
     temperature: float = 0.0,
@@ -113,16 +158,21 @@ def generate_details(
     add_special_tokens: bool = False,
     progress: bool = True,
     desc: str = "generate",
+    return_tokens: bool = False,
 ) -> list[Generated]:
     """Continue each prompt; returns the decoded continuations with their token counts, in input order.
 
     `temperature == 0` is greedy; otherwise sampling with `temperature` and `top_p`. `add_special_tokens=False`
     suits chat-rendered prompts, which already hold their special tokens (a second BOS would shift the model).
     A prompt longer than `max_position_embeddings - max_new_tokens` keeps its last tokens (logged).
+    A prompt may also be a list of token ids, used as given (RL rollouts encode a template and an answer prefix
+    separately, as training does). `return_tokens`: also the prompt ids, generated ids and their log-probs
+    (`Generated`, `SampledLogprobs`).
     """
     if not prompts:
         return []
-    encoded = [tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"] for p in prompts]
+    encoded = [list(p) if not isinstance(p, str) else tokenizer(p, add_special_tokens=add_special_tokens)["input_ids"]
+               for p in prompts]
     keep = _max_prompt_tokens(model, max_new_tokens)
     if keep is not None and any(len(ids) > keep for ids in encoded):
         n_long = sum(len(ids) > keep for ids in encoded)
@@ -143,13 +193,19 @@ def generate_details(
             if gen_cfg.do_sample:
                 torch.manual_seed(seed + b)
             criteria = StoppingCriteriaList([StopOnStrings(stop, tokenizer, input_ids.shape[1])] if stop else [])
+            recorder = SampledLogprobs(temperature) if return_tokens else None
             out = model.generate(
                 input_ids=input_ids, attention_mask=attention_mask, generation_config=gen_cfg,
-                stopping_criteria=criteria,
+                stopping_criteria=criteria, logits_processor=LogitsProcessorList([recorder] if recorder else []),
             )  # (B, T_prompt + T_new)
+            logprobs = recorder.finish(out[:, input_ids.shape[1]:]) if recorder else None  # (B, T_new)
             for row, i in enumerate(rows):
                 new = out[row, input_ids.shape[1]:].tolist()
                 outputs[i] = _finish_row(new, end_ids, gen_cfg.pad_token_id, tokenizer, stop, max_new_tokens)
+                if logprobs is not None:
+                    n = outputs[i].n_tokens
+                    outputs[i] = replace(outputs[i], prompt_ids=tuple(encoded[i]), token_ids=tuple(new[:n]),
+                                         logprobs=tuple(logprobs[row, :n].tolist()))
             bar.update(len(rows))
     finally:
         bar.close()
@@ -199,6 +255,8 @@ def _generation_config(model: Any, tokenizer: Any, max_new_tokens: int, temperat
     if temperature > 0:
         sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0, "min_p": 0.0,
                     "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0}
+        if getattr(getattr(model, "generation_config", None), "min_p", None) is None:
+            del sampling["min_p"]  # nothing to override; 0.0 would still add a MinP warper (a softmax per token)
     return GenerationConfig(
         max_new_tokens=max_new_tokens, eos_token_id=end_ids, pad_token_id=pad_id, use_cache=True,
         **neutral, **sampling,

@@ -13,7 +13,7 @@ import sys
 from mixtune.cliutil import recipe_parser
 from mixtune.config import load_recipe
 
-TRAIN_SECTIONS = ["model", "data", "train", "adapter", "strategy", "preference", "eval"]
+TRAIN_SECTIONS = ["model", "data", "train", "adapter", "strategy", "preference", "rl", "distill", "eval"]
 PRETRAIN_SECTIONS = ["model", "train", "tokenizer", "world"]
 
 

@@ -1,12 +1,14 @@
 """Losses and RL math as small pure tensor functions (no model, no config).
 
-Each function states its shapes and the paper/equation it implements; tests/test_losses.py checks every one against
-numbers worked out by hand. Ours, not a library's: TRL/OpenRLHF bury these inside trainer methods.
+Each function states its shapes and the paper/equation it implements; tests/test_losses.py and
+tests/test_rl_losses.py check every one against numbers worked out by hand. Ours, not a library's: TRL/OpenRLHF
+bury these inside trainer methods.
 
 Contents: token cross-entropy with masks (SFT / pre-training), the LoRAMoE localized balancing constraint
 (METHODS.md §3), reward-model pairwise loss, per-sequence log-probs, DPO / IPO / hinge (SPIN), PPO clipped policy and
-value losses, GAE and the k1 KL estimator (METHODS.md §5–§6), knowledge-distillation divergences (forward / reverse
-KL, generalised JSD with temperature) and the process reward model's step loss.
+value losses, GAE, the k1 / k2 / k3 KL estimators, the adaptive KL coefficient, GRPO / RLOO / Dr. GRPO group
+advantages, token aggregation and token entropy (METHODS.md §5–§7), knowledge-distillation divergences (forward /
+reverse KL, generalised JSD with temperature) and the process reward model's step loss.
 """
 
 from __future__ import annotations
@@ -303,3 +305,95 @@ def step_bce_loss(step_logits: Tensor, step_labels: Tensor) -> Tensor:
     labels): step_logits (S,) the head's output at each step's last token, step_labels (S,) 1 correct / 0 wrong
     → scalar sum (the caller divides by the step's number of steps)."""
     return F.binary_cross_entropy_with_logits(step_logits.float(), step_labels.float(), reduction="sum")
+
+
+# ------------------------------------------------------------------------------ KL estimators, GRPO, RLOO (§5, §7)
+# Schulman, "Approximating KL divergence" (2020): for tokens a ~ π and r = π_ref(a) / π(a), each of
+#   k1 = −log r,   k2 = ½ (log r)²,   k3 = (r − 1) − log r
+# estimates KL(π ‖ π_ref) = E_π[log π − log π_ref] (the "reverse" KL the RL objective penalises). k1 is unbiased
+# but negative for some tokens (high variance); k2 is biased (exact to second order in log r) and ≥ 0; k3 is
+# unbiased (E_π[r] = 1) and ≥ 0 (x − 1 ≥ log x). GRPO (Shao et al. 2024, eq. 4) adds β·k3 to its loss.
+def kl_k2(logp: Tensor, logp_ref: Tensor) -> Tensor:
+    """Per-token k2 = ½ (log π_ref(a) − log π(a))², an estimate of KL(π‖π_ref) for a ~ π (biased, ≥ 0)."""
+    return 0.5 * (logp_ref - logp) ** 2
+
+
+def kl_k3(logp: Tensor, logp_ref: Tensor) -> Tensor:
+    """Per-token k3 = r − 1 − log r with r = π_ref(a) / π(a): an unbiased, non-negative estimate of KL(π‖π_ref)
+    for a ~ π (GRPO eq. 4). Shapes kept."""
+    log_ratio = logp_ref - logp
+    return torch.exp(log_ratio) - 1.0 - log_ratio
+
+
+KL_ESTIMATORS = {"k1": kl_k1, "k2": kl_k2, "k3": kl_k3}
+"""name -> per-token estimator f(logp, logp_ref) of KL(π‖π_ref)."""
+
+
+def group_advantages(rewards: Tensor, baseline: Literal["group_mean", "rloo"] = "group_mean",
+                     scale: Literal["group", "none"] = "group", eps: float = 1e-4) -> Tensor:
+    """One advantage per sample from rewards (G, N): G prompts × N samples each.
+
+    baseline group_mean (GRPO, Shao et al. 2024 §4.1.2): b = mean of the group; rloo (Ahmadian et al. 2024, eq. 6):
+    b_i = mean of the *other* N − 1 samples, i.e. A_i = N/(N−1) · (r_i − mean). scale group: divide by the
+    group's standard deviation (unbiased, + eps, as TRL); none: Dr. GRPO (Liu et al. 2025) keeps the raw difference.
+    """
+    n = rewards.size(1)
+    if baseline == "group_mean":
+        base = rewards.mean(dim=1, keepdim=True)
+    elif baseline == "rloo":
+        if n < 2:
+            raise ValueError("the rloo baseline needs at least 2 samples per prompt")
+        base = (rewards.sum(dim=1, keepdim=True) - rewards) / (n - 1)
+    else:
+        raise ValueError(f"unknown baseline {baseline!r}; valid: ['group_mean', 'rloo']")
+    advantages = rewards - base  # (G, N)
+    if scale == "group":
+        std = rewards.std(dim=1, keepdim=True) if n > 1 else torch.zeros_like(base)
+        return advantages / (std + eps)
+    if scale == "none":
+        return advantages
+    raise ValueError(f"unknown reward scaling {scale!r}; valid: ['group', 'none']")
+
+
+def clipped_policy_tokens(logp_new: Tensor, logp_old: Tensor, advantages: Tensor,
+                          clip_eps: float = 0.2) -> tuple[Tensor, Tensor]:
+    """Per-token clipped surrogate max(−A ρ, −A clip(ρ, 1 ± ε)), ρ = e^{new − old} (Schulman et al. 2017 eq. 7),
+    and whether the clipped term was taken. (B, T) → ((B, T) loss, (B, T) bool); aggregate with `aggregate_tokens`."""
+    ratio = torch.exp(logp_new - logp_old)
+    unclipped = -advantages * ratio
+    clipped = -advantages * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps)
+    return torch.maximum(unclipped, clipped), clipped > unclipped
+
+
+def aggregate_tokens(values: Tensor, mask: Tensor, how: Literal["sequence_mean", "token_mean", "constant"],
+                     max_tokens: int | None = None) -> Tensor:
+    """A per-token loss (B, T) reduced to a scalar over the tokens where mask is 1.
+
+    sequence_mean (GRPO eq. 3): each sequence's token mean, then the mean over sequences (a long answer's tokens
+    weigh less); token_mean (DAPO, Yu et al. 2025): one mean over every token of the batch; constant (Dr. GRPO): the
+    token sum divided by B · max_tokens, a normaliser that does not depend on the answers' lengths. A sequence with
+    no valid token counts as 0 in sequence_mean."""
+    mask = mask.to(values.dtype)
+    if how == "sequence_mean":
+        per_row = (values * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return per_row.mean()
+    if how == "token_mean":
+        return masked_mean(values, mask)
+    if how == "constant":
+        if not max_tokens:
+            raise ValueError("constant aggregation needs max_tokens (the generation budget)")
+        return (values * mask).sum() / (values.size(0) * max_tokens)
+    raise ValueError(f"unknown aggregation {how!r}; valid: ['sequence_mean', 'token_mean', 'constant']")
+
+
+def adaptive_kl_coef(beta: float, kl: float, target: float, n_samples: int, horizon: int) -> float:
+    """Ziegler et al. 2019's proportional controller (METHODS.md §5): e = clip(KL/KL_target − 1, −0.2, 0.2),
+    β ← β (1 + e · n / horizon), n = samples in the batch just seen."""
+    error = min(max(kl / target - 1.0, -0.2), 0.2)
+    return beta * (1.0 + error * n_samples / horizon)
+
+
+def token_entropy(logits: Tensor) -> Tensor:
+    """Entropy −Σ_v p log p of each row's distribution, logits (..., V) → (...) in fp32."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    return -(logp.exp() * logp).sum(dim=-1)

@@ -137,6 +137,8 @@ def prefix_key(recipe: Recipe, stages: list[Stage], index: int, recipes: list[Re
         what["preference"] = tree["preference"]
     if any(s.kind == "distill" for s in stages[:index + 1]):  # the teacher and the loss define a distill stage
         what["distill"] = tree["distill"]
+    if any(s.kind in ("ppo", "grpo") for s in stages[:index + 1]):  # the rl section trains them (SFT keys unchanged)
+        what["rl"] = tree["rl"]
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -409,4 +411,3 @@ def _record_stage(db_path: Path | None, run_dir: Path, index: int, record: dict)
                      n_tokens=record.get("n_tokens"), steps=record.get("steps"), wall_s=record.get("wall_s"))
         if record.get("metrics"):  # replaced, not appended: a resumed or retried run records its stages again
             db.set_metrics(run_dir.name, record["name"], int(record.get("steps") or 0), record["metrics"])
-

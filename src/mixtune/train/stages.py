@@ -31,14 +31,18 @@ STAGE_KINDS: dict[str, str] = {
     "self_reward": "mixtune.train.self_reward:run_stage",
     "rlaif": "mixtune.train.rlaif:run_stage",
     "distill": "mixtune.train.distill:run_stage",
+    "grpo": "mixtune.train.grpo:run_stage",
+    "ppo": "mixtune.train.ppo:run_stage",
 }
 """kind -> "module:function" taking a StageContext and returning a StageResult (imported when a stage runs)."""
 
 STAGE_DATA: dict[str, str] = {"sft": "chats", "reward": "pairs", "dpo": "pairs", "spin": "chats",
-                              "self_reward": "prompts", "rlaif": "pairs", "distill": "chats"}
+                              "self_reward": "prompts", "rlaif": "pairs", "distill": "chats", "grpo": "chats",
+                              "ppo": "chats"}
 """kind -> the records its sources must hold: `chats` (conversations ending with an answer), `pairs` (preference
 pairs: prompt turns + chosen / rejected) or `prompts` (anything with a prompt: chats, whose answer is not used, or
-pairs, whose answers are not used). Checked before the run folder exists."""
+pairs, whose answers are not used). Checked before the run folder exists. RL stages take chats: the reward reads the
+answer (GSM8K's number, the code task's canonical solution for CCCS)."""
 
 ITERATED = ("spin", "self_reward")
 """Kinds whose every iteration is a DPO stage with the iteration's start model as its reference."""
