@@ -220,6 +220,14 @@ class TrainConfig(Section):
     """Multi-stage: each stage starts with a new optimizer and schedule (DMT §3.5)."""
     tensorboard: bool = False
     """Also log metrics to TensorBoard in the run folder."""
+    compile: bool = False
+    """Speed: torch.compile (inductor) the decoder layers; a one-off compile, then faster steps; changes rounding."""
+    fused_ce: bool = False
+    """Speed: output layer + cross-entropy in row chunks, gradients in the forward pass; changes rounding."""
+    packed_attention: bool = False
+    """Speed: packed rows attend per example (causal SDPA each) instead of through a block mask; changes rounding."""
+    fused_adamw: bool = False
+    """Speed: AdamW as one fused kernel per tensor (else the bit-identical foreach form); changes rounding."""
 
 
 # --------------------------------------------------------------------------------------------------------- adapter

@@ -23,7 +23,7 @@ from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
 from mixtune.model.adapters import unwrap_base
 from mixtune.runs import MetricsLog, atomic_write_json
 from mixtune.train import engine
-from mixtune.train.losses import masked_token_ce, target_token_ce
+from mixtune.train.losses import chunked_target_token_ce, masked_token_ce, target_token_ce
 
 EvalHook = Callable[[torch.nn.Module, str, int], dict]
 PROMPT_LEARNING = ("prefix", "prompt")
@@ -78,13 +78,15 @@ def _ce_sum(model, inputs: dict, micro: dict, recipe: Recipe) -> torch.Tensor:
         return masked_token_ce(logits.float(), micro["labels"])[0]
     base = unwrap_base(model)
     head = base.get_output_embeddings()
+    packed = engine.packed_attention(base, recipe.train.packed_attention and "attention_mask" not in inputs)
     if not _plain_head(base, head):
-        with engine.autocast(recipe.train, device):
+        with engine.autocast(recipe.train, device), packed:
             logits = model(**inputs, use_cache=False).logits  # (B, T, V)
         return masked_token_ce(logits.float(), micro["labels"])[0]
-    with engine.autocast(recipe.train, device):  # logits only where there is a target (most of a tiny model's FLOPs)
+    ce = chunked_target_token_ce if recipe.train.fused_ce else target_token_ce  # same value up to rounding
+    with engine.autocast(recipe.train, device), packed:  # logits only where there is a target (most of the FLOPs)
         hidden = base.base_model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
-        return target_token_ce(hidden, micro["labels"], head.weight, head.bias)[0]
+        return ce(hidden, micro["labels"], head.weight, head.bias)[0]
 
 
 def _plain_head(base, head) -> bool:
@@ -158,6 +160,8 @@ def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stag
         state = engine.load_checkpoint_into(ckpt, model, optimizer, scheduler)
         print(f"stage {stage}: resumed from {ckpt} at step {state.step}")
     log = MetricsLog(stage_dir, tensorboard=cfg.tensorboard)
+    if cfg.compile:
+        engine.compile_layers(model)
     model.train()
     pad_id = _pad_id(model)
     order, order_epoch, window, tokens_done, last_loss = [], -1, [], 0, None
@@ -197,6 +201,7 @@ def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stag
         if cfg.save_every and state.step % cfg.save_every == 0:
             engine.save_checkpoint(stage_dir, model, optimizer, scheduler, state, full=full)
     bar.close()
+    engine.uncompile_layers(model)
     result = StageResult(stage, state.step, state.step >= total_steps, len(rows), n_tokens,
                          train_loss=last_loss)
     if not result.finished:
