@@ -329,7 +329,7 @@ def measure_peaks() -> dict[str, float]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--examples", type=int, default=2000)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="0: only --profile / --levers")
     parser.add_argument("--levers", action="store_true", help="also the per-lever table (alternating blocks)")
     parser.add_argument("--lever-rounds", type=int, default=5)
     parser.add_argument("--lever-steps", type=int, default=3, help="steps per lever per round")
@@ -362,6 +362,8 @@ def main() -> None:
             for row in table:
                 print(f"| {row['lever']:28s} | {row['tok_s']:5.0f} | {row['vs_defaults']:.2f}x | "
                       f"{row['warmup_s']:.1f} s | {row['mfu']:.1%} |")
+        if args.rounds == 0:  # only the profile / lever tables
+            return
         runs = defaultdict(list)
         for r in range(args.rounds):
             runs["peak"].append(bf16_peak_flops())

@@ -73,6 +73,19 @@ def test_packed_sdpa_equals_block_mask_attention():
         engine.packed_sdpa(None, q, k, v, mask, position_ids=batch["position_ids"])
 
 
+def test_packed_attention_packs_each_micro_batch_into_one_unpadded_row(tmp_path, tiny_tokenizer_dir):
+    # Block mask: rows of <= max_seq_len padded to the longest; per-example attention: one row, no padding.
+    plain, fast = (make_recipe(tmp_path, tiny_tokenizer_dir, packed_attention=on, batch_size=16) for on in (0, 1))
+    _, tok = load_model_and_tokenizer(plain.model, seed=0)
+    rows = build_sft_rows(chat_examples(16), tok, plain.data)
+    n_tokens = sum(len(r["input_ids"]) for r in rows.rows)
+    for micro in _micro_batches(rows, list(range(16)), 1, fast, tok.pad_token_id):
+        assert micro["input_ids"].shape == (1, n_tokens) and bool((micro["example_index"] >= 0).all())
+    (padded,) = _micro_batches(rows, list(range(16)), 1, plain.model_copy(
+        update={"data": plain.data.model_copy(update={"max_seq_len": 64})}), tok.pad_token_id)
+    assert padded["input_ids"].shape[0] > 1
+
+
 @pytest.mark.parametrize("lever", ["fused_ce", "packed_attention"])
 def test_lever_gives_the_plain_step_up_to_rounding(tmp_path, tiny_tokenizer_dir, lever):
     plain = make_recipe(tmp_path, tiny_tokenizer_dir)

@@ -225,7 +225,7 @@ class TrainConfig(Section):
     fused_ce: bool = False
     """Speed: output layer + cross-entropy in row chunks, gradients in the forward pass; changes rounding."""
     packed_attention: bool = False
-    """Speed: packed rows attend per example (causal SDPA each) instead of through a block mask; changes rounding."""
+    """Speed: attention per example, not through a block mask; one unpadded row per micro-batch; changes rounding."""
     fused_adamw: bool = False
     """Speed: AdamW as one fused kernel per tensor (else the bit-identical foreach form); changes rounding."""
 

@@ -156,12 +156,20 @@ def packed_attention(model: torch.nn.Module, enabled: bool = True):
         config._attn_implementation = before
 
 
-def compile_layers(model: torch.nn.Module) -> None:
+COMPILED_ADAPTERS = ("none", "lora")
+"""Adapters `compile_layers` is applied with (tested); LoRAMoE records router gates as module state per batch."""
+
+
+def compile_layers(model: torch.nn.Module, adapter: str = "none") -> bool:
     """torch.compile (inductor) each decoder layer in place (`Module.compile`: parameter names, checkpoints and
     adapters are untouched). The layers share one compiled graph, so compile time is that of one layer. Packed rows
-    change (B, T) every step, so sizes are dynamic from the start: one compile, not one per new shape."""
+    change (B, T) every step, so sizes are dynamic from the start: one compile, not one per new shape. Returns
+    False, compiling nothing, for an adapter outside COMPILED_ADAPTERS."""
+    if adapter not in COMPILED_ADAPTERS:
+        return False
     for layer in _layers(model):
         layer.compile(dynamic=True)
+    return True
 
 
 def uncompile_layers(model: torch.nn.Module) -> None:

@@ -118,6 +118,8 @@ def _micro_batches(rows, indices: list[int], grad_accum: int, recipe: Recipe, pa
     capacity = recipe.data.max_seq_len
     if packing and recipe.data.pack_len:
         capacity = max(recipe.data.pack_len, *(len(rows.rows[i]["input_ids"]) for i in indices))
+    if packing and recipe.train.packed_attention:  # attention per example: a long row costs nothing, padding does
+        capacity = max(capacity, sum(len(rows.rows[i]["input_ids"]) for i in indices))  # one row per micro-batch
     return batches_for_step(rows, indices, grad_accum, capacity, pad_id, packing=packing)
 
 
@@ -160,8 +162,8 @@ def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stag
         state = engine.load_checkpoint_into(ckpt, model, optimizer, scheduler)
         print(f"stage {stage}: resumed from {ckpt} at step {state.step}")
     log = MetricsLog(stage_dir, tensorboard=cfg.tensorboard)
-    if cfg.compile:
-        engine.compile_layers(model)
+    if cfg.compile and not engine.compile_layers(model, recipe.adapter.type):
+        print(f"stage {stage}: train.compile skipped for adapter {recipe.adapter.type} ({engine.COMPILED_ADAPTERS})")
     model.train()
     pad_id = _pad_id(model)
     order, order_epoch, window, tokens_done, last_loss = [], -1, [], 0, None
