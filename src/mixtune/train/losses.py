@@ -70,8 +70,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int,
-                dtype: torch.dtype) -> Tensor:
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+                dtype: torch.dtype, grad_enabled: bool) -> Tensor:
+        # needs_input_grad says True under torch.no_grad too: evaluation must not pay for the gradients
+        need_h, need_w, need_b = (grad_enabled and need for need in ctx.needs_input_grad[:3])
         w = weight.to(dtype)  # (V, H) matmul operands in `dtype` (bf16 under autocast), as F.linear would cast
         b = None if bias is None else bias.to(dtype)
         grad_h = torch.empty_like(hidden) if need_h else None  # (N, H)
@@ -105,7 +106,7 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w_dtype, b_dtype = ctx.param_dtypes
         return (None if grad_h is None else grad_h * grad_loss,
                 None if grad_w is None else (grad_w * grad_loss).to(w_dtype),
-                None if grad_b is None else (grad_b * grad_loss).to(b_dtype), None, None, None)
+                None if grad_b is None else (grad_b * grad_loss).to(b_dtype), None, None, None, None)
 
 
 def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
@@ -120,7 +121,7 @@ def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, ta
         autocast_on = torch.is_autocast_enabled(device_type)
         dtype = torch.get_autocast_dtype(device_type) if autocast_on else hidden.dtype
     with torch.autocast(hidden.device.type, enabled=False):
-        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, dtype)
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, dtype, torch.is_grad_enabled())
 
 
 def chunked_target_token_ce(hidden: Tensor, labels: Tensor, head_weight: Tensor, head_bias: Tensor | None = None,

@@ -203,7 +203,8 @@ def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stag
         if cfg.save_every and state.step % cfg.save_every == 0:
             engine.save_checkpoint(stage_dir, model, optimizer, scheduler, state, full=full)
     bar.close()
-    engine.uncompile_layers(model)
+    if cfg.compile:
+        engine.uncompile_layers(model)
     result = StageResult(stage, state.step, state.step >= total_steps, len(rows), n_tokens,
                          train_loss=last_loss)
     if not result.finished:
