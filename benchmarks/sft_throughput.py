@@ -37,7 +37,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from mixtune.config import DataConfig, Recipe
 from mixtune.data.sft_dataset import build_sft_rows
 from mixtune.data.tokenizer_train import train_tokenizer
-from mixtune.train import engine, sft
+from mixtune.train import engine, levers, sft
 from mixtune.train.sft import sft_stage
 
 THREADS = 2
@@ -170,7 +170,7 @@ class Trainee:
         self.optimizer = engine.make_optimizer(self.model, recipe.train)
         self.scheduler = engine.make_scheduler(self.optimizer, recipe.train, 10**4)
         if recipe.train.compile:
-            engine.compile_layers(self.model)
+            levers.compile_layers(self.model)
         self.model.train()
 
     def steps(self, rows, batches: list[list[int]]) -> tuple[int, float]:
@@ -348,7 +348,7 @@ def main() -> None:
     parser.add_argument("--skip-trl", action="store_true", help="mixtune only (no ratio in the JSON)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
-    engine.keep_freed_memory()  # as engine.setup_torch does for every run (TRL gets it too: one process)
+    levers.keep_freed_memory()  # as engine.setup_torch does for every run (TRL gets it too: one process)
     isa = os.environ.get("ONEDNN_MAX_CPU_ISA", "default")
     amx = "amx_bf16" in Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else False
     with tempfile.TemporaryDirectory() as tmp:

@@ -14,6 +14,9 @@ from mixtune.config import Recipe
 from mixtune.model.adapters import unwrap_base
 from mixtune.model.load import build_llama, load_checkpoint, load_tokenizer
 from mixtune.train import run as run_module
+from mixtune.train import sft as sft_module
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` skips them; CI runs everything
 
 ADAPTERS = ("lora", "loramoe", "prefix", "prompt", "bottleneck")
 PEFT_FORMAT = ("lora", "prefix", "prompt")
@@ -57,23 +60,23 @@ class Spy:
 
     def __init__(self, monkeypatch):
         self.initial, self.stage_starts, self.model = {}, [], None
-        apply, stage, save = run_module.apply_adapter, run_module.sft_stage, run_module.save_final
+        apply, stage, save = run_module.apply_adapter, sft_module.run_stage, run_module.save_final
 
         def spy_apply(model, cfg):
             model = apply(model, cfg)
             self.initial = trainable(model)
             return model
 
-        def spy_stage(model, *args, **kwargs):
-            self.stage_starts.append(trainable(model))
-            return stage(model, *args, **kwargs)
+        def spy_stage(ctx):
+            self.stage_starts.append(trainable(ctx.model))
+            return stage(ctx)
 
         def spy_save(model, *args, **kwargs):
             self.model = model
             return save(model, *args, **kwargs)
 
         monkeypatch.setattr(run_module, "apply_adapter", spy_apply)
-        monkeypatch.setattr(run_module, "sft_stage", spy_stage)
+        monkeypatch.setattr(sft_module, "run_stage", spy_stage)  # what the stage registry's "sft" resolves to
         monkeypatch.setattr(run_module, "save_final", spy_save)
 
 

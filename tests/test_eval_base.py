@@ -7,7 +7,7 @@ import json
 import pytest
 
 from mixtune.evaluate.base import BenchmarkDataError, Task, accepts_keyword, iter_jsonl, summarize_task
-from mixtune.evaluate.registry import ABILITY_OF, TASKS, UnknownTaskError, check_task_name, get_task
+from mixtune.evaluate.registry import ABILITY_OF, TASKS, UnknownTaskError, check_task_name, get_task, task_class
 
 
 class EchoTask(Task):
@@ -67,7 +67,7 @@ def test_summarize_task_passes_ks_only_when_accepted():
 def test_iter_jsonl_names_the_line(tmp_path):
     p = tmp_path / "b.jsonl"
     p.write_text(json.dumps({"a": 1}) + "\n\n" + "{oops\n")
-    with pytest.raises(BenchmarkDataError, match=r"b\.jsonl:3: bad JSON"):
+    with pytest.raises(BenchmarkDataError, match=r"b\.jsonl:3: invalid JSON"):
         list(iter_jsonl(p))
     with pytest.raises(BenchmarkDataError, match="not found"):
         list(iter_jsonl(tmp_path / "missing.jsonl"))
@@ -78,8 +78,9 @@ def test_registry_names_targets_and_abilities():
     assert set(ABILITY_OF.values()) <= {"math", "code", "general", "knowledge"}
     for name in ("gsm8k", "minilab_math", "humaneval", "humaneval_plus", "mbpp", "mbpp_plus", "minilab_code",
                  "ifeval", "minilab_instruct", "nq_open", "minilab_knowledge", "mt_bench"):
-        module, _, cls = TASKS[name].partition(":")
+        module, _, cls = TASKS[name][0].partition(":")
         assert module.startswith("mixtune.evaluate.") and cls
+        assert getattr(task_class(name), "ability", TASKS[name][1]) == TASKS[name][1]  # the class agrees
 
 
 def test_unknown_task_lists_valid_names():

@@ -8,11 +8,11 @@ import types
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 
 from mixtune.cli import main
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA_DIR / "gsm8k" / "test.jsonl").is_file(), reason="shared/data not present")
+DATA_DIR = SHARED_DATA
 
 
 def write_lines(path: Path, lines: list[str]) -> Path:
@@ -64,7 +64,7 @@ def test_several_samples_per_task(tmp_path, capsys):
 @pytest.mark.parametrize(
     "bad_line, message",
     [
-        ("{not json", "bad JSON"),
+        ("{not json", "invalid JSON"),
         ('{"task_id": "gsm8k/test/1"}', "missing 'completion'"),
         ('{"completion": "#### 3"}', "missing 'task_id'"),
         ('{"task_id": "gsm8k/test/99999", "completion": "#### 3"}', "unknown task_id"),

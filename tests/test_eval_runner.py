@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import SHARED_DATA, needs_data
 from judge_server import JudgeServer
 from test_generate import tiny_model, tiny_tokenizer
 
@@ -18,8 +19,7 @@ from mixtune.data.templates import render_prompt, stop_strings
 from mixtune.evaluate.generate import generate
 from mixtune.evaluate.runner import evaluate_model
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA_DIR / "mt_bench").is_dir(), reason="shared/data/mt_bench not present")
+DATA_DIR = SHARED_DATA
 QUESTIONS = [("alice has 3 apples and bob has 4. how many?", "3 + 4 = 7\n#### 7"),
              ("the cat has 2 mats and gets 5 more. how many?", "2 + 5 = 7\n#### 7"),
              ("bob has 12 pears and eats 2. how many?", "12 - 2 = 10\n#### 10"),

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 
 from mixtune.data.formats import FORMATS, DataError, detect_format, read_examples
 
-DATA = Path(os.environ.get("MIXTUNE_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"real data folder {DATA} not present")
+DATA = SHARED_DATA
 
 
 def write_jsonl(path: Path, lines: list[str]) -> Path:
@@ -39,7 +38,7 @@ def test_code_alpaca_real_file_has_two_empty_outputs():
     assert err.value.problems == [f"{path}:238: output: empty", f"{path}:1860: output: empty"]
     assert "numbers are 1-based items" in str(err.value)
     res = read_examples(path, source="code_alpaca", ability="code", skip_invalid=True)
-    assert len(res.examples) == 2015 and len(res.skipped) == 2 and res.position == "item"
+    assert len(res.examples) == 2015 and len(res.skipped) == 2 and res.position == "1-based items"
     ex = res.examples[0]
     assert ex["ability"] == "code" and ex["id"] == "code_alpaca/0"
     # instruction + blank line + input
@@ -159,4 +158,24 @@ def test_detection_and_unknown_format():
         detect_format({"foo": 1})
     with pytest.raises(ValueError, match="valid: \\['auto', 'alpaca'"):
         read_examples("x.jsonl", format="yaml")
-    assert sorted(FORMATS) == ["alpaca", "gsm8k", "humaneval", "messages", "sharegpt", "text"]
+    assert sorted(FORMATS) == ["alpaca", "gsm8k", "hh", "humaneval", "messages", "pairs", "ranked", "sharegpt",
+                               "text", "trl_conversational", "trl_standard"]
+
+
+def test_misspelled_fields_are_named_once_per_file(tmp_path):
+    path = tmp_path / "typos.jsonl"
+    rows = [{"instruction": f"say {i}", "inptu": "extra context", "output": str(i), "category": "x"} for i in range(3)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    result = read_examples(path, format="alpaca")
+    expected = (f"{path}: field 'inptu' in 3 record(s) looks like a misspelling of 'input', which the alpaca format "
+                "reads; it is ignored (rename it, or map it with `columns`)")
+    assert result.warnings == [expected]
+    assert [ex["messages"][0]["content"] for ex in result.examples] == ["say 0", "say 1", "say 2"]  # input ignored
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"instrcution": "say", "output": "x"}) + "\n")
+    with pytest.raises(DataError) as err:
+        read_examples(bad, format="alpaca")
+    assert err.value.problems == [f"{bad}:1: instruction: missing (the record has 'instrcution': a misspelling?)"]
+    clean = tmp_path / "clean.jsonl"
+    clean.write_text(json.dumps({"instruction": "a", "output": "b", "source": "web", "lang": "en"}) + "\n")
+    assert read_examples(clean).warnings == []  # other extra fields are not misspellings: no noise

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 
 from mixtune.evaluate.gsm8k import (
     GSM8K,
@@ -18,8 +18,7 @@ from mixtune.evaluate.gsm8k import (
     score_gsm8k,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA_DIR / "gsm8k" / "test.jsonl").is_file(), reason="shared/data not present")
+DATA_DIR = SHARED_DATA
 
 
 @needs_data

@@ -4,16 +4,15 @@ prompts, seeded language detection, and hand-computed summary numbers. Offline."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 
 from mixtune.evaluate.ifeval import INSTRUCTIONS, IFEval, MiniLabInstruct, check_instruction, get_checker
 from mixtune.evaluate.ifeval.text import count_sentences, count_words, detect_language, split_sentences, word_tokens
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA_DIR = SHARED_DATA
 IFEVAL_FILE = DATA_DIR / "ifeval" / "input_data.jsonl"
-needs_data = pytest.mark.skipif(not IFEVAL_FILE.is_file(), reason="shared IFEval data not present")
 
 FRENCH = "Bonjour, je m'appelle Marie et j'habite à Paris depuis dix ans avec ma famille."
 ENGLISH = "The quick brown fox jumps over the lazy dog while the farmer watches from the barn."

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 from judge_server import JudgeServer
 
 from mixtune.config import JudgeConfig
@@ -19,8 +20,7 @@ from mixtune.evaluate.judge import Judge, load_judge_prompts, parse_rating
 from mixtune.evaluate.mt_bench import MTBench
 from mixtune.evaluate.openai_client import ChatClient, ChatError
 
-DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA_DIR / "mt_bench").is_dir(), reason="shared/data/mt_bench not present")
+DATA_DIR = SHARED_DATA
 
 
 @pytest.mark.parametrize("text, rating", [

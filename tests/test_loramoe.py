@@ -13,11 +13,11 @@ from mixtune.model.loramoe import (
     LoRAMoELinear,
     apply_loramoe,
     load_loramoe,
-    loramoe_balance_loss,
     loramoe_batch,
     loramoe_layers,
     save_loramoe,
 )
+from mixtune.train.adapter_losses import loramoe_balance_loss
 
 torch.set_num_threads(1)
 CFG = AdapterConfig(type="loramoe", num_experts=4, r=2, alpha=8.0)

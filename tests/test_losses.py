@@ -16,9 +16,11 @@ from mixtune.train.losses import (
     linear_cross_entropy,
     masked_token_ce,
     masked_whiten,
+    per_sequence_logps,
     ppo_policy_loss,
     ppo_value_loss,
     reward_pairwise_loss,
+    soft_pairwise_loss,
     target_token_ce,
     token_weighted_mean,
 )
@@ -38,6 +40,27 @@ def test_masked_token_ce_shift_and_ignore():
     loss_sum, n = masked_token_ce(logits, labels)
     assert n.item() == 3
     assert loss_sum.item() == pytest.approx(math.log(32.0), abs=1e-6)
+
+
+def test_target_token_ce_equals_masked_token_ce_in_value_and_gradient():
+    # the SFT loss computes the output layer only at target positions; it must be the same loss as the full logits
+    torch.manual_seed(0)
+    hidden = torch.randn(2, 7, 16, requires_grad=True)  # (B, T, H)
+    weight = torch.randn(50, 16, requires_grad=True)  # (V, H)
+    bias = torch.randn(50, requires_grad=True)
+    labels = torch.randint(0, 50, (2, 7))
+    labels[0, :3] = -100  # a prompt
+    labels[1, 5:] = -100  # padding
+    labels[1, 2] = -100  # an example's first token in a packed row
+    full, n_full = masked_token_ce(torch.nn.functional.linear(hidden, weight, bias), labels)
+    grads_full = torch.autograd.grad(full, (hidden, weight, bias))
+    part, n_part = target_token_ce(hidden, labels, weight, bias)
+    grads_part = torch.autograd.grad(part, (hidden, weight, bias))
+    assert n_full.item() == n_part.item() == 7
+    assert part.item() == pytest.approx(full.item(), rel=1e-6)
+    for a, b in zip(grads_full, grads_part):
+        assert torch.allclose(a, b, atol=1e-6)
+    assert grads_part[0][0, 3:].abs().sum() > 0 and grads_part[0][0, :2].abs().sum() == 0  # no target: no gradient
 
 
 def ce_inputs(seed: int = 0, with_bias: bool = True):
@@ -178,6 +201,30 @@ def test_reward_pairwise_loss():
     assert out.item() == pytest.approx(0.3132617, abs=1e-6)
     out = reward_pairwise_loss(torch.tensor([2.0]), torch.tensor([1.0]), margin=1.0)
     assert out.item() == pytest.approx(math.log(2.0), abs=1e-6)
+
+
+def test_soft_pairwise_loss_hand_worked():
+    # r_a − r_b = ln 3: σ = 3/4, σ(−ln 3) = 1/4. p = 0.8: −[0.8 ln 0.75 + 0.2 ln 0.25] = 0.8·0.2876821 + 0.2·1.3862944
+    # = 0.2301457 + 0.2772589 = 0.5074046. p = 0.5 with r_a = r_b: −ln(1/2) = ln 2. p = 1 is the hard loss at
+    # r_w − r_l = 1 (0.3132617); p = 0 is it with the roles swapped: −log σ(−1) = log(1 + e) = 1.3132617.
+    r_a = torch.tensor([math.log(3.0), 0.0, 2.0, 2.0], requires_grad=True)
+    r_b = torch.tensor([0.0, 0.0, 1.0, 1.0])
+    out = soft_pairwise_loss(r_a, r_b, torch.tensor([0.8, 0.5, 1.0, 0.0]))
+    assert out.tolist() == pytest.approx([0.5074046, math.log(2.0), 0.3132617, 1.3132617], abs=1e-6)
+    # d/dr_a = σ(r_a − r_b) − p: 0.75 − 0.8 = −0.05, 0.5 − 0.5 = 0, σ(1) − 1 = −0.2689414, σ(1) = 0.7310586
+    out.sum().backward()
+    assert r_a.grad.tolist() == pytest.approx([-0.05, 0.0, -0.2689414, 0.7310586], abs=1e-6)
+
+
+def test_per_sequence_logps_hand_worked():
+    # three targets over two tokens: logits (0, 0) -> p = 1/2; (ln 3, 0) -> p(0) = 3/4; (0, ln 3) -> p(0) = 1/4.
+    logits = torch.tensor([[0.0, 0.0], [math.log(3.0), 0.0], [0.0, math.log(3.0)]])
+    targets = torch.tensor([1, 0, 0])
+    sequence = torch.tensor([0, 1, 0])  # targets 0 and 2 belong to sequence 0, target 1 to sequence 1
+    logps, counts = per_sequence_logps(logits, targets, sequence, n_sequences=3)
+    # sequence 0: log(1/2) + log(1/4) = log(1/8) = −2.0794415; sequence 1: log(3/4) = −0.2876821; sequence 2: none
+    assert logps.tolist() == pytest.approx([math.log(1 / 8), math.log(3 / 4), 0.0], abs=1e-6)
+    assert counts.tolist() == [2, 1, 0]
 
 
 def test_dpo_loss_forms():

@@ -8,7 +8,8 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from test_formats import DATA, needs_data
+from conftest import SHARED_DATA as DATA
+from conftest import needs_data
 from test_templates import build_tiny_tokenizer
 from transformers import LlamaConfig, LlamaForCausalLM
 

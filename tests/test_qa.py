@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from conftest import SHARED_DATA, needs_data
 
 from mixtune.evaluate.qa import (
     MiniLabKnowledge,
@@ -17,8 +17,7 @@ from mixtune.evaluate.qa import (
     score_qa,
 )
 
-DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
-needs_data = pytest.mark.skipif(not (DATA_DIR / "nq_open").is_dir(), reason="shared/data not present")
+DATA_DIR = SHARED_DATA
 
 
 def test_normaliser():
@@ -102,3 +101,22 @@ def test_minilab_facts_completes_biography_sentences_without_chat(tmp_path):
     scored = task.score_all(examples, [" Houston", " Brown University"])
     assert [s["passed"] for s in scored] == [True, False]
     assert task.summarize(scored)["exact_match"] == 0.5
+
+
+def test_minilab_facts_reads_only_held_out_people_and_limit_is_a_seeded_subset(tmp_path):
+    import json
+
+    from mixtune.evaluate.base import select_examples
+    from mixtune.evaluate.qa import MiniLabFacts
+
+    people = [{"index": i, "name": f"P{i}", "birth_city": f"C{i}", "university": f"U{i}",
+               "split": "train" if i % 2 else "held_out"} for i in range(40)]
+    (tmp_path / "world.json").write_text(json.dumps({"people": people}))
+    task = MiniLabFacts(world_dir=str(tmp_path))
+    ids = [e["task_id"] for e in task.examples()]
+    assert len(ids) == 40 and all(int(t.split("/")[1]) % 2 == 0 for t in ids)  # no trained person's facts
+    picked = [e["task_id"] for e in select_examples(task, 10)]
+    assert len(picked) == 10 and picked != ids[:10]  # not the first N (those are the first 5 people only)
+    assert len({t.split("/")[1] for t in picked}) > 5
+    again = [e["task_id"] for e in select_examples(MiniLabFacts(world_dir=str(tmp_path)), 10)]
+    assert picked == again  # the same items for the base and for every run

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from mixtune.cli import main as mixtune_main
-from mixtune.study.db import ResultsDB
+from mixtune.results import ResultsDB
 from mixtune.study.html import render_page
 from mixtune.study.plots import make_plots
 from mixtune.study.tables import (
@@ -197,7 +197,7 @@ def _assert_png(path, min_size=(400, 200)) -> None:
 def test_plots_are_valid_pngs(study, tmp_path):
     _, rows = study
     paths = make_plots(rows, tmp_path / "report")
-    assert [p.name for p in paths] == ["scaling.png", "stages.png"]
+    assert [p.name for p in paths] == ["headline.png", "scaling.png", "stages.png"]
     for p in paths:
         _assert_png(p)
 
@@ -205,7 +205,7 @@ def test_plots_are_valid_pngs(study, tmp_path):
 def test_no_scaling_plot_with_a_single_fraction(study, tmp_path):
     _, rows = study
     strategy_rows = [r for r in rows if r["setup"] == "strategy"]
-    assert [p.name for p in make_plots(strategy_rows, tmp_path / "r")] == ["stages.png"]
+    assert [p.name for p in make_plots(strategy_rows, tmp_path / "r")] == ["headline.png", "stages.png"]
 
 
 def test_html_page_is_self_contained(study, tmp_path):
@@ -213,10 +213,10 @@ def test_html_page_is_self_contained(study, tmp_path):
     images = make_plots(rows, tmp_path / "report")
     meta = {"protocol": "matched_steps", "seeds": [0, 1, 2], "runs": [f"r{i}" for i in range(50)], "failed": ["r7"]}
     page = render_page("synth", [strategy_table(rows)], images, meta)
-    assert "data-fraction protocol: matched steps" in page
+    assert "training protocol: matched steps" in page
     assert "<dd>0, 1, 2</dd>" in page and "r49" not in page  # short lists shown, the list of every run is not
     assert "failed runs (not in the tables): r7" in page
-    assert page.count("<img ") == 2 and page.count("src='data:image/png;base64,") == 2
+    assert page.count("<img ") == 3 and page.count("src='data:image/png;base64,") == 3
     assert "<script" not in page
     # nothing fetched from elsewhere: every src/href is a data URI
     assert all(u.startswith("data:") for u in re.findall(r"(?:src|href)='([^']*)'", page))
@@ -230,7 +230,7 @@ def test_report_cli_writes_report_and_prints_table(study, capsys):
     html_path = study_dir / "report" / "index.html"
     assert f"report: {html_path}" in out
     page = html_path.read_text()
-    assert "synth" in page and "data-fraction protocol: fixed epochs" in page and "0.700 ± 0.141 (n=2)" in page
+    assert "synth" in page and "training protocol: fixed epochs" in page and "0.700 ± 0.141 (n=2)" in page
     assert "| multi_task |" in (study_dir / "report" / "tables.md").read_text()
 
 

@@ -24,8 +24,10 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageStat
 
-from mixtune.study.db import ResultsDB
-from mixtune.study.report_cli import write_report
+from mixtune.results import ResultsDB
+from mixtune.study.report_cli import read_study, write_report
+
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` skips them; CI runs everything
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -183,11 +185,17 @@ def browser(chromium_path, tmp_path):
 
 
 def make_study(study_dir: Path) -> None:
-    """What the study grid writes: single-source runs ("math only", setup "single", one stage) and two mixed
-    strategies (setup "mixed", two stages), at two fractions, two seeds, four abilities."""
+    """What the study grid writes: the base (scored once), single-source runs ("math only", setup "single", one
+    stage) and two mixed strategies (setup "mixed", two stages), at two fractions, two seeds, four abilities; each
+    stage with its steps and tokens and a metrics.jsonl of its training loss."""
     benches = {"math": ("minilab_math", "strict"), "code": ("minilab_code", "pass@1"),
                "general": ("minilab_instruct", "prompt_level_strict"), "knowledge": ("minilab_knowledge", "exact_match")}
     with ResultsDB(study_dir / "results.sqlite") as db:
+        db.upsert_run("base", study="browser", strategy="base", setup="base", status="finished")
+        db.add_stage("base", 0, "base", n_examples=0, n_tokens=0, steps=0)
+        for ability, (bench, metric) in benches.items():
+            db.add_scores("base", "base", bench, ability, {metric: {"knowledge": 0.7, "general": 0.13}.get(ability,
+                                                                                                          0.02)})
         for fraction in (1.0, 0.25):
             for seed in (0, 1):
                 runs = [(f"{a} only", "single", ["sft"], {a: 1.0}) for a in ("math", "code")]
@@ -198,7 +206,9 @@ def make_study(study_dir: Path) -> None:
                     db.upsert_run(run_id, study="browser", strategy=strategy, fraction=fraction, seed=seed,
                                   setup=setup, status="finished")
                     for i, stage in enumerate(stages):
-                        db.add_stage(run_id, i, stage)
+                        steps = int(200 * fraction)
+                        db.add_stage(run_id, i, stage, n_examples=4 * steps, n_tokens=900 * steps, steps=steps)
+                        write_loss(study_dir / run_id / "stages" / f"{i}-{stage}", steps, 2.0 - 0.5 * i + 0.1 * seed)
                         last = i == len(stages) - 1
                         for ability, (bench, metric) in benches.items():
                             value = fraction * (0.6 + 0.05 * seed) * (kept.get(ability, 0.1) if last else 1.0)
@@ -207,6 +217,13 @@ def make_study(study_dir: Path) -> None:
                             db.add_scores(run_id, stage, bench, ability, {metric: value, "n": 100, "rule": "x"})
     (study_dir / "study.json").write_text(json.dumps({"study": "browser-study", "protocol": "fixed_epochs",
                                                       "seeds": [0, 1], "fractions": [1.0, 0.25]}))
+
+
+def write_loss(folder: Path, steps: int, start: float) -> None:
+    folder.mkdir(parents=True)
+    rows = [{"step": k, "loss": start * (0.4 + 0.6 * 0.98 ** k)} for k in range(10, steps + 1, 10)]
+    (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (folder / "stage.json").write_text(json.dumps({"steps": steps}))
 
 
 def test_detector_catches_console_errors(browser, tmp_path):
@@ -224,14 +241,14 @@ def test_report_page_loads_cleanly_and_shows_tables_and_plots(browser, tmp_path)
     study_dir = tmp_path / "study"
     study_dir.mkdir()
     make_study(study_dir)
-    with ResultsDB(study_dir / "results.sqlite") as db:
-        rows = db.rows()
-    page, _ = write_report(study_dir, rows, json.loads((study_dir / "study.json").read_text()))
+    meta = json.loads((study_dir / "study.json").read_text())
+    rows, runs, unscored = read_study(study_dir / "results.sqlite", meta)
+    page, _ = write_report(study_dir, rows, meta, runs=runs, unscored=unscored)
     browser.load(page.as_uri())
     assert browser.console_errors() == []
     assert browser.evaluate("document.title") == "mixtune report: browser-study"
     assert browser.evaluate("document.querySelectorAll('table').length") == 3
-    assert browser.evaluate("document.querySelector('.protocol').textContent") == "data-fraction protocol: fixed epochs"
+    assert browser.evaluate("document.querySelector('.protocol').textContent") == "training protocol: fixed epochs"
     # fraction table: per fraction, single-source runs then each mixed strategy; single math and code cells come
     # from the "math only" / "code only" runs, and there is no general-only run
     fraction_rows = browser.evaluate("Array.from(document.querySelectorAll('table')[1].tBodies[0].rows)"
@@ -240,7 +257,15 @@ def test_report_page_loads_cleanly_and_shows_tables_and_plots(browser, tmp_path)
                                               for src in ("single", "mixed: sequential", "mixed: dmt")]
     assert fraction_rows[0][2:] == ["0.625 ± 0.035 (n=2)", "0.625 ± 0.035 (n=2)", "–", "–"]
     images = browser.evaluate("Array.from(document.images).map(i => [i.complete, i.naturalWidth, i.height])")
-    assert len(images) == 2 and all(ok and w > 300 and h > 100 for ok, w, h in images), images
+    assert len(images) == 4 and all(ok and w > 300 and h > 100 for ok, w, h in images), images
+    alts = browser.evaluate("Array.from(document.images).map(i => i.alt)")
+    assert alts == ["headline plot", "scaling plot", "stages plot", "loss plot"]
+    stage_rows = browser.evaluate("Array.from(document.querySelectorAll('table')[2].tBodies[0].rows)"
+                                  ".map(r => Array.from(r.cells).map(c => c.textContent))")
+    assert stage_rows[0][:3] == ["sequential", "1", "0: base"] and stage_rows[0][3] == "0.020 (n=1)"
+    strategy_rows = browser.evaluate("Array.from(document.querySelectorAll('table')[0].tBodies[0].rows)"
+                                     ".map(r => Array.from(r.cells).map(c => c.textContent))")
+    assert strategy_rows[0][0] == "base" and strategy_rows[1][-2:] == ["200", "180.0k"]  # steps, tokens
 
     shot = browser.screenshot(tmp_path / "report.png")
     if os.environ.get("MIXTUNE_SCREENSHOT_DIR"):  # keep a copy to look at

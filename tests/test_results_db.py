@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from mixtune.study.db import END_OF_STAGE, ResultsDB
+from mixtune.results import END_OF_STAGE, ResultsDB
 
 
 def test_round_trip_joins_runs_and_stages(tmp_path):
@@ -99,9 +99,22 @@ def test_metrics_are_appended_in_order(tmp_path):
         assert len(db.metrics("r1")) == 3
 
 
+
+def test_stage_metrics_recorded_again_replace_their_rows(tmp_path):
+    """A resumed or retried run records its finished stages again: their metrics must not double."""
+    with ResultsDB(tmp_path / "r.sqlite") as db:
+        db.add_metric("r1", "dpo", 3, "loss", 0.9)  # a training curve point: untouched
+        db.set_metrics("r1", "dpo", 4, {"reward_accuracy": 0.5, "margin": 1.0})
+        db.set_metrics("r1", "dpo", 4, {"reward_accuracy": 0.75})  # the retry
+        db.set_metrics("r2", "dpo", 4, {"reward_accuracy": 0.25})  # another run
+        rows = sorted((m["run_id"], m["step"], m["name"], m["value"]) for m in db.metrics("r1"))
+        assert rows == [("r1", 3, "loss", 0.9), ("r1", 4, "margin", 1.0), ("r1", 4, "reward_accuracy", 0.75)]
+        assert [m["value"] for m in db.metrics("r2")] == [0.25]
+
+
 WRITER = """
 import sys
-from mixtune.study.db import ResultsDB
+from mixtune.results import ResultsDB
 path, name = sys.argv[1], sys.argv[2]
 db = ResultsDB(path)
 db.upsert_run(name, study="s", status="running")

@@ -1,7 +1,11 @@
 """The sandbox contains what a model-generated program may do (docs/sandbox.md)."""
 
+import glob
 import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -120,23 +124,27 @@ def test_memory_bomb_is_contained():
 
 
 def test_infinite_loop_times_out_and_leaves_nothing():
-    program = "import os\nif os.fork() == 0:\n    os.setsid()\n    while True:\n        pass\nwhile True:\n    pass\n"
+    # the escaping child names itself (prctl PR_SET_NAME) so that other users' sandboxes on a shared machine
+    # cannot be mistaken for it
+    mark = f"mt{os.getpid() % 10**6}esc"
+    program = ("import ctypes, os\nif os.fork() == 0:\n    os.setsid()\n"
+               f"    ctypes.CDLL(None).prctl(15, ctypes.c_char_p(b'{mark}'), 0, 0, 0)\n"
+               "    while True:\n        pass\nwhile True:\n    pass\n")
     start = time.monotonic()
     result = run_program(program, Limits(wall_s=1.0, cpu_s=10.0))
     assert result.status == "timed out" and time.monotonic() - start < 5
     assert _group_members(result.pgid) == []
     if "namespace-pid" in AVAILABLE:  # the setsid child escaped the group but died with the pid namespace
         time.sleep(0.2)
-        assert not any(_is_busy_sandbox_proc(int(p)) for p in os.listdir("/proc") if p.isdigit())
+        assert not any(_named(int(p), mark) for p in os.listdir("/proc") if p.isdigit())
 
 
-def _is_busy_sandbox_proc(pid: int) -> bool:
+def _named(pid: int, name: str) -> bool:
     try:
-        with open(f"/proc/{pid}/status") as f:
-            uid = next(int(line.split()[1]) for line in f if line.startswith("Uid:"))
-    except (OSError, StopIteration):
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip() == name
+    except OSError:
         return False
-    return 61000 <= uid < 62024
 
 
 def test_cpu_limit():
@@ -183,3 +191,64 @@ def test_run_many_keeps_order():
     results = run_many([f"print({i})\n" for i in range(12)] + ["assert False\n"], FAST, workers=2)
     assert [r.stdout_tail for r in results[:12]] == [f"{i}\n" for i in range(12)]
     assert results[-1].status == "failed"
+
+
+def test_minimal_root_hides_the_host_tree():
+    if "namespace-mount" not in AVAILABLE:
+        pytest.skip("no mount namespace here: docs/sandbox.md says the host tree is then visible")
+    here = os.path.abspath(__file__)
+    program = (f"import os\nassert not os.path.exists({here!r})\nassert not os.path.exists('/work')\n"
+               "import ssl, sqlite3, decimal, ctypes, lzma, bz2, zlib, hashlib, json, unicodedata, datetime\n"
+               "assert sorted(os.listdir('/tmp')) == ['work'] and os.getcwd() == '/tmp/work'\n"
+               "open('/dev/null', 'w').write('x')\nassert len(os.urandom(4)) == 4\n")
+    result = run_program(program, FAST)
+    assert result.status == "passed", result
+    shown = run_program(f"assert open({here!r}).read(1) == '\"'\n", Limits(wall_s=5.0, minimal_root=False))
+    assert shown.status == "passed" and "minimal-root" not in shown.isolation  # the documented fallback
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line mentions `text` (a runner's cfg names its program's folder)."""
+    found = []
+    for name in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{name}/cmdline") as cmd, open(f"/proc/{name}/stat") as stat:
+                alive = stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+                if alive and text in cmd.read():
+                    found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def _scorer(tmp_path, code: str) -> subprocess.Popen:
+    src = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "src"))
+    return subprocess.Popen([sys.executable, "-c", code], env={**os.environ, "TMPDIR": str(tmp_path),
+                                                                "PYTHONPATH": src})
+
+
+@pytest.mark.parametrize("fork_server", [True, False])
+def test_killed_scorer_leaves_no_temp_folder(tmp_path, fork_server):
+    os.chmod(tmp_path, 0o711)
+    code = ("from mixtune.evaluate.sandbox import Limits, run_program\n"
+            f"run_program('import time\\ntime.sleep(60)\\n', Limits(wall_s=120, cpu_s=120, fork_server={fork_server}))\n")
+    proc = _scorer(tmp_path, code)
+    deadline = time.monotonic() + 30
+    started = str(tmp_path / "mixtune-sandbox-*" / "**" / "program.py")
+    while not glob.glob(started, recursive=True) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert glob.glob(started, recursive=True), "the scorer never started"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 10  # the runner dies with its parent (the fork server or the scorer's thread)
+    while _processes_mentioning(str(tmp_path)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _processes_mentioning(str(tmp_path)) == []
+    if fork_server:  # the fork server sees its evaluator die and removes the folder at once
+        deadline = time.monotonic() + 10
+        while os.listdir(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert os.listdir(tmp_path) == []
+    nxt = _scorer(tmp_path, "from mixtune.evaluate.sandbox import run_program\nassert run_program('pass').passed\n")
+    assert nxt.wait(timeout=60) == 0
+    assert os.listdir(tmp_path) == []  # the dead scorer's folder was swept, the live one removed its own

@@ -14,7 +14,7 @@ from mixtune.config import Recipe
 from mixtune.data.packing import block_causal_mask, collate_packed
 from mixtune.data.sft_dataset import build_sft_rows
 from mixtune.model.load import load_model_and_tokenizer
-from mixtune.train import engine
+from mixtune.train import levers
 from mixtune.train.sft import _forward_loss, _micro_batches, sft_stage
 
 
@@ -48,9 +48,9 @@ def assert_close(got, want, atol, rtol):
 def test_packed_segments_hand_worked():
     # Row 0 holds examples of 3 and 2 tokens and 1 pad; row 1 one of 4 and a 2-token pad run (restarting at 0).
     position_ids = torch.tensor([[0, 1, 2, 0, 1, 0], [0, 1, 2, 3, 0, 1]])
-    assert engine.packed_segments(position_ids) == [3, 2, 1, 4, 2]
+    assert levers.packed_segments(position_ids) == [3, 2, 1, 4, 2]
     # A row that ends inside an increasing run still ends a segment (no example spans two rows).
-    assert engine.packed_segments(torch.tensor([[0, 1], [2, 3]])) == [2, 2]
+    assert levers.packed_segments(torch.tensor([[0, 1], [2, 3]])) == [2, 2]
 
 
 def test_packed_sdpa_equals_block_mask_attention():
@@ -60,7 +60,7 @@ def test_packed_sdpa_equals_block_mask_attention():
             [{"input_ids": [1] * 5, "labels": [1] * 5}]]
     batch = collate_packed(rows, pad_id=0)  # (2, 7): row 1 ends in 2 pads
     q, k, v = (torch.randn(2, 2, 7, 4, generator=gen, requires_grad=True) for _ in range(3))
-    got, _ = engine.packed_sdpa(None, q, k, v, None, scaling=0.5, position_ids=batch["position_ids"])  # (B, T, H, D)
+    got, _ = levers.packed_sdpa(None, q, k, v, None, scaling=0.5, position_ids=batch["position_ids"])  # (B, T, H, D)
     mask = block_causal_mask(batch["example_index"])  # (B, 1, T, T)
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.5).transpose(1, 2)
     real = (batch["example_index"] >= 0)[:, :, None, None]  # padding attends differently (to itself only)
@@ -70,7 +70,7 @@ def test_packed_sdpa_equals_block_mask_attention():
     for g, w in zip(grads, want_grads, strict=True):
         assert torch.allclose(g, w, atol=1e-6)
     with pytest.raises(ValueError, match="packed position_ids"):
-        engine.packed_sdpa(None, q, k, v, mask, position_ids=batch["position_ids"])
+        levers.packed_sdpa(None, q, k, v, mask, position_ids=batch["position_ids"])
 
 
 def test_packed_attention_packs_each_micro_batch_into_one_unpadded_row(tmp_path, tiny_tokenizer_dir):
@@ -93,7 +93,7 @@ def test_lever_gives_the_plain_step_up_to_rounding(tmp_path, tiny_tokenizer_dir,
     want = loss_and_grads(plain, model, tok)
     got = loss_and_grads(make_recipe(tmp_path, tiny_tokenizer_dir, **{lever: True}), model, tok)
     assert_close(got, want, atol=1e-6, rtol=1e-5)
-    assert model.config._attn_implementation != engine.PACKED_ATTENTION  # restored after the forward
+    assert model.config._attn_implementation != levers.PACKED_ATTENTION  # restored after the forward
 
 
 @pytest.mark.slow
@@ -101,16 +101,16 @@ def test_compiled_layers_give_the_eager_loss_within_bf16_rounding(tmp_path, tiny
     eager = make_recipe(tmp_path, tiny_tokenizer_dir, bf16=True)
     model, tok = load_model_and_tokenizer(eager.model, seed=0)
     want = loss_and_grads(eager, model, tok)
-    engine.compile_layers(model)
+    levers.compile_layers(model)
     try:
         fast = make_recipe(tmp_path, tiny_tokenizer_dir, bf16=True, compile=True, fused_ce=True,
                            packed_attention=True)
         got = loss_and_grads(fast, model, tok)
         again = loss_and_grads(fast, model, tok, n_examples=6)  # a new packed shape: recompiled once, still right
-        engine.uncompile_layers(model)
+        levers.uncompile_layers(model)
         assert_close(again, loss_and_grads(eager, model, tok, n_examples=6), atol=2e-2, rtol=2e-2)
     finally:
-        engine.uncompile_layers(model)
+        levers.uncompile_layers(model)
     assert_close(got, want, atol=2e-2, rtol=2e-2)  # bf16 autocast: ~3 significant digits
     assert all(layer._compiled_call_impl is None for layer in model.model.layers)
 
@@ -132,10 +132,10 @@ def test_levers_off_is_the_plain_path_bit_for_bit(tmp_path, tiny_tokenizer_dir, 
         raise AssertionError("a speed lever ran with its switch off")
 
     monkeypatch.setattr(sft, "chunked_target_token_ce", must_not_run)
-    monkeypatch.setitem(AttentionInterface._global_mapping, engine.PACKED_ATTENTION, must_not_run)
-    monkeypatch.setattr(engine, "compile_layers", must_not_run)
-    engine.keep_freed_memory()
+    monkeypatch.setitem(AttentionInterface._global_mapping, levers.PACKED_ATTENTION, must_not_run)
+    monkeypatch.setattr(levers, "compile_layers", must_not_run)
+    levers.keep_freed_memory()
     kept = stage_losses(tmp_path, tiny_tokenizer_dir, "kept")
-    engine.default_malloc()
+    levers.default_malloc()
     plain = stage_losses(tmp_path, tiny_tokenizer_dir, "plain")
     assert len(plain) == 3 and kept == plain

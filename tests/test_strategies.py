@@ -81,7 +81,7 @@ def test_explicit_stages_and_their_unknown_sources():
     assert plan(name="stages", stages=stages) == [("warm", ("math",), ()),
                                                   ("rest", ("code", "general"), (("math", 0.5),))]
     bad = [{"name": "s1", "sources": ["math", "poetry"], "replay": {"chess": 0.1}}]
-    with pytest.raises(StrategyError, match=r"stage s1 names unknown sources \['poetry', 'chess'\]"):
+    with pytest.raises(StrategyError, match=r"stage s1: names unknown sources \['poetry', 'chess'\]"):
         plan(name="stages", stages=bad)
     with pytest.raises(StrategyError, match="empty"):
         plan(name="stages", stages=[])

@@ -18,13 +18,15 @@ import yaml
 
 from mixtune.config import load_recipe
 
+pytestmark = pytest.mark.slow  # end-to-end runs: `pytest -m "not slow"` skips them; CI runs everything
+
 REQUIRED_KEYS = {"strategy", "fraction", "seed", "stage", "ability", "benchmark", "metric", "value"}
 
 
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> dict:
     """A tiny world (40 examples per ability), a tokenizer trained on it and a base pre-trained for 3 steps."""
-    from mixtune.demo import prepare_base
+    from mixtune.study.base import prepare_base
 
     root = tmp_path_factory.mktemp("study-base")
     tree = {
@@ -94,7 +96,7 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
     proc = subprocess.Popen(study_cmd(recipe, "--no-report"), env=child_env(), start_new_session=True,
                             stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
-    while not (done_before := finished(db_path)) and proc.poll() is None and time.monotonic() < deadline:
+    while not (done_before := finished(db_path) - {"base"}) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     mtimes = {p: p.stat().st_mtime_ns for run in done_before for p in (study_dir / run).glob("stages/*/stage.json")}
     os.killpg(proc.pid, signal.SIGKILL)
@@ -108,10 +110,11 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
     # 2. restart: the finished runs are not retrained, the others finish
     out = subprocess.run(study_cmd(recipe), env=child_env(), capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
-    assert f"({len(done_before)} already finished)" in out.stdout
+    assert f"({len(done_before) + 1} already finished)" in out.stdout  # and the base's scores
     assert {p: p.stat().st_mtime_ns for p in mtimes} == mtimes
-    ids = ["mixed-sequential-f1-s0", "dmt-k-1-4-f1-s0", "mixed-sequential-f0.5-s0", "dmt-k-1-4-f0.5-s0"]
-    assert finished(db_path) == set(ids)
+    ids = ["mixed-sequential-f1-s0-matched", "dmt-k-1-4-f1-s0-matched", "mixed-sequential-f0.5-s0-matched",
+           "dmt-k-1-4-f0.5-s0-matched"]
+    assert finished(db_path) == {"base", *ids}
     assert json.loads((study_dir / "study.json").read_text())["failed"] == []
 
     # 3. the specialised stage is shared by mixed sequential and DMT: trained once per fraction, then reused
@@ -119,30 +122,41 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
         return json.loads(next((study_dir / run / "stages").glob(f"*-{name}/stage.json")).read_text())
 
     for f in ("1", "0.5"):
-        ms, dmt = f"mixed-sequential-f{f}-s0", f"dmt-k-1-4-f{f}-s0"
+        ms, dmt = f"mixed-sequential-f{f}-s0-matched", f"dmt-k-1-4-f{f}-s0-matched"
         assert "reused_from" not in stage(ms, "specialized")  # workers 1: mixed sequential runs first
         assert stage(dmt, "specialized")["reused_from"].startswith(str(study_dir / "stage-cache"))
         assert "reused_from" not in stage(dmt, "general")
         weights = [(study_dir / r / "stages" / "0-specialized" / "stage_weights.safetensors").read_bytes()
                    for r in (ms, dmt)]
         assert weights[0] == weights[1]
+        for r in (ms, dmt):  # the audit trail: every stage the run used has its manifest, cached or not
+            for folder in (study_dir / r / "stages").iterdir():
+                stage_manifest = json.loads((folder / "manifest.json").read_text())
+                assert stage_manifest["n_drawn"] == stage_manifest["n_trained"] + sum(
+                    len(ids) for ids in stage_manifest["dropped"].values())
+            for m in json.loads((study_dir / r / "manifest.json").read_text())["sources"].values():
+                assert m["drawn"] == m["trained"] + sum(len(ids) for ids in m["dropped"].values())
 
     # 4. one score row per (run, stage, benchmark, metric), for every run and stage
     counts = query(db_path, "SELECT run_id, stage, benchmark, metric, COUNT(*) FROM scores GROUP BY 1, 2, 3, 4")
     assert {c[-1] for c in counts} == {1}
     assert {(c[0], c[1], c[2]) for c in counts} == {(r, s, "minilab_math") for r in ids
-                                                     for s in ("specialized", "general")}
+                                                     for s in ("specialized", "general")} | {
+        ("base", "base", "minilab_math")}  # the base, scored once
     assert {c[3] for c in counts} >= {"strict", "flexible", "n"}
 
-    # 5. matched steps: every fraction trains each stage for as many optimizer steps as the full data
-    rows = query(db_path, "SELECT run_id, stage_name, n_examples, steps FROM stages")
-    steps = {(r, s): (n, k) for r, s, n, k in rows}
+    # 5. matched steps: every run trains the budget (ceil(1 epoch × 48 examples / batch 4) = 12 steps), split by
+    #    each stage's distinct examples (32 : 16), whatever its fraction or replay
+    rows = query(db_path, "SELECT run_id, stage_name, n_examples, steps FROM stages WHERE run_id != 'base'")
+    steps = {(r.removesuffix("-s0-matched"), s): (n, k) for r, s, n, k in rows}
     assert steps == {
-        ("mixed-sequential-f1-s0", "specialized"): (32, 8), ("mixed-sequential-f0.5-s0", "specialized"): (16, 8),
-        ("dmt-k-1-4-f1-s0", "specialized"): (32, 8), ("dmt-k-1-4-f0.5-s0", "specialized"): (16, 8),
-        ("mixed-sequential-f1-s0", "general"): (16, 4), ("mixed-sequential-f0.5-s0", "general"): (8, 4),
-        ("dmt-k-1-4-f1-s0", "general"): (24, 6), ("dmt-k-1-4-f0.5-s0", "general"): (12, 6),  # 16|8 + 2 × 4|2
+        ("mixed-sequential-f1", "specialized"): (32, 8), ("mixed-sequential-f0.5", "specialized"): (16, 8),
+        ("dmt-k-1-4-f1", "specialized"): (32, 8), ("dmt-k-1-4-f0.5", "specialized"): (16, 8),
+        ("mixed-sequential-f1", "general"): (16, 4), ("mixed-sequential-f0.5", "general"): (8, 4),
+        ("dmt-k-1-4-f1", "general"): (24, 4), ("dmt-k-1-4-f0.5", "general"): (12, 4),  # 16|8 + 2 × 4|2 replayed
     }
+    per_run = query(db_path, "SELECT run_id, SUM(steps) FROM stages WHERE run_id != 'base' GROUP BY run_id")
+    assert {n for _, n in per_run} == {12} and json.loads((study_dir / "study.json").read_text())["step_budget"] == 12
 
     # 6. the report: JSON rows with the required keys; the page names the protocol
     report = subprocess.run([sys.executable, "-m", "mixtune.cli", "report", str(study_dir), "--json"],
@@ -152,9 +166,9 @@ def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric
     assert all(REQUIRED_KEYS <= set(row) for row in rows)
     assert {(r["strategy"], r["fraction"], r["seed"], r["stage"]) for r in rows} == {
         (label, f, 0, s) for label in ("mixed sequential", "DMT k=1/4") for f in (1.0, 0.5)
-        for s in ("specialized", "general")}
+        for s in ("specialized", "general")} | {("base", None, 0, "base")}
     assert {(r["ability"], r["benchmark"]) for r in rows} == {("math", "minilab_math")}
-    assert "data-fraction protocol: matched steps" in (study_dir / "report" / "index.html").read_text()
+    assert "training protocol: matched steps" in (study_dir / "report" / "index.html").read_text()
 
 
 def test_fixed_epochs_halves_the_steps_and_workers_are_spawned_processes(tmp_path, base, monkeypatch):
@@ -175,8 +189,8 @@ def test_fixed_epochs_halves_the_steps_and_workers_are_spawned_processes(tmp_pat
     assert pools == [(2, "spawn")]
     assert "2 runs (0 already finished), 2 workers x" in "\n".join(lines)
     steps = dict(query(study_dir / "results.sqlite", "SELECT run_id, steps FROM stages"))
-    assert steps == {"multi-task-f1-s0": 12, "multi-task-f0.5-s0": 6}  # 48 / 4 and 24 / 4 examples per step
-    assert json.loads((study_dir / "study.json").read_text())["protocol"] == "fixed_epochs"
+    assert steps == {"multi-task-f1-s0-epochs": 12, "multi-task-f0.5-s0-epochs": 6}  # 48 / 4 and 24 / 4 per step
+    assert json.loads((study_dir / "study.json").read_text())["protocols"] == ["fixed_epochs"]
     # started again: nothing to do, nothing retrained
     lines.clear()
     cli.run_study(load_recipe(recipe), log=lines.append)
@@ -194,16 +208,18 @@ def test_grid_expands_runs_fractions_seeds_and_ratio_setups(tmp_path):
                              {"name": "general", "minilab": "general", "count": 1280}]},
         "study": {"runs": [{"label": "math only", "sources": ["math"]},
                            {"label": "DMT k=1/64", "strategy": {"name": "dmt", "k": 1 / 64}}],
-                  "fractions": [1.0, 0.25], "seeds": [0, 1], "protocol": "matched_steps",
+                  "fractions": [1.0, 0.25], "seeds": [0, 1], "protocol": "matched_steps", "step_budget": 500,
                   "ratio_setups": [{"label": "full general", "vary": "specialized"},
                                    {"label": "1/64 general", "vary": "specialized", "fixed_fraction": 1 / 64}]}})
-    runs = {r.run_id: r for r in expand_grid(study, tmp_path, tmp_path / "base")}
+    runs = {r.run_id.removesuffix("-matched"): r for r in expand_grid(study, tmp_path, {"b": tmp_path / "base"})}
     assert len(runs) == 2 * 2 * (2 + 2)  # seeds × fractions × (runs + ratio set-ups)
     quarter = runs["dmt-k-1-64-f0.25-s1"].recipe
     assert [(s.name, s.count, s.fraction) for s in quarter.data.sources] == [
         ("code", 160, None), ("math", None, 0.125), ("general", 320, None)]
-    assert quarter.train.epochs == 12 and quarter.train.seed == quarter.data.shuffle_seed == 1  # matched steps
-    assert quarter.model.path == str(tmp_path / "base") and quarter.run_dir == tmp_path / "dmt-k-1-64-f0.25-s1"
+    assert all(r.recipe.train.step_budget == 500 and r.protocol == "matched_steps" for r in runs.values())
+    assert quarter.train.epochs == 3 and quarter.train.seed == quarter.data.shuffle_seed == 1
+    assert quarter.model.path == str(tmp_path / "base")
+    assert quarter.run_dir == tmp_path / "dmt-k-1-64-f0.25-s1-matched"
     assert [s.name for s in runs["math-only-f1-s0"].recipe.data.sources] == ["math"]
     assert runs["math-only-f1-s0"].setup == "single" and runs["dmt-k-1-64-f1-s0"].setup == "mixed"
     ratio = runs["ratio-1-64-general-f0.25-s0"]
@@ -214,34 +230,101 @@ def test_grid_expands_runs_fractions_seeds_and_ratio_setups(tmp_path):
 
 def test_a_changed_recipe_does_not_reuse_the_old_runs(tmp_path):
     from mixtune.config import Recipe
+    from mixtune.results import ResultsDB
     from mixtune.study.cli import StudyConfigError, register_runs
-    from mixtune.study.db import ResultsDB
     from mixtune.study.grid import expand_grid
 
     tree = {"name": "s", "out_dir": str(tmp_path / "s"), "data": {"sources": [{"name": "m", "minilab": "math"}]},
-            "study": {"runs": [{"label": "math only"}]}}
+            "study": {"runs": [{"label": "math only"}], "protocol": "fixed_epochs"}}
     first = Recipe.model_validate(tree)
     with ResultsDB(tmp_path / "db.sqlite") as db:
-        register_runs(db, first, expand_grid(first, tmp_path / "s", tmp_path / "base"))
-        register_runs(db, first, expand_grid(first, tmp_path / "s", tmp_path / "base"))  # same recipe: fine
+        register_runs(db, first, expand_grid(first, tmp_path / "s", {"b": tmp_path / "base"}))
+        register_runs(db, first, expand_grid(first, tmp_path / "s", {"b": tmp_path / "base"}))  # same recipe: fine
         changed = Recipe.model_validate({**tree, "train": {"lr": 5e-4}})
-        with pytest.raises(StudyConfigError, match="math-only-f1-s0 .* different recipe"):
-            register_runs(db, changed, expand_grid(changed, tmp_path / "s", tmp_path / "base"))
+        with pytest.raises(StudyConfigError, match="math-only-f1-s0-epochs .* different recipe"):
+            register_runs(db, changed, expand_grid(changed, tmp_path / "s", {"b": tmp_path / "base"}))
 
 
 def test_adding_seeds_keeps_the_finished_runs(tmp_path):
     from mixtune.config import Recipe
+    from mixtune.results import ResultsDB
     from mixtune.study.cli import register_runs
-    from mixtune.study.db import ResultsDB
     from mixtune.study.grid import expand_grid
 
     tree = {"name": "s", "out_dir": str(tmp_path / "s"), "data": {"sources": [{"name": "m", "minilab": "math"}]},
-            "study": {"runs": [{"label": "math only"}], "seeds": [0]}}
+            "study": {"runs": [{"label": "math only"}], "seeds": [0], "protocol": "fixed_epochs"}}
     first = Recipe.model_validate(tree)
     with ResultsDB(tmp_path / "db.sqlite") as db:
-        register_runs(db, first, expand_grid(first, tmp_path / "s", tmp_path / "base"))
-        db.set_status("math-only-f1-s0", "finished")
+        register_runs(db, first, expand_grid(first, tmp_path / "s", {"b": tmp_path / "base"}))
+        db.set_status("math-only-f1-s0-epochs", "finished")
         more = Recipe.model_validate({**tree, "study": {**tree["study"], "seeds": [0, 1]}})
-        register_runs(db, more, expand_grid(more, tmp_path / "s", tmp_path / "base"))
-        assert db.finished_runs("s") == {"math-only-f1-s0"}
-        assert {r["run_id"] for r in db.runs("s")} == {"math-only-f1-s0", "math-only-f1-s1"}
+        register_runs(db, more, expand_grid(more, tmp_path / "s", {"b": tmp_path / "base"}))
+        assert db.finished_runs("s") == {"math-only-f1-s0-epochs"}
+        assert {r["run_id"] for r in db.runs("s")} == {"math-only-f1-s0-epochs", "math-only-f1-s1-epochs"}
+
+
+def test_both_protocols_share_one_study_folder_and_base_seeds_multiply_the_grid(tmp_path):
+    from mixtune.config import Recipe
+    from mixtune.study.grid import expand_grid
+
+    study = Recipe.model_validate({
+        "name": "p", "train": {"epochs": 2, "batch_size": 10},
+        "data": {"sources": [{"name": "m", "minilab": "math", "count": 100}]},
+        "study": {"runs": [{"label": "math only"}], "protocol": ["matched_steps", "fixed_epochs"],
+                  "step_budget": 7, "base_seeds": [0, 1], "fractions": [1.0, 0.5]}})
+    runs = expand_grid(study, tmp_path, {"base-b0": tmp_path / "b0", "base-b1": tmp_path / "b1"})
+    assert len(runs) == 2 * 2 * 2  # bases × protocols × fractions
+    by_id = {r.run_id: r for r in runs}
+    assert by_id["math-only-f0.5-s0-b1-matched"].recipe.train.step_budget == 7
+    assert by_id["math-only-f0.5-s0-b1-epochs"].recipe.train.step_budget is None
+    assert by_id["math-only-f1-s0-b0-epochs"].recipe.model.path == str(tmp_path / "b0")
+    assert {r.base for r in runs} == {"base-b0", "base-b1"} and {r.protocol for r in runs} == {
+        "matched_steps", "fixed_epochs"}
+
+
+def test_a_second_study_on_the_same_folder_is_refused(tmp_path, base):
+    from mixtune.runs import RunLock, RunLockedError
+    from mixtune.study import cli
+
+    runs = [{"label": "multi-task", "strategy": {"name": "multi_task"}}]
+    recipe, study_dir = study_recipe(tmp_path / "lock.yaml", base, runs, "fixed_epochs", 1, [])
+    code = (f"from mixtune.runs import RunLock\nimport time\n"
+            f"with RunLock({str(study_dir)!r}, what='study'):\n    print('held', flush=True)\n    time.sleep(60)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=child_env())
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with pytest.raises(RunLockedError, match=rf"pid {holder.pid}\) is writing this study folder"):
+            cli.run_study(load_recipe(recipe), log=lambda _: None)
+        assert not (study_dir / "results.sqlite").exists()
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    with RunLock(study_dir, what="study"):
+        pass
+
+
+def test_a_test_item_in_training_data_stops_the_study_before_training(tmp_path, base):
+    from mixtune.study import cli
+    from mixtune.study.contamination import ContaminationError
+
+    item = json.loads((Path(base["world"]) / "bench" / "math_test.jsonl").read_text().splitlines()[3])
+    leaky = tmp_path / "leaky.jsonl"
+    leaky.write_text("".join(json.dumps({"question": q, "answer": "so #### 1"}) + "\n"
+                             for q in ("What is two plus two?", "  " + item["question"].upper() + " ")))
+    runs = [{"label": "multi-task", "strategy": {"name": "multi_task"}}]
+    recipe, study_dir = study_recipe(tmp_path / "leak.yaml", base, runs, "fixed_epochs", 1, ["minilab_math"])
+    tree = yaml.safe_load(recipe.read_text())
+    tree["data"]["sources"].append({"name": "leaky", "path": str(leaky), "format": "gsm8k"})
+    recipe.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ContaminationError, match=rf"source leaky: record leaky/1 is test item {item['task_id']} "
+                                                 r"of benchmark minilab_math"):
+        cli.run_study(load_recipe(recipe), log=lambda _: None)
+    assert not list(study_dir.glob("*-s0-epochs"))  # nothing trained
+    tree["data"]["sources"].pop()  # clean sources: counted and recorded, the study runs
+    recipe.write_text(yaml.safe_dump(tree))
+    lines = []
+    cli.run_study(load_recipe(recipe), log=lines.append)
+    meta = json.loads((study_dir / "study.json").read_text())
+    assert set(meta["contamination"]) == {"code", "math", "general"}
+    assert all(c["records"] == 40 for c in meta["contamination"].values())  # each source checked in full
+    assert sum("held-out check" in line and "0 test items" in line for line in lines) == 3

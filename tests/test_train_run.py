@@ -69,26 +69,44 @@ def test_dmt_runs_two_stages_with_replay(tmp_path, base_dir, data_files):
     recipe = recipe_for(tmp_path, base_dir, data_files, strategy={"name": "dmt", "k": 0.25})
     summary = train(recipe)
     assert [s["name"] for s in summary["stages"]] == ["specialized", "general"]
-    stage2 = json.loads((recipe.run_dir / "stages" / "1-general" / "manifest.json").read_text())
+    stage2 = json.loads((recipe.run_dir / "stages" / "1-general" / "manifest.json").read_text())["drawn"]
     assert stage2["general"]["drawn"] == 24
     assert stage2["code (replay)"]["drawn"] == 6 and stage2["math (replay)"]["drawn"] == 6
     assert summary["stages"][0]["n_examples"] == 48 and summary["stages"][1]["n_examples"] == 36
 
 
-def test_resume_skips_finished_stages(tmp_path, base_dir, data_files):
+def test_resume_loads_finished_stages_and_never_retrains_them(tmp_path, base_dir, data_files, monkeypatch):
+    from safetensors.torch import load_file
+
+    from mixtune.train import run as run_module
+
     recipe = recipe_for(tmp_path, base_dir, data_files, strategy={"name": "sequential"})
     first = train(recipe, stop_at_step=2)  # stage 1 (code, 3 steps) is interrupted
     assert first.get("stopped")
     done = train(recipe, resume=True)
     assert [s["name"] for s in done["stages"]] == ["code", "math", "general"]
-    again = train(recipe, resume=True)  # everything finished: nothing retrained, same final weights
+    weights = {p.parent.name: p.read_bytes() for p in (recipe.run_dir / "stages").glob("*/stage_weights.safetensors")}
+    final = load_file(recipe.run_dir / "final" / "model.safetensors")
+
+    def no_training(kind):
+        raise AssertionError(f"a finished stage was retrained ({kind})")
+
+    monkeypatch.setattr(run_module, "stage_runner", no_training)  # any stage trained now fails the test
+    lines = []
+    again = train(recipe, resume=True, log=lines.append)
     assert [s["steps"] for s in again["stages"]] == [s["steps"] for s in done["stages"]]
+    assert sum("already finished, weights loaded" in line for line in lines) == 3
+    assert weights == {p.parent.name: p.read_bytes()
+                       for p in (recipe.run_dir / "stages").glob("*/stage_weights.safetensors")}
+    again_final = load_file(recipe.run_dir / "final" / "model.safetensors")
+    assert all(torch.equal(final[k], again_final[k]) for k in final)  # the loaded stages give the same model
 
 
 def test_every_shipped_recipe_loads():
     from pathlib import Path
 
-    recipes = sorted(Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml"))
+    recipes = sorted(p for p in Path(__file__).resolve().parents[1].glob("recipes/**/*.yaml")
+                     if p.parent.name != "accelerate")  # accelerate launcher configs: tests/test_distributed.py
     assert recipes, "no recipes shipped"
     for path in recipes:
         load_recipe(path)
@@ -121,7 +139,7 @@ def test_fresh_optimizer_false_carries_adam_moments_across_stages(tmp_path, base
 
 
 def test_benchmarks_run_after_every_stage_and_every_n_steps(tmp_path, base_dir, data_files):
-    from mixtune.study.db import ResultsDB
+    from mixtune.results import ResultsDB
 
     bench = tmp_path / "world" / "bench"
     bench.mkdir(parents=True)
@@ -138,3 +156,15 @@ def test_benchmarks_run_after_every_stage_and_every_n_steps(tmp_path, base_dir, 
         rows = [r for r in db.rows() if r["run_id"] == recipe.run_dir.name and r["metric"] == "strict"]
     steps = sorted({(r["stage"], r["step"]) for r in rows})
     assert steps == [("code", -1), ("code", 2), ("math", -1), ("math", 2)]  # 3 steps per stage, eval at step 2
+
+
+@pytest.mark.parametrize("strategy,expected", [
+    ({"name": "multi_task"}, [10]),
+    ({"name": "sequential"}, [4, 3, 3]),  # 24 : 24 : 24 examples, largest remainder to the first
+    ({"name": "dmt", "k": 0.5}, [7, 3]),  # 48 : 24 distinct examples (the replayed 2 × 12 add no steps)
+])
+def test_a_step_budget_gives_every_strategy_the_same_total_steps(tmp_path, base_dir, data_files, strategy, expected):
+    recipe = recipe_for(tmp_path, base_dir, data_files, strategy=strategy)
+    recipe = recipe.model_copy(update={"train": recipe.train.model_copy(update={"step_budget": 10})})
+    summary = train(recipe)
+    assert [s["steps"] for s in summary["stages"]] == expected and sum(expected) == 10

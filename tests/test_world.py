@@ -17,7 +17,9 @@ from mixtune.world.cli import main as world_main
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "world-mini.yaml"
 SMALL = {"n_people": 40, "bio_exposures": 3, "math_train": 400, "math_test": 80, "code_train": 300, "code_test": 60,
          "instruct_train": 400, "instruct_test": 100, "knowledge_test": 50, "pretrain_math": 300,
-         "pretrain_code": 150, "pretrain_text": 150}
+         "pretrain_code": 150, "pretrain_text": 150, "preference_math": 80, "preference_code": 60,
+         "preference_instruct": 80}
+PREFERENCE = ("preference_math", "preference_code", "preference_instruct")
 # IFEval kwargs names per instruction id (google-research instruction_following_eval/instructions.py).
 IFEVAL_KWARGS = {
     "change_case:english_lowercase": set(), "change_case:english_capital": set(), "punctuation:no_comma": set(),
@@ -46,7 +48,7 @@ def test_same_seed_gives_byte_identical_files(world, tmp_path):
     assert [str(f) for f in files] == sorted(
         ["world.json", "corpus/pretrain.jsonl", "sft/math.jsonl", "sft/code.jsonl", "sft/general.jsonl",
          "sft/knowledge.jsonl", "bench/math_test.jsonl", "bench/code_test.jsonl", "bench/instruct_test.jsonl",
-         "bench/knowledge_test.jsonl"])
+         "bench/knowledge_test.jsonl", *(f"sft/{name}.jsonl" for name in PREFERENCE)])
     for f in files:
         assert (world / f).read_bytes() == (tmp_path / f).read_bytes(), f
     other = tmp_path / "other"
@@ -246,3 +248,77 @@ def test_cli_writes_the_world_and_prints_a_summary(tmp_path, capsys):
 def test_recipe_loads():
     recipe = load_recipe(RECIPE)
     assert recipe.name == "world-mini" and recipe.world.n_people == 400
+
+
+# ------------------------------------------------------------------------------------------------ preference pairs
+def test_preference_files_leave_the_rest_of_the_world_byte_identical(world, tmp_path):
+    generate_world(WorldConfig(seed=7, **{**SMALL, **{name: 0 for name in PREFERENCE}}), tmp_path, progress=False)
+    for f in sorted(p.relative_to(world) for p in world.rglob("*") if p.is_file()):
+        if f.name != "world.json" and f.stem not in PREFERENCE:
+            assert (world / f).read_bytes() == (tmp_path / f).read_bytes(), f
+    assert all((tmp_path / "sft" / f"{name}.jsonl").read_text() == "" for name in PREFERENCE)
+    info = json.loads((world / "world.json").read_text())
+    assert {name: info["counts"][f"sft/{name}"] for name in PREFERENCE} == {name: SMALL[name] for name in PREFERENCE}
+
+
+def test_preference_pairs_follow_the_pair_contract_and_load_as_minilab_sources(world):
+    from mixtune.config import SourceConfig
+    from mixtune.data.mixture import load_source
+
+    for name, domain in zip(PREFERENCE, ("math", "code", "general")):
+        rows = read_jsonl(world / "sft" / f"{name}.jsonl")
+        assert [r["id"] for r in rows] == [f"minilab/{name}/train/{i}" for i in range(len(rows))]
+        for r in rows:
+            assert r["ability"] == "preference" and r["domain"] == domain and r["weight"] == 1.0
+            assert [m["role"] for m in r["messages"]] == ["user"] and r["chosen"] != r["rejected"] and r["flaw"]
+        examples = load_source(SourceConfig(name=name, minilab=name), world)
+        assert len(examples) == len(rows) and {ex["ability"] for ex in examples} == {"preference"}
+
+
+def test_math_pairs_chosen_passes_gsm8k_rejected_fails_and_problems_are_held_out(world):
+    from mixtune.evaluate.gsm8k import score_gsm8k
+
+    rows = read_jsonl(world / "sft/preference_math.jsonl")
+    for r in rows:
+        gold = f"#### {r['answer']}"
+        assert score_gsm8k(r["chosen"], gold)["strict"] and not score_gsm8k(r["rejected"], gold)["strict"]
+        if r["flaw"] == "wrong step":  # one wrong result, carried through: every later step is computed from it
+            eqs = _equations(r["rejected"])
+            wrong = [i for i, (a, op, b, res) in enumerate(eqs) if {"+": a + b, "-": a - b, "*": a * b,
+                                                                     "/": a // b}[op] != res]
+            assert len(wrong) == 1 and all(eqs[i][0] == eqs[i - 1][3] for i in range(1, len(eqs)))
+    assert {r["flaw"] for r in rows} == {"wrong step", "wrong final answer"}
+    bench = {tuple((a, op, b) for a, op, b, _ in _equations(r["answer"]))
+             for r in read_jsonl(world / "bench/math_test.jsonl")}
+    assert not bench & {tuple((a, op, b) for a, op, b, _ in _equations(r["chosen"])) for r in rows}
+
+
+def test_code_pairs_pass_and_fail_in_the_sandbox_and_tasks_are_held_out(world):
+    from mixtune.evaluate.code import MiniLabCode
+
+    rows = read_jsonl(world / "sft/preference_code.jsonl")
+    task = MiniLabCode(world_dir=str(world))
+    picked = rows[:24]
+    examples = [{"task_id": r["id"], "format": "humaneval", "prompt": r["messages"][0]["content"], "test": r["tests"],
+                 "entry_point": r["entry_point"]} for r in picked]
+    scored = task.score_all(examples + examples, [r["chosen"] for r in picked] + [r["rejected"] for r in picked])
+    assert [s["passed"] for s in scored] == [True] * len(picked) + [False] * len(picked)
+    assert all(s["result"] != "timeout" for s in scored)
+    bench_prompts = {r["prompt"] for r in read_jsonl(world / "bench/code_test.jsonl")}
+    assert not bench_prompts & {r["messages"][0]["content"] for r in rows}
+
+
+def test_instruction_pairs_follow_and_break_the_ifeval_checkers_and_prompts_are_held_out(world):
+    from mixtune.evaluate.ifeval.registry import follow_strict
+
+    rows = read_jsonl(world / "sft/preference_instruct.jsonl")
+    for r in rows:
+        assert all(follow_strict(r["chosen"], r["instruction_ids"], r["kwargs"]))
+        assert not all(follow_strict(r["rejected"], r["instruction_ids"], r["kwargs"])), r["flaw"]
+    bench = read_jsonl(world / "bench/instruct_test.jsonl")
+
+    def key(prompt: str, ids: list[str]) -> tuple:
+        return prompt.split(". ")[0] + ".", tuple(sorted(ids))
+
+    assert not {key(r["prompt"], r["instruction_id_list"]) for r in bench} & {
+        key(r["messages"][0]["content"], r["instruction_ids"]) for r in rows}

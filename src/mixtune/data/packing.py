@@ -13,6 +13,13 @@ IGNORE_INDEX; it is then never a target predicted from the previous example's la
 exactly the token-weighted mean of the per-example losses (an unpacked example never predicts its token 0 either).
 Padding sits at the end of a row with its own restarting positions and label IGNORE_INDEX.
 
+Flash-attention-2 (`model.attn_implementation: flash_attention_2`) never gets a mask: transformers runs its varlen
+kernel (no attention across examples) only for a batch of ONE row whose position ids restart, or when the varlen
+kwargs `cu_seq_lens_q/k`, `max_length_q/k` are passed (`modeling_flash_attention_utils._flash_attention_forward`,
+5.23); a multi-row packed batch would otherwise run as plain causal rows and attend across examples. So on that path
+`flatten_packed` lays the micro-batch out as one row of its examples end to end (padding dropped) and
+`varlen_kwargs` gives the cumulative example lengths, passed to the model with the position ids.
+
 Our own code: TRL's BFD packer works on `datasets` columns and flattens to one row; we need per-step packing into
 several rows plus the per-example bookkeeping (example_index, task_type) LoRAMoE needs.
 """
@@ -124,6 +131,31 @@ def block_causal_mask(example_index: torch.Tensor, dtype: torch.dtype = torch.fl
     mask = torch.zeros(allowed.shape, dtype=dtype, device=seg.device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
     return mask[:, None]
+
+
+VARLEN_ATTENTION = {"flash_attention_2", "flash_attention_3", "flash_attention_4"}
+"""Attention implementations that take packed rows as one flattened row plus varlen kwargs (no mask)."""
+
+FLATTENED_KEYS = ("input_ids", "labels", "position_ids", "example_index")
+
+
+def flatten_packed(batch: dict) -> dict:
+    """A packed micro-batch (no attention_mask) as one row (1, N) of its N real tokens, examples end to end in
+    row-major order (padding dropped); bookkeeping keys are kept. Every example still starts at position 0 with
+    label IGNORE_INDEX, so no target is predicted across an example boundary."""
+    real = batch["example_index"] >= 0  # (B, T)
+    return {**batch, **{k: batch[k][real].unsqueeze(0) for k in FLATTENED_KEYS}}
+
+
+def varlen_kwargs(position_ids: torch.Tensor) -> dict:
+    """transformers' FlashAttentionKwargs for one flattened row: `cu_seq_lens_q/k` (int32, (n_examples + 1,)), the
+    offsets where each example starts (its position id is 0) plus the total length, and `max_length_q/k` (int), the
+    longest example. position_ids (1, N)."""
+    pos = position_ids.reshape(-1)
+    starts = (pos == 0).nonzero().view(-1)
+    cu = torch.cat([starts, torch.tensor([pos.numel()], device=pos.device)]).to(torch.int32)
+    longest = int(cu.diff().max())
+    return {"cu_seq_lens_q": cu, "cu_seq_lens_k": cu, "max_length_q": longest, "max_length_k": longest}
 
 
 MODEL_KEYS = ("input_ids", "labels", "position_ids", "attention_mask")

@@ -30,9 +30,18 @@ class TokenizedSet:
     rows: list[dict]
     truncated: list[str] = field(default_factory=list)
     no_target: list[str] = field(default_factory=list)
+    no_target_sources: list[str] = field(default_factory=list)
+    """The source of each `no_target` id (ids are unique within a source, not across sources)."""
 
     def __len__(self) -> int:
         return len(self.rows)
+
+    def no_target_by_source(self) -> dict[str, list[str]]:
+        """source -> ids of its drawn examples dropped for having no target token."""
+        out: dict[str, list[str]] = {}
+        for source, ex_id in zip(self.no_target_sources, self.no_target):
+            out.setdefault(source, []).append(ex_id)
+        return out
 
     def summary(self) -> dict[str, Any]:
         """Counts for logs and the run manifest: examples, tokens and target tokens per source and per ability."""
@@ -54,7 +63,7 @@ def build_sft_rows(examples: list[dict], tokenizer: Any, data_cfg: DataConfig,
 
     `cache`, shared by the stages of one run (same tokenizer and data config), maps (source, id) to the tokenised
     example, so an example drawn once is tokenised once however many stages train or replay it."""
-    rows, truncated, no_target = [], [], []
+    rows, truncated, no_target, no_target_sources = [], [], [], []
     for ex in examples:
         key = (ex.get("source", ""), ex["id"])
         tok = cache.get(key) if cache is not None else None
@@ -66,10 +75,11 @@ def build_sft_rows(examples: list[dict], tokenizer: Any, data_cfg: DataConfig,
             truncated.append(ex["id"])
         if tok["n_target_tokens"] == 0:
             no_target.append(ex["id"])
+            no_target_sources.append(ex.get("source", ""))
             continue
         rows.append({"id": ex["id"], "source": ex.get("source", ""), "ability": ex.get("ability", ""),
                      "task_type": int(ex.get("task_type", 0)), **tok})
-    return TokenizedSet(rows=rows, truncated=truncated, no_target=no_target)
+    return TokenizedSet(rows=rows, truncated=truncated, no_target=no_target, no_target_sources=no_target_sources)
 
 
 def split_micro_batches(indices: list[int], grad_accum: int) -> list[list[int]]:

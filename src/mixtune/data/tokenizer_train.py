@@ -9,18 +9,20 @@ result is a transformers `PreTrainedTokenizerFast` (saved with save_pretrained, 
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import PreTrainedTokenizerFast
+from typing import TYPE_CHECKING
 
 from mixtune.cliutil import parse_recipe, recipe_parser
+from mixtune.jsonl import iter_jsonl
 
 EOS, PAD, IM_START, IM_END = "<|endoftext|>", "<|pad|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [EOS, PAD, IM_START, IM_END]
+
+if TYPE_CHECKING:  # imported when a tokenizer is trained, so `mixtune tokenizer --help` stays instant
+    from tokenizers import Tokenizer, trainers
+    from transformers import PreTrainedTokenizerFast
 
 # ChatML. The assistant content and its <|im_end|> are the generation (trained, masked in); the newline after
 # <|im_end|> is not, since generation stops at <|im_end|>.
@@ -41,26 +43,25 @@ CHAT_TEMPLATE = (
 def iter_texts(path: Path) -> Iterator[str]:
     """Training texts of one file: JSONL rows give `text` and every message `content` (and `prompt`/`question`
     fields of benchmark-like rows); any other file is read line by line as plain text."""
-    with path.open(encoding="utf-8") as f:
-        if path.suffix != ".jsonl":
+    if path.suffix != ".jsonl":
+        with path.open(encoding="utf-8") as f:
             yield from f
-            return
-        for line in f:
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            if isinstance(row.get("text"), str):
-                yield row["text"]
-            for message in row.get("messages") or []:
-                yield message["role"]  # role names appear in every rendered turn; let them become single tokens
-                yield message["content"]
-            for key in ("prompt", "question"):
-                if isinstance(row.get(key), str):
-                    yield row[key]
+        return
+    for _, row in iter_jsonl(path, what="tokenizer training file"):
+        if isinstance(row.get("text"), str):
+            yield row["text"]
+        for message in row.get("messages") or []:
+            yield message["role"]  # role names appear in every rendered turn; let them become single tokens
+            yield message["content"]
+        for key in ("prompt", "question"):
+            if isinstance(row.get(key), str):
+                yield row[key]
 
 
 def build_backend(vocab_size: int, min_frequency: int) -> tuple[Tokenizer, trainers.BpeTrainer]:
     """An untrained byte-level BPE with single-digit pre-tokenization, and its trainer."""
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
     tokenizer = Tokenizer(models.BPE())
     # Newlines are isolated so no token spans the template's "\n" after "<|im_start|>assistant" and the indent of a
     # code body: the assistant turn then tokenizes the same inside a conversation, alone, and at generation time.
@@ -88,6 +89,8 @@ def train_tokenizer(files: list[Path], vocab_size: int, min_frequency: int, out_
     for path in files:
         if not Path(path).is_file():
             raise FileNotFoundError(f"tokenizer training file not found: {path}")
+    from transformers import PreTrainedTokenizerFast
+
     backend, trainer = build_backend(vocab_size, min_frequency)
     backend.train_from_iterator((t for p in files for t in iter_texts(Path(p))), trainer=trainer)
     tokenizer = PreTrainedTokenizerFast(

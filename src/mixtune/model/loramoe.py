@@ -9,11 +9,12 @@ with E experts (A_i: r×in Kaiming-uniform, B_i: out×r zeros) and a router W_r:
 The backbone is frozen; only routers and experts train and are saved. Because g depends on x, the experts cannot be
 merged into W0 (unlike LoRA): inference keeps the router, and needs no task type.
 
-Training with the localized balancing constraint (LoRAMoE §3.2, `mixtune.train.losses.lbc_loss`):
+Training with the localized balancing constraint (LoRAMoE §3.2): the model only records its gates inside
+`loramoe_batch`; training sums the pure `mixtune.train.losses.lbc_loss` over them:
 
     with loramoe_batch(model, task_type, sample_index=..., token_mask=...):
         out = model(input_ids, ...)
-        loss = ce + cfg.lbc_weight * loramoe_balance_loss(model)
+        loss = ce + cfg.lbc_weight * mixtune.train.adapter_losses.loramoe_balance_loss(model)
     loss.backward()
 
 Outside `loramoe_batch` no gates are kept (no memory cost at inference).
@@ -155,35 +156,16 @@ def loramoe_batch(
         del model._loramoe_batch
 
 
-def loramoe_balance_loss(
-    model: nn.Module, delta: float | None = None, form: str | None = None, mask_padding: bool | None = None
-) -> Tensor:
-    """Σ over all LoRAMoE linears of L_lbc for the batch of the enclosing `loramoe_batch` (not yet times β).
-
-    delta, form and mask_padding default to the AdapterConfig given to `apply_loramoe`. With mask_padding False the
-    token mask is ignored (the official code sums over padding too); negative sample indices are always dropped.
-    """
-    # The loss itself is a pure function in train.losses (STYLE: losses in one module); imported here, late, so that
-    # the model package does not depend on train at import time.
-    from mixtune.train.losses import lbc_loss
-
+def recorded_gates(model: nn.Module) -> tuple[list[Tensor], tuple[Tensor, Tensor | None, Tensor | None]]:
+    """The gates (N, E) every LoRAMoE linear recorded in the enclosing `loramoe_batch`, in module order, and that
+    batch's (task_type, sample_index, token_mask). The balancing loss over them is summed in training
+    (`mixtune.train.adapter_losses.loramoe_balance_loss`): the model only records."""
     if not hasattr(model, "_loramoe_batch"):
-        raise RuntimeError("loramoe_balance_loss needs the forward pass to run inside `with loramoe_batch(...)`")
-    cfg = model.loramoe_config
-    delta = cfg["lbc_delta"] if delta is None else delta
-    form = cfg["lbc_form"] if form is None else form
-    mask_padding = cfg["lbc_mask_padding"] if mask_padding is None else mask_padding
-    task_type, sample_index, token_mask = model._loramoe_batch
+        raise RuntimeError("the LoRAMoE balancing loss needs the forward pass to run inside `with loramoe_batch(...)`")
     layers = loramoe_layers(model)
     if any(layer.gates is None for layer in layers):
         raise RuntimeError("no gates recorded: run the forward pass inside `with loramoe_batch(...)`")
-    n_tokens = layers[0].gates.size(0)
-    if sample_index is None:  # one sample per row: token j of the flattened (M, T) batch belongs to row j // T
-        sample_index = torch.arange(n_tokens, device=task_type.device) // (n_tokens // task_type.numel())
-    sample_index = sample_index.reshape(-1)  # (N,)
-    mask = token_mask.reshape(-1) if (mask_padding and token_mask is not None) else None  # (N,)
-    total = sum(lbc_loss(layer.gates, sample_index, task_type, delta, form, mask) for layer in layers)
-    return total
+    return [layer.gates for layer in layers], model._loramoe_batch
 
 
 # ------------------------------------------------------------------------------------------------ save / load

@@ -16,7 +16,7 @@ from mixtune.runs import atomic_write_text
 from mixtune.study.tables import Table
 
 # Keys of the study's meta (study.json) that name how data fractions were trained.
-PROTOCOL_KEYS = ("protocol", "fraction_protocol", "data_fraction_protocol")
+PROTOCOL_KEYS = ("protocols", "protocol", "fraction_protocol", "data_fraction_protocol")
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; margin: 2em auto; max-width: 1400px;
@@ -39,18 +39,33 @@ dt { font-weight: bold; }
 
 MAX_LIST = 20  # longer lists in the meta (e.g. every run id) are not shown
 
+INTERVAL = "dots = each seed, marker or bar = the mean, error bar = its 95% t-interval (clipped to [0, 1] for rates)"
 CAPTIONS = {
-    "scaling": "Scaling: each ability against the data fraction (log scale); error bars = std over seeds.",
-    "stages": "Each ability after each stage of each strategy: a drop is forgetting.",
+    "headline": f"The strategy × ability table as bars (the base model lighter, first); {INTERVAL}.",
+    "scaling": f"Scaling: each ability against the data fraction (log scale), the base dashed; {INTERVAL}.",
+    "stages": f"Each ability (a row, one y-axis) after each stage of each strategy (a column), from the base model "
+              f"at stage 0: a drop is forgetting; {INTERVAL}.",
+    "loss": "Training loss of every run, its stages end to end (dotted lines: stage starts), one line per seed.",
 }
 
 
-def protocol_line(meta: dict[str, Any] | None) -> str | None:
-    """'data-fraction protocol: fixed epochs' when the meta names one ('fixed_epochs' reads with a space)."""
-    for key in PROTOCOL_KEYS:
-        if meta and meta.get(key):
-            return f"data-fraction protocol: {str(meta[key]).replace('_', ' ')}"
-    return None
+def protocol_line(meta: dict[str, Any] | None, protocols: list[str] | None = None) -> str | None:
+    """'training protocol: matched steps (1,625 optimizer steps per run)' from the rows' protocols, else the meta's;
+    several protocols are named together: the tables and plots then show them side by side."""
+    found = list(protocols or [])
+    if not found and meta:
+        for key in PROTOCOL_KEYS:
+            if meta.get(key):
+                value = meta[key]
+                found = [str(v) for v in (value if isinstance(value, list) else [value])]
+                break
+    if not found:
+        return None
+    names = ", ".join(p.replace("_", " ") for p in found)
+    budget = (f" ({meta['step_budget']:,} optimizer steps per matched-steps run)"
+              if meta and meta.get("step_budget") and "matched_steps" in found else "")
+    return f"training protocol{'s' if len(found) > 1 else ''}: {names}{budget}" + (
+        " (side by side in every table and plot)" if len(found) > 1 else "")
 
 
 def png_data_uri(path: str | Path) -> str:
@@ -71,17 +86,21 @@ def _meta_list(meta: dict[str, Any]) -> str:
     return f"<details><summary>study settings</summary><dl>{body}</dl></details>"
 
 
-def render_page(study: str, tables: list[Table], images: list[Path], meta: dict[str, Any] | None = None) -> str:
-    """The whole page as a string: header, the tables (skipping empty ones), then the plots."""
+def render_page(study: str, tables: list[Table], images: list[Path], meta: dict[str, Any] | None = None,
+                protocols: list[str] | None = None, unscored: list[str] | None = None) -> str:
+    """The whole page as a string: header, the tables (skipping empty ones), then the plots. `unscored` lists the
+    benchmarks that have no score (failed: no valid sample; skipped: unreachable judge)."""
     esc = html.escape
     parts = [f"<h1>mixtune study report: {esc(study)}</h1>"]
-    protocol = protocol_line(meta)
+    protocol = protocol_line(meta, protocols)
     if protocol:
         parts.append(f"<p class='meta protocol'>{esc(protocol)}</p>")
     parts.append(f"<p class='meta'>generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>")
     if meta and meta.get("failed"):  # the study runner lists runs that raised: their rows are missing
         failed = ", ".join(map(str, meta["failed"]))
         parts.append(f"<p class='meta failed'>failed runs (not in the tables): {esc(failed)}</p>")
+    if unscored:
+        parts.append(f"<p class='meta failed'>benchmarks without a score: {esc('; '.join(unscored))}</p>")
     if meta:
         parts.append(_meta_list(meta))
     parts.append("<h2>Tables</h2>")
@@ -101,8 +120,9 @@ def render_page(study: str, tables: list[Table], images: list[Path], meta: dict[
 
 
 def write_page(out_path: str | Path, study: str, tables: list[Table], images: list[Path],
-               meta: dict[str, Any] | None = None) -> Path:
+               meta: dict[str, Any] | None = None, protocols: list[str] | None = None,
+               unscored: list[str] | None = None) -> Path:
     """Render and write the page atomically (a reader never sees half a report); return its path."""
     out_path = Path(out_path)
-    atomic_write_text(out_path, render_page(study, tables, images, meta))
+    atomic_write_text(out_path, render_page(study, tables, images, meta, protocols, unscored))
     return out_path

@@ -1,9 +1,12 @@
 """`mixtune report STUDY_DIR`: tables, plots and one HTML page from a study's results database.
 
-Reads `STUDY_DIR/results.sqlite` (and `STUDY_DIR/study.json`, the study's meta, when present); writes
-`STUDY_DIR/report/{index.html, tables.md, scaling.png, stages.png}`; prints the strategy × ability table (and the
-fraction × ability table when the study has one) and the path of the HTML page.
-With `--json` it writes nothing and prints only the score rows as one JSON list on one line.
+Reads `STUDY_DIR/results.sqlite` (and `STUDY_DIR/study.json`, the study's meta, when present) and the runs' stage
+folders (loss curves); writes `STUDY_DIR/report/{index.html, tables.md, headline.png, scaling.png, stages.png,
+loss.png}` (the plots that have data; the tables include what preference stages report besides ability scores,
+`study/stage_metrics.py`); prints the strategy × ability table (and the fraction × ability table when
+the study has one) and the path of the HTML page.
+With `--json` it writes nothing and prints only the score rows as one JSON list on one line; each row carries its
+run's `protocol`, `steps` (optimizer steps) and `tokens` (training tokens), summed over the run's stages.
 """
 
 from __future__ import annotations
@@ -14,13 +17,19 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from mixtune.results import DB_NAME, ResultsDB
 from mixtune.runs import atomic_write_text
-from mixtune.study.db import ResultsDB
-from mixtune.study.html import write_page
-from mixtune.study.plots import make_plots
-from mixtune.study.tables import fraction_table, json_rows, stage_table, strategy_table
+from mixtune.study.stage_metrics import stage_metrics_table
+from mixtune.study.tables import (
+    BASE_RUN,
+    annotate_rows,
+    fraction_table,
+    json_rows,
+    protocols_of,
+    stage_table,
+    strategy_table,
+)
 
-DB_NAME = "results.sqlite"
 META_NAME = "study.json"
 
 
@@ -40,17 +49,41 @@ def load_meta(study_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def read_study(db_path: Path, meta: dict[str, Any]) -> tuple[list[dict], list[dict], list[str]]:
+    """(score rows annotated with protocol / steps / tokens, run rows with their protocol, one line per benchmark
+    left without a score: `run/stage/benchmark: failed|skipped`)."""
+    with ResultsDB(db_path) as db:
+        rows, runs, totals = db.rows(), db.runs(), db.run_totals()
+        unscored = [f"{r['run_id']}/{r['stage']}/{r['benchmark']}: {r['text']}" for r in db.rows(numeric_only=False)
+                    if r["metric"] == "status" and r["text"] in ("failed", "skipped")]
+    default = meta.get("protocol")
+    runs = [{**r, "protocol": None if r["run_id"] == BASE_RUN else (r.get("protocol") or default)} for r in runs]
+    rows = annotate_rows(rows, totals, {r["run_id"]: r["protocol"] for r in runs}, default)
+    return rows, runs, unscored
+
+
 def write_report(study_dir: str | Path, rows: list[dict], meta: dict[str, Any] | None = None,
-                 metric_map: dict[str, str] | None = None) -> tuple[Path, list]:
-    """Write tables, plots and the HTML page into `study_dir/report/`; return (html path, tables)."""
+                 metric_map: dict[str, str] | None = None, runs: list[dict] | None = None,
+                 unscored: list[str] | None = None) -> tuple[Path, list]:
+    """Write tables, plots and the HTML page into `study_dir/report/`; return (html path, tables). `runs` (with
+    their protocol) name the loss curves read from the run folders."""
+    from mixtune.study.curves import loss_plot, read_loss_curves  # matplotlib: only when a report is drawn
+    from mixtune.study.html import write_page
+    from mixtune.study.plots import make_plots
+
     study_dir = Path(study_dir)
     meta = meta or {}
     out_dir = study_dir / "report"
-    tables = [strategy_table(rows, metric_map), fraction_table(rows, metric_map), stage_table(rows, metric_map)]
+    tables = [strategy_table(rows, metric_map), fraction_table(rows, metric_map), stage_table(rows, metric_map),
+              stage_metrics_table(study_dir / DB_NAME)]
     images = make_plots(rows, out_dir, metric_map)
+    runs = runs or []
+    curves = read_loss_curves(study_dir, [r["run_id"] for r in runs])
+    loss = loss_plot(curves, runs, out_dir / "loss.png")
+    images += [loss] if loss else []
     atomic_write_text(out_dir / "tables.md", "\n\n".join(t.to_markdown() for t in tables if t.keys) + "\n")
     study = str(meta.get("name") or meta.get("study") or study_dir.resolve().name)
-    page = write_page(out_dir / "index.html", study, tables, images, meta)
+    page = write_page(out_dir / "index.html", study, tables, images, meta, protocols_of(rows), unscored)
     return page, tables
 
 
@@ -75,12 +108,12 @@ def main(argv: list[str]) -> int:
     except ValueError as e:
         print(f"mixtune report: {e}", file=sys.stderr)
         return 2
-    with ResultsDB(db_path) as db:
-        rows = db.rows()
+    meta = load_meta(study_dir)
+    rows, runs, unscored = read_study(db_path, meta)
     if args.json:
         print(json.dumps(json_rows(rows)))
         return 0
-    page, tables = write_report(study_dir, rows, load_meta(study_dir), metric_map)
+    page, tables = write_report(study_dir, rows, meta, metric_map, runs, unscored)
     for table in tables[:2]:
         if table.keys:
             print(table.to_text(), end="\n\n")

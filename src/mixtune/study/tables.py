@@ -9,20 +9,24 @@ last step). Tables render as plain text (terminal), Markdown (README) and HTML (
   setup "single:math") or "mixed" (the same fraction of every ability). A single-source run counts only for the
   ability it trained, read from its setup or strategy name ("single:math", "math_only"); when no ability is named
   it counts for every ability it was scored on.
-- stage by stage: every stage of every strategy, so forgetting (sequential training, DMT §4) shows as a drop.
+- stage by stage: every stage of every strategy, so forgetting (sequential training, DMT §4) shows as a drop; the
+  study's base model (run `base`) is stage 0 of every strategy.
+
+Rows carry the run's `protocol` (how steps were set: fixed epochs or matched steps), `steps` (optimizer steps) and
+`tokens` (training tokens), summed over the run's stages (`annotate_rows`). A study with more than one protocol gets
+a protocol key column in every table (the protocols side by side); with one, every title names it.
 """
 
 from __future__ import annotations
 
-import html
 import re
 import statistics
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
-from fractions import Fraction
+from collections.abc import Callable
 from typing import Any
 
-from mixtune.study.db import END_OF_STAGE
+from mixtune.results import END_OF_STAGE
+from mixtune.study.base import BASE_RUN
+from mixtune.study.cells import Summary, Table, fmt_count, fmt_fraction
 
 ABILITIES = ("math", "code", "general", "knowledge")
 
@@ -52,83 +56,11 @@ ABILITY_METRICS: dict[str, tuple[str, ...]] = {
     "knowledge": ("exact_match", "f1", "accuracy"),
 }
 
-KEY_FIELDS = ("strategy", "setup", "adapter", "fraction")
-JSON_KEYS = ("strategy", "fraction", "seed", "stage", "ability", "benchmark", "metric", "value", "run_id", "setup")
-
-
-@dataclass(frozen=True)
-class Summary:
-    """Mean and sample standard deviation (None when n < 2) of one cell's values over seeds."""
-
-    mean: float
-    std: float | None
-    n: int
-
-    @classmethod
-    def of(cls, values: Iterable[float]) -> Summary:
-        vals = list(values)
-        return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else None, len(vals))
-
-    def __str__(self) -> str:
-        spread = f" ± {self.std:.3f}" if self.std is not None else ""
-        return f"{self.mean:.3f}{spread} (n={self.n})"
-
-
-@dataclass
-class Table:
-    """A rendered-agnostic table: key columns (strings) then value columns (Summary or None for no data)."""
-
-    title: str
-    key_columns: list[str]
-    value_columns: list[str]
-    keys: list[tuple[str, ...]] = field(default_factory=list)
-    cells: list[list[Summary | None]] = field(default_factory=list)
-    note: str = ""
-    """Shown under the title: which benchmark and metric each ability column reports."""
-
-    def cell(self, key: tuple[str, ...], column: str) -> Summary | None:
-        return self.cells[self.keys.index(key)][self.value_columns.index(column)]
-
-    def _str_rows(self) -> list[list[str]]:
-        return [list(k) + ["–" if c is None else str(c) for c in cells] for k, cells in zip(self.keys, self.cells)]
-
-    def to_text(self) -> str:
-        header = self.key_columns + self.value_columns
-        body = self._str_rows()
-        widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-        fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-        lines = [self.title] + ([self.note] if self.note else []) + [fmt.format(*header),
-                                                                       fmt.format(*("-" * w for w in widths))]
-        return "\n".join(lines + [fmt.format(*r) for r in body])
-
-    def to_markdown(self) -> str:
-        header = self.key_columns + self.value_columns
-        lines = [f"**{self.title}**" + (f" ({self.note})" if self.note else ""), "",
-                 "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        return "\n".join(lines + ["| " + " | ".join(r) + " |" for r in self._str_rows()])
-
-    def to_html(self) -> str:
-        esc = html.escape
-        head = "".join(f"<th>{esc(c)}</th>" for c in self.key_columns + self.value_columns)
-        body = []
-        for row in self._str_rows():
-            keys = "".join(f"<th scope='row'>{esc(v)}</th>" for v in row[: len(self.key_columns)])
-            vals = "".join(f"<td>{esc(v)}</td>" for v in row[len(self.key_columns):])
-            body.append(f"<tr>{keys}{vals}</tr>")
-        note = f"<br><small>{esc(self.note)}</small>" if self.note else ""
-        return (f"<table>\n<caption>{esc(self.title)}{note}</caption>\n<thead><tr>{head}</tr></thead>\n"
-                f"<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>")
-
+KEY_FIELDS = ("protocol", "strategy", "setup", "adapter", "fraction")
+JSON_KEYS = ("strategy", "fraction", "seed", "stage", "ability", "benchmark", "metric", "value", "run_id", "setup",
+             "protocol", "steps", "tokens")
 
 # --- selecting the rows a table is made of ----------------------------------------------------------------------
-
-
-def fmt_fraction(x: float | None) -> str:
-    """0.25 -> '1/4', 1.0 -> '1'; fractions that are not simple stay decimal."""
-    if x is None:
-        return ""
-    frac = Fraction(x).limit_denominator(4096)
-    return str(frac) if abs(float(frac) - x) < 1e-9 else f"{x:g}"
 
 
 def choose_metrics(rows: list[dict], metric_map: dict[str, str] | None = None) -> dict[str, str]:
@@ -163,6 +95,34 @@ def main_rows(rows: list[dict], metric_map: dict[str, str] | None = None) -> lis
         if prev is None or rank >= _step_rank(prev["step"]):
             last[key] = r
     return [r for r in picked if last[(r["run_id"], r["stage"], r["benchmark"])] is r]
+
+
+def is_base(r: dict) -> bool:
+    """A row of a base model's scores (run `base`, or `base-b<seed>` when a study has several bases)."""
+    return r.get("run_id") == BASE_RUN or r.get("setup") == BASE_RUN
+
+
+def annotate_rows(rows: list[dict], totals: dict[str, dict], protocols: dict[str, str | None],
+                  default_protocol: str | None = None) -> list[dict]:
+    """Rows with the run's `protocol` (its own, else the study's; None for the base, which no protocol trained),
+    `steps` and `tokens` (`ResultsDB.run_totals`: summed over the run's stages)."""
+    out = []
+    for r in rows:
+        run = r["run_id"]
+        protocol = None if run == BASE_RUN else (r.get("protocol") or protocols.get(run) or default_protocol)
+        out.append({**r, "protocol": protocol, **{k: (totals.get(run) or {}).get(k) for k in ("steps", "tokens")}})
+    return out
+
+
+def protocols_of(rows: list[dict]) -> list[str]:
+    """The protocols of the rows (the base has none), in order of appearance."""
+    return list(dict.fromkeys(r["protocol"] for r in rows if r.get("protocol")))
+
+
+def protocol_label(rows: list[dict]) -> str:
+    """'; protocol: fixed epochs' for a one-protocol table (a several-protocol one has the protocol column)."""
+    found = protocols_of(rows)
+    return f"; protocol: {found[0].replace('_', ' ')}" if len(found) == 1 else ""
 
 
 def _step_rank(step: int | None) -> float:
@@ -264,6 +224,14 @@ def aggregate(rows: list[dict], key_fn: Callable[[dict], tuple | None]) -> dict[
     return {k: Summary.of(statistics.fmean(v) for v in runs.values()) for k, runs in per_run.items()}
 
 
+def key_fields(rows: list[dict], fields: tuple[str, ...] = KEY_FIELDS) -> tuple[str, ...]:
+    """The key columns a table needs: the strategy, and each other field that takes more than one value over the
+    runs (the base aside): no adapter column in a full fine-tuning study, no protocol column with one protocol."""
+    runs = [r for r in rows if not is_base(r)] or rows
+    return tuple(f for f in fields if f == "strategy" and any(r.get(f) for r in rows)
+                 or len({r.get(f) for r in runs if r.get(f) not in (None, "")}) > 1)
+
+
 def run_key(r: dict, fields: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(fmt_fraction(r.get(f)) if f == "fraction" else str(r.get(f) or "") for f in fields)
 
@@ -273,14 +241,14 @@ def _build(title: str, rows: list[dict], fields: tuple[str, ...], metric_map: di
     """One table: a row per distinct (fields + extra) key in order of appearance, a column per (ability, bench)."""
     chosen = choose_metrics(rows, metric_map)
     cols = ability_columns(rows)
-    # Drop key columns that no run fills (e.g. adapter in a full fine-tuning study).
-    used = tuple(f for f in fields if any(r.get(f) not in (None, "") for r in rows))
+    used = key_fields(rows, fields)
 
     def key_fn(r: dict) -> tuple:
         return (*run_key(r, used), *extra(r), r.get("ability") or "other", r["benchmark"])
 
     agg = aggregate(rows, key_fn)
-    keys = list(dict.fromkeys(k[:-2] for k in agg))
+    keys = sorted(dict.fromkeys(k[:-2] for k in agg), key=lambda k: k[used.index("strategy")] != BASE_RUN
+                  if "strategy" in used else False)  # the base first
     extra_names = ["stage"] if rows and extra(rows[0]) else []
     labels, note = column_labels(cols, chosen)
     table = Table(title, list(used) + extra_names, labels, note=note)
@@ -294,21 +262,57 @@ def _build(title: str, rows: list[dict], fields: tuple[str, ...], metric_map: di
 
 
 def strategy_table(rows: list[dict], metric_map: dict[str, str] | None = None) -> Table:
-    """Strategy × ability at each run's final stage, mean ± std over seeds."""
+    """Strategy × ability at each run's final stage, mean ± std over seeds, the base first; then each row's
+    optimizer steps and training tokens (mean over its runs; min–max when they differ)."""
     rows = final_rows(main_rows(rows, metric_map))
-    return _build("Strategy × ability (final stage, mean ± std over seeds)", rows, KEY_FIELDS, metric_map)
+    table = _build(f"Strategy × ability (final stage, mean ± std over seeds{protocol_label(rows)})", rows,
+                   KEY_FIELDS, metric_map)
+    if any(r.get("steps") is not None for r in rows):
+        used = key_fields(rows)
+        per_key: dict[tuple, dict[str, dict]] = {}
+        for r in rows:
+            per_key.setdefault(run_key(r, used), {})[r["run_id"]] = r
+        table.value_columns += ["steps", "tokens"]
+        for key, cells in zip(table.keys, table.cells):
+            runs = per_key.get(key, {}).values()
+            cells += [_count_cell([r.get("steps") for r in runs]), _count_cell([r.get("tokens") for r in runs])]
+    return table
+
+
+def _count_cell(values: list[int | None]) -> str | None:
+    """'375', '370–380' (runs of a row differ), '1.2M'; None when not recorded."""
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None
+    lo, hi = min(vals), max(vals)
+    return fmt_count(lo) if lo == hi else f"{fmt_count(lo)}–{fmt_count(hi)}"
+
+
+def with_base_stage(rows: list[dict]) -> list[dict]:
+    """Rows of multi-stage runs, each strategy (key fields) preceded by the study's base as its stage 0 (the
+    base's rows copied with the strategy's key fields, `_stage_pos` 0); `_stage_pos` is every row's position."""
+    base = [r for r in rows if is_base(r)]
+    multi = multi_stage_rows([r for r in rows if not is_base(r)])
+    order = stage_order(multi)
+    shift = 1 if base else 0
+    out = [{**r, "_stage_pos": order[r["run_id"]].index(r["stage"]) + shift} for r in multi]
+    groups = list(dict.fromkeys(tuple(r.get(f) for f in KEY_FIELDS) for r in multi))
+    for group in groups:
+        out += [{**b, **dict(zip(KEY_FIELDS, group)), "_stage_pos": 0} for b in base]
+    return out
 
 
 def stage_table(rows: list[dict], metric_map: dict[str, str] | None = None) -> Table:
-    """Ability after every stage of every multi-stage run (forgetting shows as a drop down a strategy's rows)."""
-    rows = multi_stage_rows(main_rows(rows, metric_map))
-    order = stage_order(rows)
-    rows = sorted(rows, key=lambda r: order[r["run_id"]].index(r["stage"]))  # stable: grid order within a stage
+    """Ability after every stage of every multi-stage run, from the base (stage 0) on: forgetting shows as a drop
+    down a strategy's rows."""
+    rows = with_base_stage(main_rows(rows, metric_map))
+    rows = sorted(rows, key=lambda r: r["_stage_pos"])  # stable: grid order within a stage
 
     def stage_key(r: dict) -> tuple[str, ...]:
-        return (f"{order[r['run_id']].index(r['stage'])}: {r['stage']}",)
+        return (f"{r['_stage_pos']}: {r['stage']}",)
 
-    table = _build("Ability after each stage (mean ± std over seeds)", rows, KEY_FIELDS, metric_map, stage_key)
+    table = _build(f"Ability after each stage (mean ± std over seeds{protocol_label(rows)})", rows, KEY_FIELDS,
+                   metric_map, stage_key)
     # Group a strategy's stages together: sort by the key columns' first appearance, then stage position.
     first = {k[:-1]: i for i, k in reversed(list(enumerate(table.keys)))}
     pairs = sorted(zip(table.keys, table.cells), key=lambda kc: (first[kc[0][:-1]], int(kc[0][-1].split(":")[0])))
@@ -323,20 +327,26 @@ def fraction_table(rows: list[dict], metric_map: dict[str, str] | None = None) -
     cell holds the run that trained only that ability."""
     chosen = choose_metrics(rows, metric_map)
     kept = fraction_grid_rows(final_rows(main_rows(rows, metric_map)))
+    if len({r.get("fraction") for r in kept}) < 2:  # one fraction: the strategy table already says it all
+        kept = []
     cols = ability_columns(kept)
-    agg = aggregate(kept, lambda r: (fmt_fraction(r.get("fraction")), r["_source"], r.get("ability") or "other",
-                                     r["benchmark"]))
+    by_protocol = len(protocols_of(kept)) > 1  # the protocols side by side
+    agg = aggregate(kept, lambda r: ((r.get("protocol") or "",) if by_protocol else ()) + (
+        fmt_fraction(r.get("fraction")), r["_source"], r.get("ability") or "other", r["benchmark"]))
     sources = list(dict.fromkeys(r["_source"] for r in kept))
     fractions = sorted({r.get("fraction") for r in kept if r.get("fraction") is not None}, reverse=True)
+    protocols = protocols_of(kept) if by_protocol else [None]
     labels, note = column_labels(cols, chosen)
-    table = Table("Fraction × ability, single vs mixed sources (final stage, mean ± std over seeds)",
-                  ["fraction", "sources"], labels, note=note)
-    for f in map(fmt_fraction, fractions):
-        for source in sources:
-            cells = [agg.get((f, source, a, b)) for a, b in cols]
-            if any(c is not None for c in cells):
-                table.keys.append((f, source))
-                table.cells.append(cells)
+    table = Table(f"Fraction × ability, single vs mixed sources (final stage, mean ± std over seeds"
+                  f"{protocol_label(kept)})", ["protocol"] * by_protocol + ["fraction", "sources"], labels, note=note)
+    for protocol in protocols:
+        head = (protocol,) if by_protocol else ()
+        for f in map(fmt_fraction, fractions):
+            for source in sources:
+                cells = [agg.get((*head, f, source, a, b)) for a, b in cols]
+                if any(c is not None for c in cells):
+                    table.keys.append((*head, f, source))
+                    table.cells.append(cells)
     return table
 
 

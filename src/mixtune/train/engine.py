@@ -1,29 +1,24 @@
 """Shared training mechanics: threads and seeds, optimizer, schedules (cosine, WSD, ...), bf16 autocast, atomic
-checkpoints with optimizer/scheduler/RNG/data position, resume, the NaN guard, and the CPU speed levers
-(allocator, per-example packed attention, torch.compile; see benchmarks/sft_throughput.py for what each measured).
+checkpoints with optimizer/scheduler/RNG/data position, resume, the NaN guard, and several processes
+(`dist_setup()` / `Distributed`, from train/distributed.py: torchrun or accelerate launch, DDP or FSDP2).
 
-The loops themselves live in the stage files (pretrain.py, sft.py); this module holds only what they share.
+The loops themselves live in the stage files (pretrain.py, sft.py); this module holds only what they share. Under
+several processes every rank calls the save helpers (sharded tensors are gathered) and rank 0 alone writes.
 """
 
 from __future__ import annotations
 
-import ctypes
-import itertools
-import json
 import math
-import os
 import random
 import shutil
-import sys
-from contextlib import contextmanager, nullcontext
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from transformers import AttentionInterface
 from transformers.optimization import (
     get_constant_schedule_with_warmup,
     get_cosine_with_min_lr_schedule_with_warmup,
@@ -32,51 +27,31 @@ from transformers.optimization import (
 )
 
 from mixtune.config import TrainConfig
-from mixtune.model.adapters import unwrap_base
-from mixtune.runs import atomic_write_json
+from mixtune.errors import UserError
+from mixtune.runs import MetricsLog, atomic_dir, atomic_write_file, atomic_write_json
+from mixtune.train.distributed import Distributed, DistributedError, dist_close, dist_setup  # noqa: F401 -- re-exported
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
 
 
-class TrainingDiverged(RuntimeError):
+class TrainingDiverged(UserError, RuntimeError):
     """The loss became NaN or infinite; the message names the step and the last good checkpoint."""
 
 
 def setup_torch(cfg: TrainConfig) -> None:
     """Threads, seeds and the allocator. One thread per run is fastest on small shared machines (DESIGN.md)."""
+    from mixtune.train.levers import keep_freed_memory
+
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     keep_freed_memory()
 
 
-def keep_freed_memory() -> bool:
-    """glibc malloc: serve every allocation from the heap and never give freed memory back (M_MMAP_MAX = 0,
-    M_TRIM_THRESHOLD = 1 GiB). By default each tensor over 32 MiB (a step's (N, V) logits) is a fresh mmap whose
-    pages the kernel faults in and zeroes again on every step; with this they are reused. The process keeps its
-    peak memory; numerics are untouched. Returns False (and does nothing) off glibc."""
-    return _mallopt(mmap_max=0, trim_threshold=1 << 30)
-
-
-def default_malloc() -> bool:
-    """glibc's default mmap and trim settings back (undoes `keep_freed_memory`)."""
-    return _mallopt(mmap_max=65536, trim_threshold=128 * 1024)
-
-
-def _mallopt(mmap_max: int, trim_threshold: int) -> bool:
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_max, mmap_max)) and bool(libc.mallopt(m_trim_threshold, trim_threshold))
-
-
 def pick_device() -> torch.device:
-    """The GPU when there is one, else the CPU (multi-GPU runs go through accelerate/torchrun: not yet wired)."""
+    """The GPU when there is one (under torchrun / accelerate launch: this rank's, set by `dist_setup`), else the
+    CPU."""
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
@@ -94,97 +69,30 @@ def autocast(cfg: TrainConfig, device: torch.device | str = "cpu"):
     return torch.autocast(device_type, dtype=torch.bfloat16) if cfg.bf16 else nullcontext()
 
 
-# ------------------------------------------------------------------------------------------------- speed levers
-PACKED_ATTENTION = "mixtune_packed_sdpa"
-"""Name of `packed_sdpa` in transformers' AttentionInterface (registered below)."""
+def set_gradient_checkpointing(model: torch.nn.Module, on: bool) -> None:
+    """Recompute each block's activations in the backward pass instead of keeping them (`train.gradient_checkpointing`:
+    less memory, ~30% more compute, the same loss and gradients). Non-reentrant checkpointing, so frozen inputs
+    (LoRA on a frozen base) need no `enable_input_require_grads`."""
+    from mixtune.model.adapters import unwrap_base
 
-
-def packed_segments(position_ids: torch.Tensor) -> list[int]:
-    """Lengths of the examples of packed rows, row-major: a new example starts where a position is not the previous
-    one + 1 (transformers' `find_packed_sequence_indices` rule) and at every row start. (B, T) → lengths summing to
-    B·T (the padding at a row's end is one more segment)."""
-    flat = position_ids.reshape(-1)
-    starts = torch.ones_like(flat, dtype=torch.bool)
-    starts[1:] = flat[1:] != flat[:-1] + 1
-    starts[::position_ids.shape[-1]] = True
-    bounds = torch.nonzero(starts).squeeze(1).tolist() + [flat.numel()]
-    return [b - a for a, b in itertools.pairwise(bounds)]
-
-
-@torch.compiler.disable  # segment lengths are data: run eagerly between compiled regions instead of recompiling
-def packed_sdpa(module, query, key, value, attention_mask, dropout: float = 0.0, scaling: float | None = None,
-                **kwargs) -> tuple[torch.Tensor, None]:
-    """Causal SDPA per packed example instead of one (B, 1, T, T) block-diagonal mask over the whole row.
-
-    query (B, Hq, T, D), key/value (B, Hkv, T, D) → (B, T, Hq, D), as transformers' sdpa_attention_forward. The
-    masked kernel computes all T² scores of a row; per example (is_causal) it computes Σ L_i²/2, about 5× less for
-    rows of ~2.3 examples, and builds no mask. Same maths as the block mask; the rounding of the online softmax
-    differs. Needs the packed position_ids (restarting per example) and no attention_mask."""
-    if attention_mask is not None or kwargs.get("position_ids") is None:
-        raise ValueError("packed attention needs packed position_ids and no attention_mask")
-    batch, heads, length, dim = query.shape
-    if key.shape[1] != heads:  # grouped-query attention: one K/V head serves heads // Hkv query heads
-        key = key.repeat_interleave(heads // key.shape[1], dim=1)
-        value = value.repeat_interleave(heads // value.shape[1], dim=1)
-    lengths = packed_segments(kwargs["position_ids"])
-    rows = [x.transpose(1, 2).reshape(batch * length, heads, dim) for x in (query, key, value)]  # (B·T, H, D)
-    outs = []
-    for q, k, v in zip(*(x.split(lengths) for x in rows), strict=True):  # each (L, H, D)
-        out = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
-                                             v.transpose(0, 1)[None], dropout_p=dropout, is_causal=True,
-                                             scale=scaling)  # (1, H, L, D)
-        outs.append(out[0].transpose(0, 1))
-    return torch.cat(outs).view(batch, length, heads, dim), None
-
-
-AttentionInterface.register(PACKED_ATTENTION, packed_sdpa)
-
-
-@contextmanager
-def packed_attention(model: torch.nn.Module, enabled: bool = True):
-    """Within the block, `model`'s attention runs per packed example (`packed_sdpa`); restored afterwards so that
-    generation and padded batches keep their masks. A no-op when not enabled."""
-    config = getattr(model, "config", None)
-    if not enabled or config is None:
-        yield
+    base = unwrap_base(model)
+    if not hasattr(base, "activation_checkpointing_enable"):
+        if on:
+            raise ValueError(f"{type(base).__name__} does not support gradient checkpointing; "
+                             "set train.gradient_checkpointing=false")
         return
-    before = config._attn_implementation
-    config._attn_implementation = PACKED_ATTENTION
-    try:
-        yield
-    finally:
-        config._attn_implementation = before
+    if on:
+        base.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    elif base.is_activation_checkpointing:
+        base.activation_checkpointing_disable()
 
 
-COMPILED_ADAPTERS = ("none", "lora")
-"""Adapters `compile_layers` is applied with (tested); LoRAMoE records router gates as module state per batch."""
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, carried: dict | None = None) -> torch.optim.Optimizer:
+    """AdamW over trainable parameters; no weight decay on vectors (norms, biases).
 
-
-def compile_layers(model: torch.nn.Module, adapter: str = "none") -> bool:
-    """torch.compile (inductor) each decoder layer in place (`Module.compile`: parameter names, checkpoints and
-    adapters are untouched). The layers share one compiled graph, so compile time is that of one layer. Packed rows
-    change (B, T) every step, so sizes are dynamic from the start: one compile, not one per new shape. Returns
-    False, compiling nothing, for an adapter outside COMPILED_ADAPTERS."""
-    if adapter not in COMPILED_ADAPTERS:
-        return False
-    for layer in _layers(model):
-        layer.compile(dynamic=True)
-    return True
-
-
-def uncompile_layers(model: torch.nn.Module) -> None:
-    """Undo `compile_layers` (generation after the stage runs the plain modules)."""
-    for layer in _layers(model):
-        layer._compiled_call_impl = None
-
-
-def _layers(model: torch.nn.Module) -> list[torch.nn.Module]:
-    body = unwrap_base(model).base_model  # e.g. LlamaModel: embeddings, decoder layers, final norm
-    return list(getattr(body, "layers", None) or [body])
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """AdamW over trainable parameters; no weight decay on vectors (norms, biases)."""
+    `carried`: the state of the previous stage's optimizer (train.fresh_optimizer: false). Its moments carry over;
+    its learning rate does not: the new stage's schedule starts from this stage's peak (create the scheduler after
+    this call)."""
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
@@ -194,8 +102,14 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opti
     # foreach: the same arithmetic as the per-tensor loop (bit-identical), in fewer, larger kernels. fused: one
     # kernel per tensor, faster still, but it rounds differently (1 ulp), hence a switch.
     fused = cfg.fused_adamw or None
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, fused=fused,
-                             foreach=None if fused else True)
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, fused=fused,
+                                  foreach=None if fused else True)
+    if carried is not None:
+        dist_setup().load_optimizer_state(optimizer, carried)
+        for group in optimizer.param_groups:
+            group["lr"] = cfg.lr
+            group.pop("initial_lr", None)  # else the new scheduler would start from the old stage's peak
+    return optimizer
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
@@ -227,7 +141,8 @@ def clip_and_step(model, optimizer, scheduler, cfg: TrainConfig) -> float:
     norm = 0.0
     if cfg.max_grad_norm > 0:
         params = [p for p in model.parameters() if p.requires_grad]
-        norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm))
+        total = torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        norm = float(total.full_tensor() if hasattr(total, "full_tensor") else total)  # FSDP: a sharded norm
     optimizer.step()
     scheduler.step()
     optimizer.zero_grad(set_to_none=True)
@@ -244,75 +159,171 @@ class TrainState:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def _storage(t: torch.Tensor) -> int:
+    return (t.to_local() if hasattr(t, "to_local") else t).data_ptr()  # a shard's storage under FSDP
+
+
 def trainable_state_dict(model: torch.nn.Module, full: bool) -> dict[str, torch.Tensor]:
+    """The trainable (or all) weights; sharded ones stay sharded (gather them with `Distributed.gather`)."""
     if full:
         # Tied weights (embeddings = lm_head) are stored once; load_state_dict(strict=False) re-ties them.
         seen: set[int] = set()
         out = {}
         for name, t in model.state_dict().items():
-            if t.data_ptr() in seen:
+            if _storage(t) in seen:
                 continue
-            seen.add(t.data_ptr())
+            seen.add(_storage(t))
             out[name] = t.detach().contiguous()
         return out
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def save_weights(model: torch.nn.Module, path: Path, full: bool) -> Path:
+    """The trainable (or all) weights as one safetensors file, written atomically by rank 0 (every rank calls)."""
+    dist = dist_setup()
+    state = dist.gather(trainable_state_dict(model, full))
+    if dist.is_main:
+        atomic_write_file(path, lambda tmp: save_file(state, str(tmp)))
+    dist.barrier()
+    return Path(path)
+
+
+def _step_of(path: Path) -> int:
+    return int(path.name.split("-", 1)[1]) if path.name.startswith("step-") and path.name[5:].isdigit() else -1
+
+
+def checkpoints(run_dir: str | Path) -> list[Path]:
+    """Checkpoint folders `checkpoints/step-N`, newest first (temp folders of killed writers are never listed)."""
+    root = Path(run_dir) / CHECKPOINTS
+    found = [p for p in root.iterdir() if p.is_dir() and _step_of(p) >= 0] if root.is_dir() else []
+    return sorted(found, key=_step_of, reverse=True)
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    pointer = Path(run_dir) / CHECKPOINTS / "latest.json"
-    if not pointer.exists():
-        return None
-    path = Path(run_dir) / CHECKPOINTS / json.loads(pointer.read_text())["name"]
-    return path if path.exists() else None
+    """The newest checkpoint folder (by step, whatever `latest.json` says), or None."""
+    found = checkpoints(run_dir)
+    return found[0] if found else None
 
 
 def save_checkpoint(run_dir: str | Path, model, optimizer, scheduler, state: TrainState, full: bool) -> Path:
-    """Write `checkpoints/step-N/` atomically (temp folder, fsync'd files, rename), then move `latest.json`."""
+    """Write `checkpoints/step-N/` atomically (weights, trainer state, and for full models `config.json`, so a run
+    can branch from any checkpoint), then update `latest.json` and prune old checkpoints. Every rank calls it:
+    sharded weights and optimizer state are gathered whole, rank 0 writes (the files do not depend on the number
+    of processes), the others wait. RNG states are rank 0's: every rank is seeded alike."""
+    dist = dist_setup()
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step-{state.step:07d}"
-    tmp = root / f".tmp-{name}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file(trainable_state_dict(model, full), str(tmp / "weights.safetensors"))
-    torch.save({
-        "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "step": state.step, "data": state.data, "extra": state.extra,
-        "torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
-        "python_rng_pos": random.getstate()[2], "full": full,
-    }, tmp / "trainer_state.pt")
-    for f in tmp.iterdir():
-        with f.open("rb") as fh:
-            os.fsync(fh.fileno())
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    atomic_write_json(root / "latest.json", {"name": name, "step": state.step})
-    _prune(root, keep=KEEP_CHECKPOINTS)
-    return final
+    weights, optimizer_state = dist.gather(trainable_state_dict(model, full)), dist.gather(optimizer.state_dict())
+    if dist.is_main:
+        _write_checkpoint(root / name, model, weights, optimizer_state, scheduler, state, full)
+        atomic_write_json(root / "latest.json", {"name": name, "step": state.step})
+        _prune(root, keep=KEEP_CHECKPOINTS)
+    dist.barrier()
+    return root / name
+
+
+def _write_checkpoint(path: Path, model, weights: dict, optimizer_state: dict, scheduler, state: TrainState,
+                      full: bool) -> None:
+    with atomic_dir(path) as tmp:
+        save_file(weights, str(tmp / "weights.safetensors"))
+        torch.save({
+            "optimizer": optimizer_state, "scheduler": scheduler.state_dict(),
+            "step": state.step, "data": state.data, "extra": state.extra,
+            "torch_rng": torch.get_rng_state(), "python_rng": list(random.getstate()[1]),
+            "python_rng_pos": random.getstate()[2], "full": full,
+        }, tmp / "trainer_state.pt")
+        config = getattr(model, "config", None)
+        if full and hasattr(config, "to_json_file"):
+            config.to_json_file(str(tmp / "config.json"))
 
 
 def _prune(root: Path, keep: int) -> None:
-    steps = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-"))
-    for old in steps[:-keep]:
+    for old in checkpoints(root.parent)[keep:]:
         shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint_into(path: Path, model, optimizer, scheduler) -> TrainState:
-    """Restore weights, optimizer, scheduler and RNG from `path`; never unpickles arbitrary objects."""
+    """Restore weights, optimizer, scheduler and RNG from `path`; never unpickles arbitrary objects. Every rank reads
+    the same files (each keeps its shard under FSDP)."""
+    dist = dist_setup()
     blob = torch.load(path / "trainer_state.pt", weights_only=True)
     weights = load_file(str(path / "weights.safetensors"))
-    _missing, unexpected = model.load_state_dict(weights, strict=False)
+    _missing, unexpected = dist.load_model_state(model, weights)
     if unexpected:
         raise ValueError(f"{path}: checkpoint has weights the model lacks: {unexpected[:5]}")
-    optimizer.load_state_dict(blob["optimizer"])
+    dist.load_optimizer_state(optimizer, blob["optimizer"])
     scheduler.load_state_dict(blob["scheduler"])
     torch.set_rng_state(blob["torch_rng"])
     random.setstate((3, tuple(blob["python_rng"]), blob["python_rng_pos"]))
     return TrainState(step=int(blob["step"]), data=dict(blob["data"]), extra=dict(blob["extra"]))
 
 
+def resume_from_checkpoints(run_dir: str | Path, model, optimizer, scheduler, log=print) -> TrainState:
+    """Load the newest checkpoint that loads; a corrupt one is reported and the previous one tried. A run folder
+    with no loadable checkpoint starts at step 0 (and says so). Every rank must resume at the same step."""
+    state = None
+    for path in checkpoints(run_dir):
+        try:
+            state = load_checkpoint_into(path, model, optimizer, scheduler)
+        except Exception as e:  # noqa: BLE001 -- a truncated file raises anything from safetensors/torch/pickle
+            log(f"resume: {path} does not load ({type(e).__name__}: {str(e)[:120]}); trying an older checkpoint")
+            continue
+        log(f"resume: continuing from {path} at step {state.step}")
+        break
+    if state is None and (Path(run_dir) / CHECKPOINTS).is_dir():
+        log(f"resume: no loadable checkpoint in {Path(run_dir) / CHECKPOINTS}; starting at step 0")
+    state = state or TrainState()
+    dist = dist_setup()
+    if dist.all_reduce_sum(state.step) != state.step * dist.world_size:
+        raise DistributedError(f"resume: ranks found different checkpoints in {run_dir} (rank {dist.rank}: step "
+                               f"{state.step}); every rank must see the same run folder (a shared filesystem)")
+    return state
+
+
+def metrics_log(ctx, resume_at: int | None = None) -> MetricsLog:
+    """A stage's metrics.jsonl (and, with train.tensorboard, events in the run's TensorBoard folder, steps
+    continuing the earlier stages'), written by rank 0 only. `resume_at`: see MetricsLog."""
+    return MetricsLog(ctx.folder, tensorboard=ctx.recipe.train.tensorboard, resume_at=resume_at,
+                      tensorboard_dir=ctx.tensorboard_dir, step_offset=ctx.step_offset,
+                      enabled=dist_setup().is_main)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The data-order seed of one epoch (the only place this formula is written)."""
+    return seed * 1_000_003 + epoch
+
+
 def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     """The seeded permutation of `n` items for `epoch`: reshuffled every epoch, reproducible on resume."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    gen = torch.Generator().manual_seed(epoch_seed(seed, epoch))
     return torch.randperm(n, generator=gen).tolist()
+
+
+class Throughput:
+    """The one tokens/s definition of every loop: real (non-padding) tokens processed in optimizer steps divided by
+    the wall time of those steps, over the current logging window (`window_rate`, then `reset_window`) and over the
+    whole stage (`overall_rate`). Evaluation and checkpointing time is excluded: only `step_done` counts."""
+
+    def __init__(self) -> None:
+        self.total_tokens = self.window_tokens = 0
+        self.total_s = self.window_s = 0.0
+        self._t = time.perf_counter()
+
+    def step_start(self) -> None:
+        self._t = time.perf_counter()
+
+    def step_done(self, tokens: int) -> None:
+        dt = time.perf_counter() - self._t
+        self.total_tokens += tokens
+        self.window_tokens += tokens
+        self.total_s += dt
+        self.window_s += dt
+
+    def window_rate(self) -> float:
+        return self.window_tokens / max(self.window_s, 1e-9)
+
+    def reset_window(self) -> None:
+        self.window_tokens, self.window_s = 0, 0.0
+
+    def overall_rate(self) -> float:
+        return self.total_tokens / max(self.total_s, 1e-9)

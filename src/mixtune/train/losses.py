@@ -4,8 +4,8 @@ Each function states its shapes and the paper/equation it implements; tests/test
 numbers worked out by hand. Ours, not a library's: TRL/OpenRLHF bury these inside trainer methods.
 
 Contents: token cross-entropy with masks (SFT / pre-training), the LoRAMoE localized balancing constraint
-(METHODS.md §3), reward-model pairwise loss, DPO / IPO / hinge (SPIN), PPO clipped policy and value losses, GAE and
-the k1 KL estimator (METHODS.md §5–§6).
+(METHODS.md §3), reward-model pairwise loss, per-sequence log-probs, DPO / IPO / hinge (SPIN), PPO clipped policy and
+value losses, GAE and the k1 KL estimator (METHODS.md §5–§6).
 """
 
 from __future__ import annotations
@@ -229,7 +229,29 @@ def reward_pairwise_loss(r_chosen: Tensor, r_rejected: Tensor, margin: float | T
     return -F.logsigmoid(r_chosen - r_rejected - margin)
 
 
+def soft_pairwise_loss(r_a: Tensor, r_b: Tensor, p: Tensor) -> Tensor:
+    """−[p log σ(r_a − r_b) + (1 − p) log σ(r_b − r_a)] per pair: the cross-entropy between a soft preference
+    p = P(a preferred over b) and the reward model's Bradley–Terry probability σ(r_a − r_b) (RLAIF, Lee et al. 2023
+    arXiv 2309.00267; p = 1 is `reward_pairwise_loss` without margin). (P,) each → (P,)."""
+    diff = r_a - r_b
+    return -(p * F.logsigmoid(diff) + (1.0 - p) * F.logsigmoid(-diff))
+
+
 # ---------------------------------------------------------------------------------------------- DPO & co (§6)
+def per_sequence_logps(logits: Tensor, targets: Tensor, sequence: Tensor, n_sequences: int) -> tuple[Tensor, Tensor]:
+    """Σ_t log p(target_t) per sequence, and each sequence's number of targets: log π(y|x) of DPO (Rafailov et al.
+    2023 eq. 7), a sum over the answer's tokens.
+
+    logits (N, V) at the N target positions of a batch (packed or padded rows, in any order), targets (N,),
+    sequence (N,) the index in [0, S) of the sequence each target belongs to → (logps (S,) fp32, counts (S,) int64).
+    A sequence without targets gets 0 and count 0."""
+    token_logps = -F.cross_entropy(logits.float(), targets, reduction="none")  # (N,)
+    logps = token_logps.new_zeros(n_sequences).index_add(0, sequence, token_logps)  # (S,)
+    counts = torch.zeros(n_sequences, dtype=torch.long, device=targets.device)
+    counts.index_add_(0, sequence, torch.ones_like(sequence))
+    return logps, counts
+
+
 def dpo_loss(
     policy_chosen_logps: Tensor,
     policy_rejected_logps: Tensor,

@@ -9,38 +9,41 @@ to the same next loss. Schedules: cosine or WSD (continue from a stable-phase ch
 
 from __future__ import annotations
 
-import json
-import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from mixtune.cliutil import recipe_parser
-from mixtune.config import Recipe, load_recipe
+from mixtune.config import Recipe
+from mixtune.data.sft_dataset import split_micro_batches
+from mixtune.errors import UserError
+from mixtune.jsonl import iter_jsonl, read_text
 from mixtune.model.load import count_parameters, load_model_and_tokenizer
-from mixtune.runs import MetricsLog, prepare_run_dir
+from mixtune.runs import MetricsLog, RunLock, prepare_run_dir, remove_stale_temps
 from mixtune.train import engine
 from mixtune.train.losses import masked_token_ce
 from mixtune.train.save import save_final
+
+
+class CorpusError(UserError, ValueError):
+    """A pre-training corpus that cannot be read; the message names the file and line."""
 
 
 def read_corpus(paths: list[Path]) -> list[str]:
     """Documents from JSONL files with a `text` field, or plain-text files (one document per blank-line block)."""
     texts: list[str] = []
     for path in paths:
-        if path.suffix == ".jsonl":
-            for i, line in enumerate(path.open(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    texts.append(json.loads(line)["text"])
-                except (json.JSONDecodeError, KeyError, TypeError) as e:
-                    raise ValueError(f"{path}:{i}: text: {type(e).__name__}: {e}") from None
+        if path.name.endswith((".jsonl", ".jsonl.gz")):
+            for n, row in iter_jsonl(path, CorpusError, "corpus file"):
+                if not isinstance(row.get("text"), str):
+                    raise CorpusError(f"{path}:{n}: text: missing or not a string")
+                texts.append(row["text"])
         else:
-            texts.extend(block for block in path.read_text().split("\n\n") if block.strip())
+            texts.extend(block for block in read_text(path, CorpusError, "corpus file").split("\n\n")
+                         if block.strip())
     if not texts:
-        raise ValueError(f"empty corpus: {[str(p) for p in paths]}")
+        raise CorpusError(f"empty corpus: {[str(p) for p in paths]}")
     return texts
 
 
@@ -76,7 +79,7 @@ def lm_loss_sum(model, rows: torch.Tensor, cfg) -> tuple[torch.Tensor, int]:
 def eval_loss(model, rows: torch.Tensor, cfg) -> float:
     model.eval()
     total, n = 0.0, 0
-    for start in range(0, min(len(rows), cfg.eval_batches * cfg.batch_size), cfg.batch_size):
+    for start in range(0, len(rows), cfg.batch_size):  # rows: the held-out rows, at most eval_batches steps
         loss_sum, count = lm_loss_sum(model, rows[start:start + cfg.batch_size], cfg)
         total, n = total + float(loss_sum), n + int(count)
     model.train()
@@ -84,77 +87,101 @@ def eval_loss(model, rows: torch.Tensor, cfg) -> float:
 
 
 def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = None) -> dict:
-    """Run (or resume) pre-training; returns a summary. `stop_at_step` simulates a kill (tests)."""
+    """Run (or resume) pre-training; returns a summary. `stop_at_step` simulates a kill (tests). Under torchrun /
+    accelerate launch each rank trains its share of every step; rank 0 holds the lock and writes."""
     cfg = recipe.train
+    dist = engine.dist_setup(cfg)
+    if dist.world_size > 1 and dist.is_main:
+        print(f"distributed: {dist.world_size} processes, {dist.mode} on {dist.device.type}")
     engine.setup_torch(cfg)
-    run_dir = prepare_run_dir(recipe, verb="pretrain")
+    texts = read_corpus(corpus_paths(recipe))  # checked before the run folder exists
     model, tokenizer = load_model_and_tokenizer(recipe.model, tokenizer_path=recipe.tokenizer.out_dir, seed=cfg.seed)
-    model.to(engine.pick_device())
-    rows = tokenize_rows(read_corpus(corpus_paths(recipe)), tokenizer, cfg.seq_len)
-    n_eval = min(max(cfg.batch_size, len(rows) // 100), cfg.eval_batches * cfg.batch_size, len(rows) // 2)
-    train_rows, eval_rows = rows[:-n_eval], rows[-n_eval:]
-    steps_per_epoch = max(1, len(train_rows) // cfg.batch_size)
-    total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    with RunLock(recipe.run_dir) if dist.is_main else nullcontext():
+        if dist.is_main:
+            prepare_run_dir(recipe, verb="pretrain")
+            remove_stale_temps(recipe.run_dir)
+        dist.barrier()
+        return _pretrain(recipe, model, tokenizer, texts, recipe.run_dir, resume, stop_at_step)
 
+
+def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path, resume: bool,
+              stop_at_step: int | None) -> dict:
+    # ---- setup
+    cfg = recipe.train
+    dist = engine.dist_setup()
+    model.to(engine.pick_device())
+    rows = tokenize_rows(texts, tokenizer, cfg.seq_len)
+    step_size = cfg.batch_size * dist.world_size  # batch_size is per process
+    # held out: as many rows whatever the number of processes (the split fixes the training data)
+    n_eval = min(max(step_size, len(rows) // 100), cfg.eval_batches * step_size, len(rows) // 2)
+    train_rows, eval_rows = rows[:-n_eval], rows[-n_eval:]
+    steps_per_epoch = max(1, len(train_rows) // step_size)
+    total_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
+    forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
     state = engine.TrainState()
-    if resume and (ckpt := engine.latest_checkpoint(run_dir)):
-        state = engine.load_checkpoint_into(ckpt, model, optimizer, scheduler)
-        print(f"resumed from {ckpt} at step {state.step}")
-    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard)
+    if resume:
+        state = engine.resume_from_checkpoints(run_dir, model, optimizer, scheduler)
+    log = MetricsLog(run_dir, tensorboard=cfg.tensorboard, resume_at=state.step if resume else None,
+                     enabled=dist.is_main)
     trainable, total = count_parameters(model)
-    print(f"pretrain {recipe.name}: {total / 1e6:.2f}M params, {len(train_rows)} rows x {cfg.seq_len} tokens, "
+    say = print if dist.is_main else (lambda *_: None)
+    say(f"pretrain {recipe.name}: {total / 1e6:.2f}M params, {len(train_rows)} rows x {cfg.seq_len} tokens, "
           f"{total_steps} steps ({steps_per_epoch}/epoch), schedule {cfg.schedule}")
-
+    order, order_epoch, window = [], -1, []
+    speed = engine.Throughput()
+    # ---- loop
     model.train()
-    order, order_epoch = [], -1
-    window, t_window, tokens_window = [], time.perf_counter(), 0
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc="pretrain", unit="step")
+    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc="pretrain", unit="step",
+               disable=not dist.is_main)
     for step in bar:
         if stop_at_step is not None and step >= stop_at_step:
             break
+        speed.step_start()
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:
             order, order_epoch = engine.epoch_order(len(train_rows), cfg.seed, epoch), epoch
-        batch = train_rows[order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]]  # (B, T)
-        n_targets = batch.shape[0] * (batch.shape[1] - 1)
+        picked = order[pos * step_size:(pos + 1) * step_size]  # every rank's rows; this rank trains its share
+        micros = dist.micro_batches(picked, cfg.grad_accum,
+                                    lambda ids, n: [train_rows[c] for c in split_micro_batches(ids, n)])  # (b, T)
+        n_targets = len(picked) * (cfg.seq_len - 1)
         step_loss = 0.0
-        for micro in batch.chunk(cfg.grad_accum):
-            loss_sum, _ = lm_loss_sum(model, micro, cfg)
-            (loss_sum / n_targets).backward()  # normalise by the whole step: accumulation is exact
-            step_loss += float(loss_sum.detach()) / n_targets
+        for micro, weight in micros:  # weight 0: a repeat that only keeps the ranks in step
+            loss_sum, _ = forward(lm_loss_sum, micro, cfg)
+            # normalise by the whole step (accumulation is exact); x world_size undoes DDP / FSDP's mean over ranks
+            (weight * dist.world_size * loss_sum / n_targets).backward()
+            step_loss += weight * float(loss_sum.detach()) / n_targets
+        step_loss = dist.all_reduce_sum(step_loss)
         engine.check_finite(step_loss, step + 1, run_dir)
         grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
+        speed.step_done(len(picked) * cfg.seq_len)
         state.step = step + 1
         window.append(step_loss)
-        tokens_window += batch.numel()
         if state.step % cfg.log_every == 0 or state.step == total_steps:
-            dt = time.perf_counter() - t_window
             log.log(state.step, loss=sum(window) / len(window), lr=scheduler.get_last_lr()[0],
-                    grad_norm=grad_norm, tokens_per_s=tokens_window / dt, epoch=epoch)
-            bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", tok_s=f"{tokens_window / dt:.0f}")
-            window, t_window, tokens_window = [], time.perf_counter(), 0
+                    grad_norm=grad_norm, tokens_per_s=speed.window_rate(), epoch=epoch)
+            bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", tok_s=f"{speed.window_rate():.0f}")
+            window = []
+            speed.reset_window()
+        # ---- evaluate and save
         if cfg.eval_every and state.step % cfg.eval_every == 0:
-            log.log(state.step, eval_loss=eval_loss(model, eval_rows, cfg))
+            with dist.main_model(model) as plain:  # rank 0 alone (a whole copy under FSDP)
+                if plain is not None:
+                    log.log(state.step, eval_loss=eval_loss(plain, eval_rows, cfg))
         if cfg.save_every and state.step % cfg.save_every == 0:
             engine.save_checkpoint(run_dir, model, optimizer, scheduler, state, full=True)
     bar.close()
     if state.step < total_steps:  # simulated kill: nothing more is written
         return {"step": state.step, "stopped": True}
-    final_eval = eval_loss(model, eval_rows, cfg)
-    log.log(state.step, eval_loss=final_eval)
-    log.close()
-    save_final(model, tokenizer, run_dir / "final", adapter="none", base=None)
+    with dist.main_model(model) as plain:  # rank 0 evaluates and saves; the others wait
+        final_eval = eval_loss(plain, eval_rows, cfg) if plain is not None else float("nan")
+        log.log(state.step, eval_loss=final_eval)
+        log.close()
+        if plain is not None:
+            save_final(plain, tokenizer, run_dir / "final", adapter="none", base=None)
     summary = {"step": state.step, "eval_loss": final_eval, "params": total, "trainable": trainable,
-               "final": str(run_dir / "final")}
-    print(f"pretrain done: step {state.step}, eval loss {final_eval:.4f}, model in {run_dir / 'final'}")
+               "final": str(run_dir / "final"), "tokens_per_s": speed.overall_rate()}
+    say(f"pretrain done: step {state.step}, eval loss {final_eval:.4f}, model in {run_dir / 'final'}")
     return summary
 
-
-def main(argv: list[str]) -> int:
-    parser = recipe_parser("pretrain", __doc__.split("\n")[0], sections=["model", "train", "tokenizer", "world"])
-    parser.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
-    args = parser.parse_args(argv)
-    pretrain(load_recipe(args.config, args.overrides), resume=args.resume)
-    return 0

@@ -1,6 +1,7 @@
 """One SFT stage: response-only loss on chat examples, packed without cross-example attention.
 
-Skeleton shared with every stage file: setup (tokenise, optimizer, schedule, resume), loop, evaluate, save.
+The `sft` stage kind (`train/stages.py`), on the skeleton every stage file shares: setup (tokenise, optimizer,
+schedule, resume), loop, evaluate (mid-stage, a plain call), save (checkpoints).
 Each optimizer step draws `batch_size` examples from the epoch's seeded permutation, splits them into `grad_accum`
 micro-batches and packs each into rows ≤ max_seq_len (best-fit decreasing). The loss is the sum over the step's
 target tokens divided by their count, so accumulation 4×2 equals 8×1 exactly. LoRAMoE adds β·L_lbc (Dou et al. 2023)
@@ -11,53 +12,39 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
 from mixtune.config import Recipe
+from mixtune.data.packing import VARLEN_ATTENTION, flatten_packed, varlen_kwargs
+from mixtune.data.preference import is_pair
 from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
 from mixtune.model.adapters import unwrap_base
-from mixtune.runs import MetricsLog, atomic_write_json
-from mixtune.train import engine
+from mixtune.runs import atomic_write_json
+from mixtune.train import engine, levers
 from mixtune.train.losses import chunked_target_token_ce, masked_token_ce, target_token_ce
+from mixtune.train.stages import StageContext, StageResult, evaluate_abilities
 
-EvalHook = Callable[[torch.nn.Module, str, int], dict]
 PROMPT_LEARNING = ("prefix", "prompt")
 """peft adapters that put virtual tokens (prompt) or virtual keys/values (prefix) before each row: they need one
 example per padded row with an attention mask, not packed rows whose position ids restart per example."""
 
 
-@dataclass
-class StageResult:
-    """What a finished (or interrupted) stage reports."""
-
-    name: str
-    steps: int
-    finished: bool
-    n_examples: int = 0
-    n_tokens: int = 0
-    train_loss: float | None = None
-    eval_loss: dict[str, float] = field(default_factory=dict)
-    wall_s: float = 0.0
-    tokens_per_s: float = 0.0
-    optimizer_state: dict | None = field(default=None, repr=False)
-
-    def record(self) -> dict:
-        """The JSON-able summary (without the optimizer state)."""
-        return {k: v for k, v in self.__dict__.items() if k != "optimizer_state"}
-
-
 def _forward_loss(model, micro: dict, recipe: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
     """(sum of target-token CE, auxiliary loss) of one micro-batch."""
     micro = engine.to_device(micro, engine.model_device(model))
+    varlen = uses_varlen(model) and "attention_mask" not in micro  # flash-attention: one flattened row
+    if varlen:
+        micro = flatten_packed(micro)
     inputs = {k: micro[k] for k in ("input_ids", "position_ids", "attention_mask") if k in micro}
+    if varlen:
+        inputs.update(varlen_kwargs(micro["position_ids"]))
     adapter = recipe.adapter
     if adapter.type == "loramoe" and adapter.lbc_weight > 0 and model.training:
-        from mixtune.model.loramoe import loramoe_balance_loss, loramoe_batch
+        from mixtune.model.loramoe import loramoe_batch
+        from mixtune.train.adapter_losses import loramoe_balance_loss
 
         # L_lbc from per-sample task types (LoRAMoE §3.2): example_index maps each packed token to its sample.
         with loramoe_batch(model, micro["task_type"], micro["example_index"], micro["example_index"] >= 0):
@@ -78,7 +65,9 @@ def _ce_sum(model, inputs: dict, micro: dict, recipe: Recipe) -> torch.Tensor:
         return masked_token_ce(logits.float(), micro["labels"])[0]
     base = unwrap_base(model)
     head = base.get_output_embeddings()
-    packed = engine.packed_attention(base, recipe.train.packed_attention and "attention_mask" not in inputs)
+    # per-example attention for packed rows (varlen flash-attention already attends per example)
+    packed = levers.packed_attention(base, recipe.train.packed_attention and "attention_mask" not in inputs
+                                    and not uses_varlen(model))
     if not _plain_head(base, head):
         with engine.autocast(recipe.train, device), packed:
             logits = model(**inputs, use_cache=False).logits  # (B, T, V)
@@ -87,6 +76,11 @@ def _ce_sum(model, inputs: dict, micro: dict, recipe: Recipe) -> torch.Tensor:
     with engine.autocast(recipe.train, device), packed:  # logits only where there is a target (most of the FLOPs)
         hidden = base.base_model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
         return ce(hidden, micro["labels"], head.weight, head.bias)[0]
+
+
+def uses_varlen(model) -> bool:
+    """Whether the model attends through a varlen flash-attention kernel (packed rows are flattened for it)."""
+    return getattr(unwrap_base(model).config, "_attn_implementation", None) in VARLEN_ATTENTION
 
 
 def _plain_head(base, head) -> bool:
@@ -128,93 +122,115 @@ def _pad_id(model) -> int:
     return 0 if pad is None else int(pad)
 
 
-def sft_stage(model, tokenizer, recipe: Recipe, train_examples: list[dict], stage_dir: Path, *,
-              eval_examples: dict[str, list[dict]] | None = None, stage: str = "sft", resume: bool = False,
-              evaluate: EvalHook | None = None, stop_at_step: int | None = None,
-              optimizer_state: dict | None = None, token_cache: dict | None = None) -> StageResult:
-    """Train one stage in place on `model`; checkpoints and metrics go to `stage_dir`.
+def run_stage(ctx: StageContext) -> StageResult:
+    """Train one SFT stage in place on `ctx.model`; checkpoints and metrics go to `ctx.folder`.
 
-    `optimizer_state`: AdamW moments carried over from the previous stage (train.fresh_optimizer: false); the
+    `ctx.optimizer_state`: AdamW moments carried over from the previous stage (train.fresh_optimizer: false); the
     schedule always starts anew. The finished result carries the optimizer state for the next stage."""
-    cfg = recipe.train
+    # ---- setup
+    model, recipe, cfg = ctx.model, ctx.recipe, ctx.recipe.train
+    dist = engine.dist_setup()  # one process, or a rank of torchrun / accelerate launch
     t0 = time.perf_counter()
-    rows = build_sft_rows(train_examples, tokenizer, recipe.data, token_cache)
-    eval_sets = {k: build_sft_rows(v, tokenizer, recipe.data, token_cache) for k, v in (eval_examples or {}).items()}
+    rows = build_sft_rows(ctx.examples, ctx.tokenizer, recipe.data, ctx.token_cache)
+    eval_sets = {k: build_sft_rows(v, ctx.tokenizer, recipe.data, ctx.token_cache) for k, v in ctx.eval_sets.items()
+                 if not any(is_pair(ex) for ex in v)}  # held-out preference pairs are the preference stages'
+
     stats = rows.summary()
     n_tokens = sum(v["tokens"] for v in stats["per_source"].values())
-    print(f"stage {stage}: {len(rows)} examples, {n_tokens} tokens, {len(rows.truncated)} truncated to "
-          f"{recipe.data.max_seq_len}, {len(rows.no_target)} dropped with no target token left")
+    ctx.log(f"stage {ctx.name}: {len(rows)} examples, {n_tokens} tokens, {len(rows.truncated)} truncated to "
+            f"{recipe.data.max_seq_len}, {len(rows.no_target)} dropped with no target token left")
     if recipe.data.packing and recipe.adapter.type in PROMPT_LEARNING:
-        print(f"stage {stage}: adapter {recipe.adapter.type} trains on padded rows (one example each), not packed")
-    steps_per_epoch = max(1, math.ceil(len(rows) / cfg.batch_size))
+        ctx.log(f"stage {ctx.name}: adapter {recipe.adapter.type} trains on padded rows (one example each), not packed")
+    step_size = cfg.batch_size * dist.world_size  # batch_size is per process (as in accelerate and the HF Trainer)
+    steps_per_epoch = max(1, math.ceil(len(rows) / step_size))
     # Rounded once over all epochs, so fractions of a dataset get proportional steps (matched-steps protocol).
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
-    optimizer = engine.make_optimizer(model, cfg)
-    if optimizer_state is not None:  # before the scheduler exists, so it starts from the peak lr as usual
-        optimizer.load_state_dict(optimizer_state)
-        for group in optimizer.param_groups:  # moments carry over; the learning rate follows the new schedule
-            group["lr"] = cfg.lr
-            group.pop("initial_lr", None)
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / step_size))
+    engine.set_gradient_checkpointing(model, cfg.gradient_checkpointing)
+    forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
+    optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
     state = engine.TrainState()
+    if ctx.resume:
+        state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
+    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)
     full = recipe.adapter.type == "none"
-    if resume and (ckpt := engine.latest_checkpoint(stage_dir)):
-        state = engine.load_checkpoint_into(ckpt, model, optimizer, scheduler)
-        print(f"stage {stage}: resumed from {ckpt} at step {state.step}")
-    log = MetricsLog(stage_dir, tensorboard=cfg.tensorboard)
-    if cfg.compile and not engine.compile_layers(model, recipe.adapter.type):
-        print(f"stage {stage}: train.compile skipped for adapter {recipe.adapter.type} ({engine.COMPILED_ADAPTERS})")
-    model.train()
     pad_id = _pad_id(model)
-    order, order_epoch, window, tokens_done, last_loss = [], -1, [], 0, None
-    t_loop = time.perf_counter()
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=stage, unit="step")
+    speed = engine.Throughput()
+    order, order_epoch, window, last_loss = [], -1, [], None
+    if cfg.compile and not levers.compile_layers(model, recipe.adapter.type):
+        ctx.log(f"stage {ctx.name}: train.compile skipped for adapter {recipe.adapter.type} "
+                f"(compiled only with {levers.COMPILED_ADAPTERS})")
+    # ---- loop
+    model.train()
+    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
+               disable=not dist.is_main)
     for step in bar:
-        if stop_at_step is not None and step >= stop_at_step:
+        if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
+        speed.step_start()
         epoch, pos = divmod(step, steps_per_epoch)
         if epoch != order_epoch:  # reshuffled every epoch from (seed, epoch): logged, reproducible on resume
             order, order_epoch = engine.epoch_order(len(rows), cfg.seed, epoch), epoch
-            log.log(step, epoch=epoch, shuffle_seed=cfg.seed * 1_000_003 + epoch)
-        picked = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
-        micros = _micro_batches(rows, picked, cfg.grad_accum, recipe, pad_id)
-        n_targets = micros[0]["n_step_target_tokens"]
-        step_loss = 0.0
-        for micro in micros:
-            loss_sum, aux = _forward_loss(model, micro, recipe)
+            log.log(step, epoch=epoch, shuffle_seed=engine.epoch_seed(cfg.seed, epoch))
+        picked = order[pos * step_size:(pos + 1) * step_size]  # every rank's examples; this rank packs its share
+        micros = dist.micro_batches(picked, cfg.grad_accum, lambda ids, n: _micro_batches(rows, ids, n, recipe, pad_id))
+        n_targets = max(dist.all_reduce_sum(sum(m["n_target_tokens"] * w for m, w in micros)), 1)  # the step's
+        step_loss, step_tokens = 0.0, 0
+        for micro, weight in micros:  # weight 0: a repeat that only keeps the ranks in step
+            loss_sum, aux = forward(_forward_loss, micro, recipe)
             share = len(micro["task_type"]) / len(picked)  # aux losses are means: weight by sample share
-            (loss_sum / max(n_targets, 1) + aux * share).backward()
-            step_loss += float(loss_sum.detach()) / max(n_targets, 1)
-            tokens_done += int((micro["example_index"] >= 0).sum())  # real tokens, not padding
-        engine.check_finite(step_loss, step + 1, stage_dir)
+            # DDP / FSDP average gradients over ranks: x world_size gives one process's gradient of the whole step
+            (weight * dist.world_size * (loss_sum / n_targets + aux * share)).backward()
+            step_loss += weight * float(loss_sum.detach()) / n_targets
+            step_tokens += int(weight) * int((micro["example_index"] >= 0).sum())  # real tokens, not padding
+        step_loss, step_tokens = dist.all_reduce_sum([step_loss, step_tokens])  # global: what every rank logs
+        engine.check_finite(step_loss, step + 1, ctx.folder)
         grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
+        speed.step_done(int(step_tokens))
         state.step = step + 1
         window.append(step_loss)
         if state.step % cfg.log_every == 0 or state.step == total_steps:
-            rate = tokens_done / (time.perf_counter() - t_loop)
-            log.log(state.step, loss=sum(window) / len(window), lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
-                    tokens_per_s=rate, epoch=epoch)
-            bar.set_postfix(loss=f"{sum(window) / len(window):.3f}", tok_s=f"{rate:.0f}")
-            last_loss, window = sum(window) / len(window), []
+            last_loss = sum(window) / len(window)
+            log.log(state.step, loss=last_loss, lr=scheduler.get_last_lr()[0], grad_norm=grad_norm,
+                    tokens_per_s=speed.window_rate(), epoch=epoch)
+            bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{speed.window_rate():.0f}")
+            window = []
+            speed.reset_window()
+        # ---- evaluate (mid-stage) and save (checkpoints)
         if cfg.eval_every and state.step % cfg.eval_every == 0 and eval_sets:
-            log.log(state.step, **{f"eval_loss/{k}": v for k, v in eval_losses(model, eval_sets, recipe).items()})
-        if recipe.eval.every_n_steps and evaluate and state.step % recipe.eval.every_n_steps == 0:
-            evaluate(model, stage, state.step)
+            with dist.main_model(model) as plain:  # rank 0 alone (a whole copy under FSDP)
+                losses = eval_losses(plain, eval_sets, recipe) if plain is not None else {}
+            log.log(state.step, **{f"eval_loss/{k}": v for k, v in losses.items()})
+        if recipe.eval.every_n_steps and state.step % recipe.eval.every_n_steps == 0:
+            evaluate_abilities(ctx, step=state.step)
         if cfg.save_every and state.step % cfg.save_every == 0:
-            engine.save_checkpoint(stage_dir, model, optimizer, scheduler, state, full=full)
+            engine.save_checkpoint(ctx.folder, model, optimizer, scheduler, state, full=full)
     bar.close()
     if cfg.compile:
-        engine.uncompile_layers(model)
-    result = StageResult(stage, state.step, state.step >= total_steps, len(rows), n_tokens,
-                         train_loss=last_loss)
+        levers.uncompile_layers(model)
+    result = StageResult(ctx.name, ctx.kind, state.step, state.step >= total_steps, len(rows), n_tokens,
+                         train_loss=last_loss, dropped={"no target token after truncation": list(rows.no_target)}
+                         if rows.no_target else {})
     if not result.finished:
         return result
-    result.eval_loss = eval_losses(model, eval_sets, recipe) if eval_sets else {}
+    with dist.main_model(model) as plain:
+        result.eval_loss = eval_losses(plain, eval_sets, recipe) if eval_sets and plain is not None else {}
     result.wall_s = time.perf_counter() - t0
-    result.tokens_per_s = tokens_done / max(time.perf_counter() - t_loop, 1e-9)
-    log.log(state.step, **{f"eval_loss/{k}": v for k, v in result.eval_loss.items()}, stage_done=stage)
+    result.tokens_per_s = speed.overall_rate()
+    log.log(state.step, **{f"eval_loss/{k}": v for k, v in result.eval_loss.items()}, stage_done=ctx.name)
     log.close()
-    atomic_write_json(stage_dir / "stage.json", result.record())
+    if dist.is_main:
+        atomic_write_json(ctx.folder / "stage.json", result.record())
     if not cfg.fresh_optimizer:
         result.optimizer_state = optimizer.state_dict()
     return result
+
+
+def sft_stage(model, tokenizer, recipe: Recipe, examples: list[dict], stage_dir: Path, *, name: str = "sft",
+              eval_examples: dict[str, list[dict]] | None = None, resume: bool = False,
+              stop_at_step: int | None = None, log=print) -> StageResult:
+    """One SFT stage outside a run (benchmarks, tests): `run_stage` on a context built from these arguments."""
+    ctx = StageContext(recipe=recipe, name=name, kind="sft", model=model, tokenizer=tokenizer, examples=examples,
+                       folder=Path(stage_dir), run_dir=Path(stage_dir).parent, eval_sets=eval_examples or {},
+                       resume=resume, stop_at_step=stop_at_step, log=log)
+    return run_stage(ctx)

@@ -8,6 +8,7 @@ knowledge: people).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 from collections.abc import Iterable
@@ -18,10 +19,11 @@ from tqdm import tqdm
 
 from mixtune.config import WorldConfig
 from mixtune.runs import atomic_write_text
-from mixtune.world import arithmetic, codetasks, instruct, people, text
+from mixtune.world import arithmetic, codetasks, instruct, people, preference, text
 
 SFT_ABILITIES = ("math", "code", "general", "knowledge")
 BENCH_FILES = {"math": "math_test", "code": "code_test", "general": "instruct_test", "knowledge": "knowledge_test"}
+PREFERENCE_FILES = ("preference_math", "preference_code", "preference_instruct")
 
 
 def _rng(part: str, seed: int) -> random.Random:
@@ -39,9 +41,18 @@ def _sft(ability: str, i: int, user: str, assistant: str, **extra: Any) -> dict[
             "messages": [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}], **extra}
 
 
+@functools.lru_cache(maxsize=4)
+def held_out(cfg: WorldConfig) -> tuple[list, list, list]:
+    """The held-out math problems, code tasks and instruction examples (drawn first; every training draw, SFT or
+    preference, excludes their keys). Cached: the SFT and the preference builders both need them."""
+    return (arithmetic.make_problems(cfg.math_test, _rng("math-test", cfg.seed)),
+            codetasks.make_tasks(cfg.code_test, _rng("code-test", cfg.seed)),
+            instruct.make_examples(cfg.instruct_test, _rng("instruct-test", cfg.seed), unique_keys=True))
+
+
 def build_math(cfg: WorldConfig) -> tuple[list[dict], list[dict]]:
     """(SFT records, GSM8K-format benchmark rows)."""
-    test = arithmetic.make_problems(cfg.math_test, _rng("math-test", cfg.seed))
+    test = held_out(cfg)[0]
     train = arithmetic.make_problems(cfg.math_train, _rng("math-train", cfg.seed), {p.signature for p in test})
     sft = [_sft("math", i, p.question, p.solution, answer=str(p.answer)) for i, p in enumerate(train)]
     bench = [{"task_id": f"minilab_math/{i}", "question": p.question, "answer": p.gsm8k_answer}
@@ -51,7 +62,7 @@ def build_math(cfg: WorldConfig) -> tuple[list[dict], list[dict]]:
 
 def build_code(cfg: WorldConfig, progress: bool = True) -> tuple[list[dict], list[dict]]:
     """(SFT records, HumanEval-format benchmark rows); raises AssertionError if a canonical solution fails."""
-    test = codetasks.make_tasks(cfg.code_test, _rng("code-test", cfg.seed))
+    test = held_out(cfg)[1]
     train = codetasks.make_tasks(cfg.code_train, _rng("code-train", cfg.seed), {t.key for t in test})
     for t in tqdm(test + train, desc="world: check code solutions", leave=False, disable=not progress):
         assert codetasks.passes(t.program, t.test, t.entry_point), f"canonical solution fails: {t.entry_point}"
@@ -64,13 +75,27 @@ def build_code(cfg: WorldConfig, progress: bool = True) -> tuple[list[dict], lis
 
 def build_general(cfg: WorldConfig) -> tuple[list[dict], list[dict]]:
     """(SFT records, IFEval-format benchmark rows)."""
-    test = instruct.make_examples(cfg.instruct_test, _rng("instruct-test", cfg.seed), unique_keys=True)
+    test = held_out(cfg)[2]
     train = instruct.make_examples(cfg.instruct_train, _rng("instruct-train", cfg.seed), {e.key for e in test})
     sft = [_sft("general", i, e.prompt, e.response, instruction_ids=list(e.instruction_ids), kwargs=list(e.kwargs))
            for i, e in enumerate(train)]
     bench = [{"task_id": f"minilab_instruct/{i}", "key": i, "prompt": e.prompt,
               "instruction_id_list": list(e.instruction_ids), "kwargs": list(e.kwargs)} for i, e in enumerate(test)]
     return sft, bench
+
+
+def build_preference(cfg: WorldConfig) -> dict[str, list[dict]]:
+    """Preference pair files (world/preference.py), each from its own generator, disjoint from the benchmarks."""
+    math_test, code_test, instruct_test = held_out(cfg)
+    return {
+        "preference_math": preference.math_pairs(cfg.preference_math, _rng("preference-math", cfg.seed),
+                                                 {p.signature for p in math_test}),
+        "preference_code": preference.code_pairs(cfg.preference_code, _rng("preference-code", cfg.seed),
+                                                 {t.key for t in code_test}),
+        "preference_instruct": preference.instruct_pairs(cfg.preference_instruct,
+                                                         _rng("preference-instruct", cfg.seed),
+                                                         {e.key for e in instruct_test}),
+    }
 
 
 def build_knowledge(cfg: WorldConfig, train_people: list[people.Person], held_out: list[people.Person]
@@ -105,7 +130,8 @@ def build_corpus(cfg: WorldConfig, population: list[people.Person], progress: bo
 
 
 def generate_world(cfg: WorldConfig, out_dir: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Write corpus/, sft/, bench/ and world.json under `out_dir` (default `cfg.out_dir`); return world.json's data.
+    """Write corpus/, sft/ (SFT sources and preference pairs), bench/ and world.json under `out_dir` (default
+    `cfg.out_dir`); return world.json's data.
 
     Files are written atomically; nothing in them depends on the time or the machine.
     """
@@ -115,12 +141,16 @@ def generate_world(cfg: WorldConfig, out_dir: str | Path | None = None, progress
     parts = {"math": build_math(cfg), "code": build_code(cfg, progress), "general": build_general(cfg),
              "knowledge": build_knowledge(cfg, train_people, held_out)}
     docs = build_corpus(cfg, population, progress)
+    pairs = build_preference(cfg)
 
     counts: dict[str, int] = {}
     for ability, (sft, bench) in parts.items():
         atomic_write_text(out / "sft" / f"{ability}.jsonl", _jsonl(sft))
         atomic_write_text(out / "bench" / f"{BENCH_FILES[ability]}.jsonl", _jsonl(bench))
         counts[f"sft/{ability}"], counts[f"bench/{BENCH_FILES[ability]}"] = len(sft), len(bench)
+    for name, rows in pairs.items():
+        atomic_write_text(out / "sft" / f"{name}.jsonl", _jsonl(rows))
+        counts[f"sft/{name}"] = len(rows)
     atomic_write_text(out / "corpus" / "pretrain.jsonl", _jsonl({"text": d} for d in docs))
     counts["corpus/documents"] = len(docs)
     corpus_chars = sum(len(d) for d in docs)

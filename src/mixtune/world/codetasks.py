@@ -129,6 +129,11 @@ def _body(steps: list[tuple[Primitive, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def body_of(key: tuple) -> str:
+    """The function body of a chain given as a task key ((primitive name, parameter), ...)."""
+    return _body([(BY_NAME[name], param) for name, param in key])
+
+
 def _random_input(rng: random.Random, domain: str) -> Any:
     if domain == "list":
         return [rng.randint(0, 20) for _ in range(rng.randint(3, 7))]

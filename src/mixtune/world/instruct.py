@@ -80,6 +80,8 @@ class InstructExample:
     instruction_ids: tuple[str, ...]
     kwargs: tuple[dict[str, Any], ...]
     response: str
+    topic: tuple = ()
+    """The pool topic the prompt and response are about (preference pairs build a violating response on it)."""
 
 
 def _draw_kwargs(rng: random.Random, iid: str) -> dict[str, Any]:
@@ -186,7 +188,8 @@ def make_example(rng: random.Random, exclude: set) -> InstructExample:
         else:
             continue  # unsatisfiable kwargs draw (e.g. three keywords in under 20 words): draw again
         prompt = " ".join([base] + [_phrase(rng, i, k) for i, k in zip(ids, kwargs)])
-        return InstructExample(key=key, prompt=prompt, instruction_ids=ids, kwargs=kwargs, response=response)
+        return InstructExample(key=key, prompt=prompt, instruction_ids=ids, kwargs=kwargs, response=response,
+                               topic=topic)
     raise RuntimeError("cannot draw an instruction example outside the excluded keys")
 
 

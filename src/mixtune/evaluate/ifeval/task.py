@@ -9,11 +9,12 @@ Strict prompt-level accuracy is the per-sample `passed`.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from mixtune.evaluate.base import BenchmarkDataError
 from mixtune.evaluate.ifeval.registry import follow_loose, follow_strict, get_checker
+from mixtune.jsonl import iter_jsonl
 
 
 class IFEval:
@@ -129,14 +130,4 @@ class MiniLabInstruct(IFEval):
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     """Objects of a JSONL file (blank lines skipped); errors name the file and line."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: benchmark file not found")
-    records = []
-    with path.open(encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{i + 1}: bad JSON ({e.msg})") from None
-    return records
+    return [obj for _, obj in iter_jsonl(path, BenchmarkDataError, "benchmark file")]

@@ -1,9 +1,12 @@
-"""The results database: one SQLite file per study (`runs/<study>/results.sqlite`).
+"""The results database (ground floor): one SQLite file per study (`runs/<study>/results.sqlite`).
 
 Tables (one row per (run, stage, benchmark, metric) in `scores`):
-- `runs(run_id PK, study, strategy, fraction, seed, setup, adapter, config_json, status, started_at, finished_at)`
+- `runs(run_id PK, study, strategy, fraction, seed, setup, adapter, config_json, status, started_at, finished_at,
+  protocol, base)`: `protocol` is the study protocol the run was trained under (matched_steps / fixed_epochs),
+  `base` names the base model (e.g. `base-mini-b1` when a study pre-trains several bases).
 - `stages(run_id, stage_index, stage_name, n_examples, n_tokens, steps, wall_s, PK(run_id, stage_name))`
-- `metrics(run_id, stage, step, name, value)`: training curves (loss, lr, tokens_per_s ...), append-only.
+- `metrics(run_id, stage, step, name, value)`: training curves (loss, lr, tokens_per_s ...), appended; a stage's
+  end-of-stage metrics (`set_metrics`) replace earlier rows of the same (run, stage, step, name).
 - `scores(run_id, stage, step, benchmark, ability, metric, value, text, PK(run_id, stage, step, benchmark, metric))`
 
 Choices:
@@ -30,15 +33,17 @@ from typing import TYPE_CHECKING, Any, TypeVar
 if TYPE_CHECKING:
     from typing_extensions import Self
 
+DB_NAME = "results.sqlite"
+"""File name of a study's results database inside its folder."""
 END_OF_STAGE = -1
 STATUSES = ("pending", "running", "finished", "failed")
 RUN_FIELDS = ("study", "strategy", "fraction", "seed", "setup", "adapter", "config_json", "status",
-              "started_at", "finished_at")
+              "started_at", "finished_at", "protocol", "base")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
     run_id TEXT PRIMARY KEY, study TEXT, strategy TEXT, fraction REAL, seed INTEGER, setup TEXT, adapter TEXT,
-    config_json TEXT, status TEXT, started_at TEXT, finished_at TEXT);
+    config_json TEXT, status TEXT, started_at TEXT, finished_at TEXT, protocol TEXT, base TEXT);
 CREATE TABLE IF NOT EXISTS stages (
     run_id TEXT NOT NULL, stage_index INTEGER, stage_name TEXT NOT NULL, n_examples INTEGER, n_tokens INTEGER,
     steps INTEGER, wall_s REAL, PRIMARY KEY (run_id, stage_name));
@@ -69,6 +74,14 @@ class ResultsDB:
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
         self._retry(lambda: self.conn.execute("PRAGMA journal_mode = WAL").fetchone())
         self._retry(lambda: self.conn.executescript(_SCHEMA))
+        self._migrate()
+
+    def _migrate(self) -> None:
+        """Add the columns newer versions write to a database made by an older one."""
+        have = {r["name"] for r in self.conn.execute("PRAGMA table_info(runs)")}
+        for column in ("protocol", "base"):
+            if column not in have:
+                self._write(f"ALTER TABLE runs ADD COLUMN {column} TEXT")
 
     # --- plumbing -------------------------------------------------------------------------------------------------
 
@@ -155,6 +168,13 @@ class ResultsDB:
         cur = self.conn.execute("SELECT * FROM stages WHERE run_id = ? ORDER BY stage_index", (run_id,))
         return [dict(r) for r in cur]
 
+    def run_totals(self) -> dict[str, dict[str, int | None]]:
+        """run_id -> {"steps", "tokens"}: optimizer steps and training tokens (`n_tokens`) summed over the run's
+        recorded stages (None when no stage recorded them)."""
+        cur = self.conn.execute("SELECT run_id, SUM(steps) AS steps, SUM(n_tokens) AS tokens FROM stages "
+                                "GROUP BY run_id")
+        return {r["run_id"]: {"steps": r["steps"], "tokens": r["tokens"]} for r in cur}
+
     def add_metric(self, run_id: str, stage: str, step: int, name: str, value: float) -> None:
         """Append one training metric value (e.g. loss at a step)."""
         self._write("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)", (run_id, stage, step, name, float(value)))
@@ -163,6 +183,18 @@ class ResultsDB:
         """Append several metrics of one step in one transaction."""
         self._write_many("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
                          [(run_id, stage, step, k, float(v)) for k, v in values.items()])
+
+    def set_metrics(self, run_id: str, stage: str, step: int, values: dict[str, float]) -> None:
+        """Record several metrics of one step, replacing earlier values of the same (run, stage, step, name): what a
+        stage reports at its end, which a resumed or retried run records again."""
+        def run() -> None:
+            with self.conn:
+                self.conn.executemany("DELETE FROM metrics WHERE run_id = ? AND stage = ? AND step = ? AND name = ?",
+                                      [(run_id, stage, step, k) for k in values])
+                self.conn.executemany("INSERT INTO metrics VALUES (?, ?, ?, ?, ?)",
+                                      [(run_id, stage, step, k, float(v)) for k, v in values.items()])
+
+        self._retry(run)
 
     def metrics(self, run_id: str, name: str | None = None) -> list[dict[str, Any]]:
         sql, params = "SELECT * FROM metrics WHERE run_id = ?", [run_id]
@@ -187,11 +219,13 @@ class ResultsDB:
     def rows(self, study: str | None = None, numeric_only: bool = True) -> list[dict[str, Any]]:
         """Score rows joined with their run (strategy, fraction, seed, setup, adapter) and stage index.
 
-        Keys: run_id, study, strategy, fraction, seed, setup, adapter, stage, stage_index (None when the stage was
-        not recorded with `add_stage`), step, benchmark, ability, metric, value, text. Ordered by insertion.
+        Keys: run_id, study, strategy, fraction, seed, setup, adapter, protocol, base, stage, stage_index (None when
+        the stage was not recorded with `add_stage`), step, benchmark, ability, metric, value, text. Ordered by
+        insertion.
         """
         sql = """
-            SELECT s.run_id, r.study, r.strategy, r.fraction, r.seed, r.setup, r.adapter, s.stage, g.stage_index,
+            SELECT s.run_id, r.study, r.strategy, r.fraction, r.seed, r.setup, r.adapter, r.protocol, r.base,
+                   s.stage, g.stage_index,
                    s.step, s.benchmark, s.ability, s.metric, s.value, s.text
             FROM scores s
             LEFT JOIN runs r ON r.run_id = s.run_id
