@@ -139,3 +139,27 @@ def test_levers_off_is_the_plain_path_bit_for_bit(tmp_path, tiny_tokenizer_dir, 
     levers.default_malloc()
     plain = stage_losses(tmp_path, tiny_tokenizer_dir, "plain")
     assert len(plain) == 3 and kept == plain
+
+
+def test_foreach_adamw_is_the_per_tensor_loop_bit_for_bit():
+    # make_optimizer always asks for the foreach form (fewer, larger kernels); on CPU torch's default is the per-tensor
+    # loop. Same arithmetic in the same order, so every parameter must match bit for bit after a few steps with weight
+    # decay, a matrix (decayed) and a vector (not).
+    from mixtune.config import TrainConfig
+    from mixtune.train.engine import make_optimizer
+
+    def trained(foreach: bool) -> list[torch.Tensor]:
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.LayerNorm(5))
+        optimizer = make_optimizer(model, TrainConfig(lr=1e-2, weight_decay=0.1))
+        assert all(g["foreach"] is True for g in optimizer.param_groups)
+        for group in optimizer.param_groups:
+            group["foreach"] = foreach
+        for step in range(4):
+            model.zero_grad()
+            model(torch.randn(3, 7, generator=torch.Generator().manual_seed(step))).pow(2).sum().backward()
+            optimizer.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    for got, want in zip(trained(True), trained(False), strict=True):
+        assert torch.equal(got, want)
