@@ -6,12 +6,14 @@ import pytest
 import torch
 
 from mixtune.train.losses import (
+    chunked_target_token_ce,
     dpo_loss,
     gae,
     kl_k1,
     lbc_coefficients,
     lbc_importance,
     lbc_loss,
+    linear_cross_entropy,
     masked_token_ce,
     masked_whiten,
     per_sequence_logps,
@@ -59,6 +61,79 @@ def test_target_token_ce_equals_masked_token_ce_in_value_and_gradient():
     for a, b in zip(grads_full, grads_part):
         assert torch.allclose(a, b, atol=1e-6)
     assert grads_part[0][0, 3:].abs().sum() > 0 and grads_part[0][0, :2].abs().sum() == 0  # no target: no gradient
+
+
+def ce_inputs(seed: int = 0, with_bias: bool = True):
+    """hidden (2, 7, 5), head (11, 5) + bias, labels with prompt (-100) spans: 4 + 5 of the 2 × 6 shifted positions."""
+    gen = torch.Generator().manual_seed(seed)
+    hidden = torch.randn(2, 7, 5, generator=gen, dtype=torch.float32).requires_grad_()
+    weight = torch.randn(11, 5, generator=gen, dtype=torch.float32).requires_grad_()
+    bias = torch.randn(11, generator=gen, dtype=torch.float32).requires_grad_() if with_bias else None
+    labels = torch.randint(0, 11, (2, 7), generator=gen)
+    labels[0, :3] = -100
+    labels[1, [0, 4]] = -100
+    return hidden, weight, bias, labels
+
+
+def ce_value_and_grads(fn, hidden, weight, bias, labels):
+    for t in (hidden, weight, bias):
+        if t is not None:
+            t.grad = None
+    loss, n = fn(hidden, labels, weight, bias)
+    (loss * 0.5).backward()  # a scaled loss, as the trainer's loss_sum / n_step_target_tokens
+    return loss.detach(), n, [t.grad.clone() for t in (hidden, weight, bias) if t is not None]
+
+
+def full_logits_ce(hidden, labels, weight, bias):
+    return masked_token_ce(torch.nn.functional.linear(hidden, weight, bias), labels)
+
+
+@pytest.mark.parametrize("fn", [target_token_ce, chunked_target_token_ce], ids=["target", "chunked"])
+def test_target_position_ce_equals_masked_token_ce(fn):
+    # The same sum and gradients as computing all (B, T, V) logits: the rows without a target contribute nothing.
+    inputs = ce_inputs()
+    want_loss, want_n, want_grads = ce_value_and_grads(full_logits_ce, *inputs)
+    got_loss, got_n, got_grads = ce_value_and_grads(fn, *inputs)
+    assert int(got_n) == int(want_n) == 9
+    assert got_loss.item() == pytest.approx(want_loss.item(), rel=1e-6)  # fp32 sums: 1e-6 relative
+    for got, want in zip(got_grads, want_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+    assert inputs[0].grad[0, :2].abs().max() == 0  # positions whose next token is a prompt token get no gradient
+
+
+def test_linear_cross_entropy_hand_worked():
+    # h = [1, 0], W = [[ln 3, 0], [0, 0]]: logits [ln 3, 0], target 1 → p = 1/(3+1), loss ln 4.
+    # dL/dlogits = softmax − onehot = [3/4, −3/4]; dL/dh = g W = [3/4 ln 3, 0]; dL/dW = gᵀ h = [[3/4, 0], [−3/4, 0]].
+    ln3 = math.log(3.0)
+    hidden = torch.tensor([[1.0, 0.0]], requires_grad=True)
+    weight = torch.tensor([[ln3, 0.0], [0.0, 0.0]], requires_grad=True)
+    loss = linear_cross_entropy(hidden, weight, None, torch.tensor([1]))
+    assert loss.item() == pytest.approx(math.log(4.0), abs=1e-6)
+    (2 * loss).backward()  # backward scales the gradients stored in forward by the incoming 2
+    assert torch.allclose(hidden.grad, torch.tensor([[1.5 * ln3, 0.0]]), atol=1e-6)
+    assert torch.allclose(weight.grad, torch.tensor([[1.5, 0.0], [-1.5, 0.0]]), atol=1e-6)
+
+
+def test_linear_cross_entropy_chunks_and_no_grad():
+    hidden, weight, bias, labels = ce_inputs(1)
+    rows, targets = hidden.reshape(-1, 5), labels.reshape(-1).clamp(min=0)
+    whole = linear_cross_entropy(rows, weight, bias, targets, chunk=1000)
+    for chunk in (1, 3, 5):  # chunk boundaries inside and at the end of the 14 rows
+        assert linear_cross_entropy(rows, weight, bias, targets, chunk=chunk).item() == pytest.approx(
+            whole.item(), rel=1e-6)
+    with torch.no_grad():  # evaluation: the loss alone, no gradient work and no graph
+        loss = linear_cross_entropy(rows, weight, bias, targets, chunk=3)
+    assert loss.item() == pytest.approx(whole.item(), rel=1e-6) and not loss.requires_grad
+
+
+def test_chunked_ce_under_bf16_autocast_matches_within_bf16_rounding():
+    hidden, weight, _, labels = ce_inputs(2, with_bias=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        want, _, want_grads = ce_value_and_grads(target_token_ce, hidden, weight, None, labels)
+        got, _, got_grads = ce_value_and_grads(chunked_target_token_ce, hidden, weight, None, labels)
+    assert got.item() == pytest.approx(want.item(), rel=1e-2)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        assert g.dtype == torch.float32 and torch.allclose(g, w, atol=2e-2, rtol=2e-2)
 
 
 def test_token_weighted_mean_weighs_tokens_not_batches():

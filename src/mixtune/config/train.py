@@ -70,6 +70,14 @@ class TrainConfig(Section):
     state (torch FSDP2). batch_size is per process either way."""
     dist_timeout_s: int = Field(7200, ge=60)
     """Under torchrun / accelerate launch: seconds a rank waits for the others (rank 0 evaluates and saves alone)."""
+    compile: bool = False
+    """Speed: torch.compile (inductor) the decoder layers; a one-off compile, then faster steps; changes rounding."""
+    fused_ce: bool = False
+    """Speed: output layer + cross-entropy in row chunks, gradients in the forward pass; changes rounding."""
+    packed_attention: bool = False
+    """Speed: attention per example, not through a block mask; one unpadded row per micro-batch; changes rounding."""
+    fused_adamw: bool = False
+    """Speed: AdamW as one fused kernel per tensor (else the bit-identical foreach form); changes rounding."""
 
 
 class StageSpec(Section):

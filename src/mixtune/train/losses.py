@@ -58,6 +58,85 @@ def target_token_ce(hidden: Tensor, labels: Tensor, head_weight: Tensor, head_bi
     return F.cross_entropy(logits.float(), shift[mask], reduction="sum"), mask.sum()
 
 
+LINEAR_CE_CHUNK = 512
+"""Rows per chunk of `linear_cross_entropy`: a (512, V) fp32 logit block is 16 MiB at V = 8192, and fewer, larger
+chunks measured faster than 128 or 256 (benchmarks/sft_throughput.py, lever `fused_ce`)."""
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Σ_i CE(h_i W^T + b, y_i) with the gradients computed chunk by chunk in the forward pass.
+
+    d/dlogits of a summed CE is softmax − onehot, so each chunk's logits are used for the loss and their gradient at
+    once and then freed: no (N, V) logits, log-probs or gradient ever exist, and nothing is recomputed in backward
+    (the "fused linear cross-entropy" of Liger-Kernel, Hsu et al. 2024 §3.1, written with torch ops). backward only
+    scales the stored dL/dh, dL/dW, dL/db by the incoming scalar gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, chunk: int,
+                dtype: torch.dtype, grad_enabled: bool) -> Tensor:
+        # needs_input_grad says True under torch.no_grad too: evaluation must not pay for the gradients
+        need_h, need_w, need_b = (grad_enabled and need for need in ctx.needs_input_grad[:3])
+        w = weight.to(dtype)  # (V, H) matmul operands in `dtype` (bf16 under autocast), as F.linear would cast
+        b = None if bias is None else bias.to(dtype)
+        grad_h = torch.empty_like(hidden) if need_h else None  # (N, H)
+        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        loss = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk):
+            h = hidden[start:start + chunk].to(dtype)  # (C, H)
+            y = targets[start:start + chunk]  # (C,)
+            logits = F.linear(h, w, b).float()  # (C, V) fp32, as masked_token_ce's logits.float()
+            lse = torch.logsumexp(logits, dim=-1)  # (C,)
+            loss += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if not (need_h or need_w or need_b):
+                continue
+            grad = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+            grad[torch.arange(len(y), device=y.device), y] -= 1.0  # − onehot
+            if need_b:
+                grad_b += grad.sum(0)
+            grad = grad.to(dtype)
+            if need_h:
+                grad_h[start:start + chunk] = grad @ w  # (C, H)
+            if need_w:
+                grad_w += (grad.t() @ h).float()  # (V, H), summed over chunks in fp32
+        ctx.save_for_backward(grad_h, grad_w, grad_b)
+        ctx.param_dtypes = (weight.dtype, None if bias is None else bias.dtype)
+        return loss
+
+    @staticmethod
+    def backward(ctx, grad_loss: Tensor):
+        grad_h, grad_w, grad_b = ctx.saved_tensors
+        w_dtype, b_dtype = ctx.param_dtypes
+        return (None if grad_h is None else grad_h * grad_loss,
+                None if grad_w is None else (grad_w * grad_loss).to(w_dtype),
+                None if grad_b is None else (grad_b * grad_loss).to(b_dtype), None, None, None, None)
+
+
+def linear_cross_entropy(hidden: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor,
+                         chunk: int = LINEAR_CE_CHUNK, dtype: torch.dtype | None = None) -> Tensor:
+    """Summed CE of `F.linear(hidden, weight, bias)` against `targets`, chunk by chunk (see _LinearCrossEntropy).
+
+    hidden (N, H), weight (V, H), bias (V,) or None, targets (N,) in [0, V) → scalar fp32. `dtype`: the matmul
+    dtype (default: bf16 inside a CPU/GPU autocast region, else hidden's); the softmax runs in fp32 either way.
+    Differs from the unchunked form only by rounding (dW is summed over chunks in fp32)."""
+    if dtype is None:
+        device_type = hidden.device.type
+        autocast_on = torch.is_autocast_enabled(device_type)
+        dtype = torch.get_autocast_dtype(device_type) if autocast_on else hidden.dtype
+    with torch.autocast(hidden.device.type, enabled=False):
+        return _LinearCrossEntropy.apply(hidden, weight, bias, targets, chunk, dtype, torch.is_grad_enabled())
+
+
+def chunked_target_token_ce(hidden: Tensor, labels: Tensor, head_weight: Tensor, head_bias: Tensor | None = None,
+                            ignore_index: int = -100) -> tuple[Tensor, Tensor]:
+    """`target_token_ce` through `linear_cross_entropy`: the same contract and value up to rounding, without the
+    (N, V) logits in memory. hidden (B, T, H), labels (B, T) → (loss_sum scalar fp32, n_tokens scalar int64)."""
+    shift = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+    mask = shift != ignore_index
+    return linear_cross_entropy(hidden[:, :-1][mask], head_weight, head_bias, shift[mask]), mask.sum()
+
+
 def token_weighted_mean(loss_sums: Tensor | list[Tensor], n_tokens: Tensor | list[Tensor]) -> Tensor:
     """Σ loss_sum / Σ n_tokens over micro-batches: every token weighs the same (0 when there are no tokens)."""
     total = torch.stack([torch.as_tensor(x) for x in loss_sums]).sum() if isinstance(loss_sums, list) else loss_sums

@@ -23,8 +23,8 @@ from mixtune.data.preference import is_pair
 from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
 from mixtune.model.adapters import unwrap_base
 from mixtune.runs import atomic_write_json
-from mixtune.train import engine
-from mixtune.train.losses import masked_token_ce, target_token_ce
+from mixtune.train import engine, levers
+from mixtune.train.losses import chunked_target_token_ce, masked_token_ce, target_token_ce
 from mixtune.train.stages import StageContext, StageResult, evaluate_abilities
 
 PROMPT_LEARNING = ("prefix", "prompt")
@@ -65,13 +65,17 @@ def _ce_sum(model, inputs: dict, micro: dict, recipe: Recipe) -> torch.Tensor:
         return masked_token_ce(logits.float(), micro["labels"])[0]
     base = unwrap_base(model)
     head = base.get_output_embeddings()
+    # per-example attention for packed rows (varlen flash-attention already attends per example)
+    packed = levers.packed_attention(base, recipe.train.packed_attention and "attention_mask" not in inputs
+                                    and not uses_varlen(model))
     if not _plain_head(base, head):
-        with engine.autocast(recipe.train, device):
+        with engine.autocast(recipe.train, device), packed:
             logits = model(**inputs, use_cache=False).logits  # (B, T, V)
         return masked_token_ce(logits.float(), micro["labels"])[0]
-    with engine.autocast(recipe.train, device):  # logits only where there is a target (most of a tiny model's FLOPs)
+    ce = chunked_target_token_ce if recipe.train.fused_ce else target_token_ce  # same value up to rounding
+    with engine.autocast(recipe.train, device), packed:  # logits only where there is a target (most of the FLOPs)
         hidden = base.base_model(**inputs, use_cache=False).last_hidden_state  # (B, T, H)
-        return target_token_ce(hidden, micro["labels"], head.weight, head.bias)[0]
+        return ce(hidden, micro["labels"], head.weight, head.bias)[0]
 
 
 def uses_varlen(model) -> bool:
@@ -108,6 +112,8 @@ def _micro_batches(rows, indices: list[int], grad_accum: int, recipe: Recipe, pa
     capacity = recipe.data.max_seq_len
     if packing and recipe.data.pack_len:
         capacity = max(recipe.data.pack_len, *(len(rows.rows[i]["input_ids"]) for i in indices))
+    if packing and recipe.train.packed_attention:  # attention per example: a long row costs nothing, padding does
+        capacity = max(capacity, sum(len(rows.rows[i]["input_ids"]) for i in indices))  # one row per micro-batch
     return batches_for_step(rows, indices, grad_accum, capacity, pad_id, packing=packing)
 
 
@@ -151,6 +157,9 @@ def run_stage(ctx: StageContext) -> StageResult:
     pad_id = _pad_id(model)
     speed = engine.Throughput()
     order, order_epoch, window, last_loss = [], -1, [], None
+    if cfg.compile and not levers.compile_layers(model, recipe.adapter.type):
+        ctx.log(f"stage {ctx.name}: train.compile skipped for adapter {recipe.adapter.type} "
+                f"(compiled only with {levers.COMPILED_ADAPTERS})")
     # ---- loop
     model.train()
     bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
@@ -197,6 +206,8 @@ def run_stage(ctx: StageContext) -> StageResult:
         if cfg.save_every and state.step % cfg.save_every == 0:
             engine.save_checkpoint(ctx.folder, model, optimizer, scheduler, state, full=full)
     bar.close()
+    if cfg.compile:
+        levers.uncompile_layers(model)
     result = StageResult(ctx.name, ctx.kind, state.step, state.step >= total_steps, len(rows), n_tokens,
                          train_loss=last_loss, dropped={"no target token after truncation": list(rows.no_target)}
                          if rows.no_target else {})
