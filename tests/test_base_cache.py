@@ -41,8 +41,22 @@ def test_base_cache_follows_the_files_each_step_reads(tmp_path):
     prepare_base(recipe, log=logs.append)
     assert all("cached" in line for line in logs), logs
 
-    # an old-style stamp (the configuration, not the inputs): the base is made again, from scratch
+    # a training field added to the schema after the stamp was written: cached while it holds its default value
     stamp = tmp_path / "base" / STAMP
+    key = json.loads(stamp.read_text())
+    assert key["train"].pop("fused_ce") is False
+    stamp.write_text(json.dumps(key))
+    logs.clear()
+    prepare_base(recipe, log=logs.append)
+    assert any("base model: cached" in line for line in logs), logs
+    logs.clear()
+    prepare_base(recipe.model_copy(update={"train": recipe.train.model_copy(update={"fused_ce": True})}),
+                 log=logs.append)  # the new switch turned on: not the base the stamp describes
+    assert any("(train changed)" in line for line in logs), logs
+    prepare_base(recipe, log=lambda _: None)  # back to the recipe's own base
+    assert (final / "model.safetensors").read_bytes() == weights
+
+    # an old-style stamp (the configuration, not the inputs): the base is made again, from scratch
     stamp.write_text(json.dumps({"world": {}, "model": {}}))
     logs.clear()
     prepare_base(recipe, log=logs.append)

@@ -27,17 +27,28 @@ def _digest(paths: list[Path]) -> dict[str, str]:
             hashlib.sha256(p.read_bytes()).hexdigest() for p in paths}
 
 
-def _changed(folder: Path, key: dict) -> list[str] | None:
-    """None when `folder` has no stamp; else the top-level keys of `key` that differ from its stamp ([]: fresh)."""
+def _changed(folder: Path, key: dict, defaults: dict | None = None) -> list[str] | None:
+    """None when `folder` has no stamp; else the top-level keys of `key` that differ from its stamp ([]: fresh).
+
+    `defaults`: {top-level key: the section's default values}. A field the stamp does not have (one added to the
+    schema after the stamp was written) counts as unchanged while it holds its default: the old code behaved as the
+    default does, so a new switch left off does not invalidate a cache; one turned on does."""
     stamp = folder / STAMP
     if not stamp.exists():
         return None
-    old = json.loads(stamp.read_text())
-    return sorted(k for k in {*old, *key} if old.get(k) != key.get(k))
+    old, defaults = json.loads(stamp.read_text()), defaults or {}
+
+    def same(name: str) -> bool:
+        was, now, default = old.get(name), key.get(name), defaults.get(name)
+        if isinstance(was, dict) and isinstance(now, dict) and isinstance(default, dict):
+            return all(was[f] == v if f in was else default.get(f) == v for f, v in now.items())
+        return was == now
+
+    return sorted(k for k in {*old, *key} if not same(k))
 
 
-def _fresh(folder: Path, key: dict, must_exist: str) -> bool:
-    return (folder / must_exist).exists() and _changed(folder, key) == []
+def _fresh(folder: Path, key: dict, must_exist: str, defaults: dict | None = None) -> bool:
+    return (folder / must_exist).exists() and _changed(folder, key, defaults) == []
 
 
 def _stamp(folder: Path, key: dict) -> None:
@@ -51,6 +62,14 @@ def base_key(base: Recipe) -> dict:
     tok = Path(base.tokenizer.out_dir) / "tokenizer.json"
     return {"tokenizer": _digest([tok]), "corpus": _digest(corpus_paths(base)),
             "model": base.model.model_dump(mode="json"), "train": base.train.model_dump(mode="json")}
+
+
+def _defaults() -> dict:
+    """The default values of the sections the caches are keyed on (see `_changed`)."""
+    from mixtune.config import ModelConfig, TokenizerConfig, TrainConfig
+
+    return {"model": ModelConfig().model_dump(mode="json"), "train": TrainConfig().model_dump(mode="json"),
+            "tokenizer": TokenizerConfig().model_dump(mode="json")}
 
 
 def prepare_base(base: Recipe, log=print) -> Path:
@@ -77,7 +96,7 @@ def prepare_corpus(base: Recipe, log=print) -> None:
     cfg = base.tokenizer
     files = [Path(f) for f in cfg.files] if cfg.files else default_files(base.world.out_dir)
     tok_key = {"tokenizer": cfg.model_dump(mode="json"), "files": _digest(files)}
-    if _fresh(tok_dir, tok_key, "tokenizer.json"):
+    if _fresh(tok_dir, tok_key, "tokenizer.json", _defaults()):
         log(f"[base] tokenizer: cached in {tok_dir}")
     else:
         t0 = time.perf_counter()
@@ -90,7 +109,7 @@ def _pretrain_base(base: Recipe, key: dict, log) -> Path:
     """The cached base when its stamp matches `key`; a killed pre-training (no stamp yet) resumes; a base made from
     other inputs is pre-trained again from scratch (its checkpoints must not seed a run on different data)."""
     run_dir, final = base.run_dir, base.run_dir / "final"
-    changed = _changed(run_dir, key)
+    changed = _changed(run_dir, key, _defaults())
     if changed == [] and (final / "config.json").exists():
         log(f"[base] base model: cached in {final}")
         return final
