@@ -93,14 +93,10 @@ def train_prm(prm, tokenizer, solutions: list[dict], train_cfg, *, epochs: float
     total_steps = max(1, math.ceil(epochs * len(encoded) / train_cfg.batch_size))
     optimizer = engine.make_optimizer(prm, train_cfg)
     scheduler = engine.make_scheduler(optimizer, train_cfg, total_steps)
-    per_epoch = max(1, math.ceil(len(encoded) / train_cfg.batch_size))
     prm.train()
-    window, hits, seen, order, order_epoch = [], 0, 0, [], -1
+    window, hits, seen, order = [], 0, 0, engine.EpochOrder(len(encoded), train_cfg.batch_size, train_cfg.seed)
     for step in range(total_steps):
-        epoch, pos = divmod(step, per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = engine.epoch_order(len(encoded), train_cfg.seed, epoch), epoch
-        picked = order[pos * train_cfg.batch_size:(pos + 1) * train_cfg.batch_size]
+        _, picked = order.pick(step)
         batch, rows, cols = _batch([encoded[i] for i in picked], pad_id)
         target = torch.tensor([float(x) for i in picked for x in labels[i]])
         logits = step_logits(prm, batch, rows, cols)  # (S,)

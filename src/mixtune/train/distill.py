@@ -206,7 +206,6 @@ def run_stage(ctx: StageContext) -> StageResult:
     n_tokens = sum(len(r["input_ids"]) for r in rows.rows)
     ctx.log(f"stage {ctx.name}: distil {dcfg.loss} (tau {dcfg.temperature:g}, alpha {dcfg.alpha:g}) from "
             f"{dcfg.teacher} on {len(rows)} examples, {n_tokens} tokens, {len(rows.no_target)} dropped with no target")
-    steps_per_epoch = max(1, math.ceil(len(rows) / cfg.batch_size))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
@@ -215,7 +214,7 @@ def run_stage(ctx: StageContext) -> StageResult:
         state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
     log = MetricsLog(ctx.folder, tensorboard=cfg.tensorboard, resume_at=state.step if ctx.resume else None)
     full, pad_id, speed = recipe.adapter.type == "none", _pad_id(model), engine.Throughput()
-    order, order_epoch, window, last = [], -1, [], {}
+    order, window, last = engine.EpochOrder(len(rows), cfg.batch_size, cfg.seed, log=log), [], {}
     # ---- loop
     model.train()
     bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step")
@@ -223,11 +222,7 @@ def run_stage(ctx: StageContext) -> StageResult:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
         speed.step_start()
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:  # the SFT stage's seeded order: the same examples per step as an SFT run
-            order, order_epoch = engine.epoch_order(len(rows), cfg.seed, epoch), epoch
-            log.log(step, epoch=epoch, shuffle_seed=engine.epoch_seed(cfg.seed, epoch))
-        picked = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+        epoch, picked = order.pick(step)  # the SFT stage's seeded order: the same examples per step as an SFT run
         micros = _micro_batches(rows, picked, cfg.grad_accum, recipe, pad_id)
         n_targets = max(micros[0]["n_step_target_tokens"], 1)
         kd_step, ce_step, step_tokens = 0.0, 0.0, 0

@@ -335,6 +335,27 @@ def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
     return torch.randperm(n, generator=gen).tolist()
 
 
+class EpochOrder:
+    """The items each optimizer step takes: consecutive slices of `per_step` from a seeded permutation of `n` items
+    drawn again at every epoch (`epoch_order`), so a run resumed at any step takes the same items as an unbroken one.
+    `drop_last`: an epoch's last, shorter slice is not taken (pre-training's fixed-size rows). With `log` (a
+    MetricsLog), each epoch's order is logged as it is drawn (`epoch`, `shuffle_seed`)."""
+
+    def __init__(self, n: int, per_step: int, seed: int, drop_last: bool = False, log: MetricsLog | None = None):
+        self.n, self.per_step, self.seed, self.log = n, per_step, seed, log
+        self.steps_per_epoch = max(1, n // per_step if drop_last else math.ceil(n / per_step))
+        self._epoch, self._order = -1, []
+
+    def pick(self, step: int) -> tuple[int, list[int]]:
+        """(epoch, the item indices) of optimizer step `step` (0-based, counted over the whole stage)."""
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:
+            self._order, self._epoch = epoch_order(self.n, self.seed, epoch), epoch
+            if self.log is not None:
+                self.log.log(step, epoch=epoch, shuffle_seed=epoch_seed(self.seed, epoch))
+        return epoch, self._order[pos * self.per_step:(pos + 1) * self.per_step]
+
+
 class Throughput:
     """The one tokens/s definition of every loop: real (non-padding) tokens processed in optimizer steps divided by
     the wall time of those steps, over the current logging window (`window_rate`, then `reset_window`) and over the

@@ -82,7 +82,6 @@ def run_stage(ctx: StageContext) -> StageResult:
         raise RecipeError(f"stage {ctx.name} (grpo): rl.n_samples must be at least 2 (a group), got {rl.n_samples}")
     setup = setup_rl(ctx)  # also refuses several processes
     n_prompts = len(setup.prompts)
-    steps_per_epoch = max(1, math.ceil(n_prompts / cfg.batch_size))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_prompts / cfg.batch_size))
     updates = rl.ppo_epochs * min(rl.minibatches, cfg.batch_size * rl.n_samples)
     reference = Reference(model, recipe.adapter.type) if rl.kl_coef > 0 else None  # before resume loads weights
@@ -99,17 +98,14 @@ def run_stage(ctx: StageContext) -> StageResult:
     ctx.log(f"stage {ctx.name}: grpo on {n_prompts} prompts x {rl.n_samples} samples, {total_steps} steps, "
             f"baseline {rl.baseline}, scale {rl.scale_rewards}, loss {rl.loss_agg}, reference "
             f"{reference.mode if reference else 'none (kl_coef 0)'}")
-    order, order_epoch = [], -1
+    order = engine.EpochOrder(n_prompts, cfg.batch_size, cfg.seed)
     # ---- loop
     bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step")
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
         step_t0 = time.perf_counter()
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = engine.epoch_order(n_prompts, cfg.seed, epoch), epoch
-        picked = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+        _, picked = order.pick(step)
         c = collect(setup, ctx, picked, step)
         batch = build_batch(c.samples, pad_id, device, c.kept, c.token_keep)
         model.eval()

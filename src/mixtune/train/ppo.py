@@ -128,7 +128,6 @@ def run_stage(ctx: StageContext) -> StageResult:
         raise ValueError(f"stage {ctx.name}: rl.ptx_coef > 0 but rl.ptx_source {rl.ptx_source!r} gives no example "
                          f"of this stage (list it in the stage's sources)")
     n_prompts = len(setup.prompts)
-    steps_per_epoch = max(1, math.ceil(n_prompts / cfg.batch_size))
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_prompts / cfg.batch_size))
     updates = rl.ppo_epochs * min(rl.minibatches, cfg.batch_size * rl.n_samples)
     reference = Reference(model, recipe.adapter.type) if rl.kl_coef > 0 else None  # before resume loads weights
@@ -147,17 +146,14 @@ def run_stage(ctx: StageContext) -> StageResult:
     device, pad_id = engine.model_device(model), ctx.tokenizer.pad_token_id or 0
     ctx.log(f"stage {ctx.name}: ppo on {n_prompts} prompts x {rl.n_samples} samples, {total_steps} steps, β {beta}"
             f"{' (adaptive)' if rl.adaptive_kl else ''}, reference {reference.mode if reference else 'none'}")
-    order, order_epoch = [], -1
+    order = engine.EpochOrder(n_prompts, cfg.batch_size, cfg.seed)
     # ---- loop
     bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step")
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
         step_t0 = time.perf_counter()
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = engine.epoch_order(n_prompts, cfg.seed, epoch), epoch
-        c = collect(setup, ctx, order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size], step)
+        c = collect(setup, ctx, order.pick(step)[1], step)
         batch = build_batch(c.samples, pad_id, device, c.kept, c.token_keep)
         model.eval()
         critic.eval()

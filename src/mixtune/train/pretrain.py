@@ -166,7 +166,8 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
     train_rows, eval_rows = split_eval(rows, cfg, dist.world_size)
     extra_eval = {name: tokenize_rows(t, tokenizer, cfg.seq_len)[-cfg.eval_batches * cfg.batch_size:]
                   for name, t in (extra_texts or {}).items()}
-    steps_per_epoch = max(1, len(train_rows) // step_size)
+    order = engine.EpochOrder(len(train_rows), step_size, cfg.seed, drop_last=True)  # every rank's rows per step
+    steps_per_epoch = order.steps_per_epoch
     start, carried = 0, None
     if branch_from is not None:  # weights, moments and step of the checkpoint; the schedule is this recipe's
         point = engine.load_branch_point(branch_from, model)  # before wrapping: FSDP shards the loaded weights
@@ -198,7 +199,7 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
     say(f"pretrain {recipe.name}: {total / 1e6:.2f}M params, {len(train_rows)} rows x {cfg.seq_len} tokens, "
         f"{total_steps} steps ({steps_per_epoch}/epoch), schedule {cfg.schedule}"
         + (f", branched from {branch_from} at step {start}" if branch_from is not None else ""))
-    order, order_epoch, window = [], -1, []
+    window = []
     speed = engine.Throughput()
     if branch_from is not None and cfg.eval_every and state.step == start:
         log_eval(start)  # where the branch's curves start
@@ -210,10 +211,7 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
         if stop_at_step is not None and step >= stop_at_step:
             break
         speed.step_start()
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:
-            order, order_epoch = engine.epoch_order(len(train_rows), cfg.seed, epoch), epoch
-        picked = order[pos * step_size:(pos + 1) * step_size]  # every rank's rows; this rank trains its share
+        epoch, picked = order.pick(step)  # every rank's rows; this rank trains its share
         micros = dist.micro_batches(picked, cfg.grad_accum,
                                     lambda ids, n: [train_rows[c] for c in split_micro_batches(ids, n)])  # (b, T)
         n_targets = len(picked) * (cfg.seq_len - 1)

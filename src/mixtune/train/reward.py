@@ -88,7 +88,6 @@ def run_stage(ctx: StageContext) -> StageResult:
     n_tokens = sum(v["tokens"] for v in pairs.per_source().values())
     ctx.log(f"stage {ctx.name}: reward model on {len(pairs)} pairs, {n_tokens} tokens, {len(pairs.truncated)} "
             f"truncated, {len(pairs.dropped)} dropped; margin {recipe.preference.margin}")
-    steps_per_epoch = max(1, math.ceil(len(pairs) / cfg.batch_size))
     total_steps = cfg.max_steps or max(1, math.ceil(recipe.preference.reward_epochs * len(pairs) / cfg.batch_size))
     optimizer = engine.make_optimizer(model, cfg)  # a new model: the previous stage's moments do not apply
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
@@ -99,7 +98,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     full = recipe.adapter.type == "none"
     pad = pad_id(model)
     speed = engine.Throughput()
-    order, order_epoch, window, last = [], -1, [], {}
+    order, window, last = engine.EpochOrder(len(pairs), cfg.batch_size, cfg.seed, log=log), [], {}
     # ---- loop
     model.train()
     bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step")
@@ -107,11 +106,7 @@ def run_stage(ctx: StageContext) -> StageResult:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
         speed.step_start()
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:  # reshuffled every epoch from (seed, epoch): logged, reproducible on resume
-            order, order_epoch = engine.epoch_order(len(pairs), cfg.seed, epoch), epoch
-            log.log(step, epoch=epoch, shuffle_seed=engine.epoch_seed(cfg.seed, epoch))
-        picked = order[pos * cfg.batch_size:(pos + 1) * cfg.batch_size]
+        epoch, picked = order.pick(step)
         micros = pair_micro_batches(pairs, picked, cfg.grad_accum, capacity(recipe), pad, packs(recipe))
         step_tokens = 0
         for micro in micros:

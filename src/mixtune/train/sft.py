@@ -142,7 +142,6 @@ def run_stage(ctx: StageContext) -> StageResult:
     if recipe.data.packing and recipe.adapter.type in PROMPT_LEARNING:
         ctx.log(f"stage {ctx.name}: adapter {recipe.adapter.type} trains on padded rows (one example each), not packed")
     step_size = cfg.batch_size * dist.world_size  # batch_size is per process (as in accelerate and the HF Trainer)
-    steps_per_epoch = max(1, math.ceil(len(rows) / step_size))
     # Rounded once over all epochs, so fractions of a dataset get proportional steps (matched-steps protocol).
     total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / step_size))
     engine.set_gradient_checkpointing(model, cfg.gradient_checkpointing)
@@ -156,7 +155,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     full = recipe.adapter.type == "none"
     pad_id = _pad_id(model)
     speed = engine.Throughput()
-    order, order_epoch, window, last_loss = [], -1, [], None
+    order, window, last_loss = engine.EpochOrder(len(rows), step_size, cfg.seed, log=log), [], None
     if cfg.compile and not levers.compile_layers(model, recipe.adapter.type):
         ctx.log(f"stage {ctx.name}: train.compile skipped for adapter {recipe.adapter.type} "
                 f"(compiled only with {levers.COMPILED_ADAPTERS})")
@@ -168,11 +167,7 @@ def run_stage(ctx: StageContext) -> StageResult:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
         speed.step_start()
-        epoch, pos = divmod(step, steps_per_epoch)
-        if epoch != order_epoch:  # reshuffled every epoch from (seed, epoch): logged, reproducible on resume
-            order, order_epoch = engine.epoch_order(len(rows), cfg.seed, epoch), epoch
-            log.log(step, epoch=epoch, shuffle_seed=engine.epoch_seed(cfg.seed, epoch))
-        picked = order[pos * step_size:(pos + 1) * step_size]  # every rank's examples; this rank packs its share
+        epoch, picked = order.pick(step)  # every rank's examples; this rank packs its share
         micros = dist.micro_batches(picked, cfg.grad_accum, lambda ids, n: _micro_batches(rows, ids, n, recipe, pad_id))
         n_targets = max(dist.all_reduce_sum(sum(m["n_target_tokens"] * w for m, w in micros)), 1)  # the step's
         step_loss, step_tokens = 0.0, 0
