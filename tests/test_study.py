@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny_lab import tiny_base_tree
 
 from mixtune.config import load_recipe
 
@@ -29,16 +30,7 @@ def base(tmp_path_factory) -> dict:
     from mixtune.study.base import prepare_base
 
     root = tmp_path_factory.mktemp("study-base")
-    tree = {
-        "name": "tiny-base", "out_dir": str(root / "base"),
-        "world": {"out_dir": str(root / "world"), "n_people": 20, "bio_exposures": 2, "math_train": 40,
-                  "math_test": 10, "code_train": 40, "code_test": 5, "instruct_train": 40, "instruct_test": 5,
-                  "knowledge_test": 5, "pretrain_math": 100, "pretrain_code": 30, "pretrain_text": 50},
-        "tokenizer": {"out_dir": str(root / "tok"), "vocab_size": 400},
-        "model": {"tokenizer": str(root / "tok"), "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
-                  "num_heads": 2, "max_position_embeddings": 512},
-        "train": {"max_steps": 3, "batch_size": 2, "seq_len": 64, "bf16": False, "threads": 1, "log_every": 1},
-    }
+    tree = tiny_base_tree(root)
     path = root / "base.yaml"
     path.write_text(yaml.safe_dump(tree))
     final = prepare_base(load_recipe(path), log=lambda _: None)
