@@ -211,9 +211,12 @@ def test_no_scaling_plot_with_a_single_fraction(study, tmp_path):
 def test_html_page_is_self_contained(study, tmp_path):
     _, rows = study
     images = make_plots(rows, tmp_path / "report")
-    meta = {"protocol": "matched_steps", "seeds": [0, 1, 2], "runs": [f"r{i}" for i in range(50)], "failed": ["r7"]}
+    meta = {"protocol": "matched_steps", "seeds": [0, 1, 2], "runs": [f"r{i}" for i in range(50)], "failed": ["r7"],
+            "bases": {"base-mini-b0": {"path": "runs/base-mini/final", "eval_loss": 0.73250, "seed": 0},
+                      "base-mini-b1": {"path": "runs/base-mini-b1/final", "eval_loss": 0.707847, "seed": 1}}}
     page = render_page("synth", [strategy_table(rows)], images, meta)
     assert "training protocol: matched steps" in page
+    assert "base models: base-mini-b0 (seed 0, eval loss 0.7325), base-mini-b1 (seed 1, eval loss 0.7078)" in page
     assert "<dd>0, 1, 2</dd>" in page and "r49" not in page  # short lists shown, the list of every run is not
     assert "failed runs (not in the tables): r7" in page
     assert page.count("<img ") == 3 and page.count("src='data:image/png;base64,") == 3

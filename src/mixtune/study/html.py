@@ -86,6 +86,19 @@ def _meta_list(meta: dict[str, Any]) -> str:
     return f"<details><summary>study settings</summary><dl>{body}</dl></details>"
 
 
+def bases_line(meta: dict[str, Any] | None) -> str:
+    """'base models: name (seed s, eval loss x), ...' from the study's meta, so every table is read beside the bases
+    it started from ('' when the meta names none)."""
+    bases = (meta or {}).get("bases") or {}
+    parts = []
+    for name, base in bases.items():
+        facts = [f"seed {base['seed']}" if base.get("seed") is not None else "",
+                 f"eval loss {base['eval_loss']:.4f}" if isinstance(base.get("eval_loss"), (int, float)) else ""]
+        facts = [f for f in facts if f]
+        parts.append(f"{name} ({', '.join(facts)})" if facts else f"{name}: {base.get('path', '')}")
+    return "base models: " + ", ".join(parts) if parts else ""
+
+
 def render_page(study: str, tables: list[Table], images: list[Path], meta: dict[str, Any] | None = None,
                 protocols: list[str] | None = None, unscored: list[str] | None = None) -> str:
     """The whole page as a string: header, the tables (skipping empty ones), then the plots. `unscored` lists the
@@ -95,6 +108,8 @@ def render_page(study: str, tables: list[Table], images: list[Path], meta: dict[
     protocol = protocol_line(meta, protocols)
     if protocol:
         parts.append(f"<p class='meta protocol'>{esc(protocol)}</p>")
+    if bases_line(meta):
+        parts.append(f"<p class='meta bases'>{esc(bases_line(meta))}</p>")
     parts.append(f"<p class='meta'>generated {esc(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>")
     if meta and meta.get("failed"):  # the study runner lists runs that raised: their rows are missing
         failed = ", ".join(map(str, meta["failed"]))
