@@ -235,6 +235,15 @@ def test_a_changed_recipe_does_not_reuse_the_old_runs(tmp_path):
         changed = Recipe.model_validate({**tree, "train": {"lr": 5e-4}})
         with pytest.raises(StudyConfigError, match="math-only-f1-s0-epochs .* different recipe"):
             register_runs(db, changed, expand_grid(changed, tmp_path / "s", {"b": tmp_path / "base"}))
+        # stored by an older mixtune, before a field existed: read with today's defaults, the same run
+        stored = json.loads(db.runs("s")[0]["config_json"])
+        del stored["train"]["fused_ce"], stored["rl"]
+        db.upsert_run("math-only-f1-s0-epochs", config_json=stored)
+        register_runs(db, first, expand_grid(first, tmp_path / "s", {"b": tmp_path / "base"}))
+        stored["train"]["no_such_field"] = 1  # a field today's schema does not know: not provably the same run
+        db.upsert_run("math-only-f1-s0-epochs", config_json=stored)
+        with pytest.raises(StudyConfigError, match="different recipe"):
+            register_runs(db, first, expand_grid(first, tmp_path / "s", {"b": tmp_path / "base"}))
 
 
 def test_adding_seeds_keeps_the_finished_runs(tmp_path):

@@ -67,6 +67,15 @@ def _identity(config: dict) -> dict:
     return {k: v for k, v in config.items() if k != "study"}
 
 
+def _as_today(config: dict) -> dict | None:
+    """A stored run's recipe read with today's schema (fields added since it was stored take their defaults, as the
+    code that trained it behaved), or None when today's schema cannot read it (a field removed or renamed)."""
+    try:
+        return json.loads(Recipe.model_validate(config).model_dump_json())
+    except ValueError:
+        return None
+
+
 def register_runs(db: ResultsDB, study: Recipe, runs: list[GridRun]) -> None:
     """Record the grid's runs as pending; a run id already there must come from the same configuration, or a
     resumed study would silently mix results (or resume checkpoints) of two different recipes."""
@@ -75,7 +84,8 @@ def register_runs(db: ResultsDB, study: Recipe, runs: list[GridRun]) -> None:
         config = json.loads(run.recipe.model_dump_json())
         if run.run_id in known:
             old = known[run.run_id]
-            if old["config_json"] and _identity(json.loads(old["config_json"])) != _identity(config):
+            stored = _as_today(json.loads(old["config_json"])) if old["config_json"] else config
+            if stored is None or _identity(stored) != _identity(config):
                 raise StudyConfigError(
                     f"study {study.name}: run {run.run_id} in {study.run_dir} was made from a different recipe; "
                     f"use another study name (name=...) or delete {study.run_dir}")
