@@ -77,6 +77,44 @@ def child_env() -> dict:
     return {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_killed_study_takes_its_workers_with_it(tmp_path, base):
+    """SIGKILL of the study process alone (not its group): its pool workers die too, instead of training the runs it
+    had queued into the study folder with nobody to record them."""
+    runs = [{"label": "math only", "sources": ["math"]}, {"label": "multi-task"}]
+    recipe, study_dir = study_recipe(tmp_path / "orphans.yaml", base, runs, "matched_steps", 2, ["minilab_math"])
+    proc = subprocess.Popen(study_cmd(recipe, "--no-report"), env=child_env(), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    workers, deadline = set(), time.monotonic() + 120
+    while not workers and proc.poll() is None and time.monotonic() < deadline:
+        for lock in study_dir.glob("*/.lock"):  # a run folder's lock names the worker training it
+            try:
+                workers.add(int(lock.read_text().split()[0]))
+            except (OSError, IndexError, ValueError):
+                pass
+        time.sleep(0.05)
+    try:
+        assert workers, "no worker took a run before the study ended"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 20
+        while any(map(_alive, workers)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(map(_alive, workers)), f"workers {workers} outlived their study"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        for pid in filter(_alive, workers):
+            os.kill(pid, signal.SIGKILL)
+
+
 def test_killed_study_resumes_and_records_one_row_per_run_stage_benchmark_metric(tmp_path, base):
     runs = [{"label": "mixed sequential", "strategy": {"name": "mixed_sequential"}},
             {"label": "DMT k=1/4", "strategy": {"name": "dmt", "k": 0.25}}]

@@ -31,7 +31,7 @@ from mixtune.runs import RunLock, atomic_write_json, prepare_run_dir
 from mixtune.study.base import BASE_RUN, base_run_recipe, check_study, prepare_base, study_base
 from mixtune.study.contamination import check_contamination
 from mixtune.study.grid import GridRun, expand_grid
-from mixtune.study.workers import run_one
+from mixtune.study.workers import die_with_parent, run_one
 
 REFRESH_S = 15.0
 """Seconds between redraws of the study's progress bar (elapsed time, ETA) while no run finishes."""
@@ -48,7 +48,8 @@ def _execute(study: Recipe, todo: list[GridRun], study_dir: Path, workers: int, 
         yield from run_on_ray(study.study, todo, study_dir, log)
         return
     ctx = mp.get_context("spawn")  # fork after torch's thread pools started is unsafe
-    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=die_with_parent,
+                             initargs=(os.getpid(),)) as pool:
         pending = {pool.submit(run_one, run, str(study_dir), threads) for run in todo}
         while pending:
             done, pending = wait(pending, timeout=REFRESH_S, return_when=FIRST_COMPLETED)

@@ -16,6 +16,20 @@ from mixtune.study.base import BASE_RUN
 from mixtune.study.grid import GridRun
 
 
+def die_with_parent(parent: int) -> None:
+    """Pool initializer: the worker is killed when the study that started it dies (Linux: PR_SET_PDEATHSIG), so a
+    killed `mixtune study` leaves no orphan training the runs it had queued into the study's folder."""
+    import ctypes
+    import signal
+    import sys
+
+    if sys.platform.startswith("linux"):
+        PR_SET_PDEATHSIG = 1  # prctl(2)'s option number
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the study died before the line above took effect
+        os._exit(1)
+
+
 def run_one(run: GridRun, study_dir: str, threads: int, *_after: object) -> tuple[str, float, str | None]:
     """Worker: train and evaluate one run (resuming it if it was interrupted); its status goes to the database.
     `_after`: results of the tasks it waited for (the shared prefixes, under Ray), unused."""
