@@ -91,6 +91,20 @@ def test_grpo_with_an_http_reward_rises_and_counts_failures(tmp_path, base_dir, 
     assert last > first + 0.3, (first, last)
 
 
+@pytest.mark.slow
+def test_ppo_with_an_http_reward_in_a_weighted_sum_rises(tmp_path, base_dir, prompts):
+    with RewardServer(target="apples") as server:
+        tree = rl_tree(tmp_path, base_dir, prompts, kind="ppo", rl={
+            "ppo_epochs": 2, "minibatches": 2, "kl_coef": 0.01, "whiten_advantages": False,
+            "rewards": [{"kind": "http", "url": server.url}, {"kind": "task", "weight": 0.5}]})
+        summary = train(Recipe.model_validate(tree), log=lambda _: None)
+        assert len(server.requests) == 30  # one request per step, all samples at once
+    rows = metrics(tmp_path)
+    first, last = rise(rows)
+    assert last > first + 0.2 and all("pass_rate" in r for r in rows), (first, last)  # the task reward's verdicts
+    assert summary["stages"][0]["metrics"]["rl/reward_failures"] == 0
+
+
 def test_rloo_dr_grpo_and_a_weighted_sum_with_the_task_reward(tmp_path, base_dir, prompts):
     tree = rl_tree(tmp_path, base_dir, prompts, steps=25, rl={
         "baseline": "rloo", "scale_rewards": "none", "loss_agg": "constant",

@@ -24,7 +24,6 @@ import torch
 from tqdm import tqdm
 
 from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
-from mixtune.runs import atomic_write_json
 from mixtune.train import engine
 from mixtune.train.losses import (
     adaptive_kl_coef,
@@ -37,7 +36,7 @@ from mixtune.train.losses import (
     ppo_value_loss,
 )
 from mixtune.train.rl_batch import Reference, RolloutBatch, build_batch, minibatch_indices, token_logprobs, token_values
-from mixtune.train.rl_step import Collected, collect, rollout_metrics, setup_rl, summarize
+from mixtune.train.rl_step import Collected, collect, finish_stage, rollout_metrics, setup_rl
 from mixtune.train.stages import StageContext, StageResult
 
 
@@ -189,15 +188,4 @@ def run_stage(ctx: StageContext) -> StageResult:
         if cfg.save_every and state.step % cfg.save_every == 0:
             engine.save_checkpoint(ctx.folder, params, optimizer, scheduler, state, full=recipe.adapter.type == "none")
     bar.close()
-    result = StageResult(ctx.name, ctx.kind, state.step, state.step >= total_steps, n_prompts,
-                         train_loss=history[-1]["loss"] if history else None, metrics=summarize(history),
-                         dropped=setup.dropped)
-    if not result.finished:
-        return result
-    result.wall_s = time.perf_counter() - t0
-    result.tokens_per_s = result.metrics.get("rl/update_tokens_per_s", 0.0)
-    result.metrics["rl/rollout_tokens_per_s_stage"] = setup.clock.rate()
-    log.log(state.step, stage_done=ctx.name)
-    log.close()
-    atomic_write_json(ctx.folder / "stage.json", result.record())
-    return result
+    return finish_stage(ctx, setup, history, state.step, total_steps, log, time.perf_counter() - t0)

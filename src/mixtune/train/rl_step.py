@@ -1,5 +1,5 @@
 """What the `ppo` and `grpo` loops share: the stage's prompts and CCCS curriculum (`setup_rl`), one rollout with its
-rewards and FGO masks (`collect`), and the metrics a stage reports (`summarize`).
+rewards and FGO masks (`collect`), the metrics a stage reports (`summarize`) and its end (`finish_stage`).
 
 Reward failures (`RewardResult.failed`: the sandbox failed, an endpoint was down, a sample had nothing to score
 against) are counted every step (`reward_failures`) and, by `rl.failed_reward`, kept at reward 0 (`zero`) or
@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mixtune.config import RecipeError
+from mixtune.runs import atomic_write_json
 from mixtune.train.distributed import dist_setup
 from mixtune.train.rewards import Reward, RewardResult, make_reward, safe_call, task_kind
 from mixtune.train.rollout import (
@@ -23,7 +24,7 @@ from mixtune.train.rollout import (
     rl_prompts,
     rollout_seed,
 )
-from mixtune.train.stages import StageContext
+from mixtune.train.stages import StageContext, StageResult
 from mixtune.train.stepcoder import CCCSSchedule, cccs_prefixes, fgo_token_mask, given_prefix
 
 SUMMARY_WINDOW = 10
@@ -159,3 +160,21 @@ def summarize(history: list[dict[str, float]]) -> dict[str, float]:
     out = {f"rl/{k}": sum(row[k] for row in last if k in row) / sum(k in row for row in last) for k in keys}
     out["rl/reward_mean_first"] = sum(row["reward_mean"] for row in first) / len(first)
     return out
+
+
+def finish_stage(ctx: StageContext, setup: RLSetup, history: list[dict[str, float]], step: int, total_steps: int,
+                 log, wall_s: float) -> StageResult:
+    """The end of an RL stage: its StageResult (metrics summarised over the steps' history); when every step ran, the
+    wall time and rates, the stage's last metrics row and its stage.json (a stage stopped early writes none)."""
+    result = StageResult(ctx.name, ctx.kind, step, step >= total_steps, len(setup.prompts),
+                         train_loss=history[-1]["loss"] if history else None, metrics=summarize(history),
+                         dropped=setup.dropped)
+    if not result.finished:
+        return result
+    result.wall_s = wall_s
+    result.tokens_per_s = result.metrics.get("rl/update_tokens_per_s", 0.0)
+    result.metrics["rl/rollout_tokens_per_s_stage"] = setup.clock.rate()
+    log.log(step, stage_done=ctx.name)
+    log.close()
+    atomic_write_json(ctx.folder / "stage.json", result.record())
+    return result
