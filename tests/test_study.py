@@ -207,16 +207,16 @@ def test_fixed_epochs_halves_the_steps_and_workers_are_spawned_processes(tmp_pat
     pools = []
 
     class Recording(cli.ProcessPoolExecutor):
-        def __init__(self, max_workers, mp_context):
-            pools.append((max_workers, mp_context.get_start_method()))
-            super().__init__(max_workers=max_workers, mp_context=mp_context)
+        def __init__(self, max_workers, mp_context, **options):
+            pools.append((max_workers, mp_context.get_start_method(), options["initializer"].__name__))
+            super().__init__(max_workers=max_workers, mp_context=mp_context, **options)
 
     monkeypatch.setattr(cli, "ProcessPoolExecutor", Recording)
     runs = [{"label": "multi-task", "strategy": {"name": "multi_task"}}]
     recipe, study_dir = study_recipe(tmp_path / "epochs.yaml", base, runs, "fixed_epochs", 2, [])
     lines = []
     cli.run_study(load_recipe(recipe), log=lines.append)
-    assert pools == [(2, "spawn")]
+    assert pools == [(2, "spawn", "die_with_parent")]
     assert "2 runs (0 already finished), 2 workers x" in "\n".join(lines)
     steps = dict(query(study_dir / "results.sqlite", "SELECT run_id, steps FROM stages"))
     assert steps == {"multi-task-f1-s0-epochs": 12, "multi-task-f0.5-s0-epochs": 6}  # 48 / 4 and 24 / 4 per step
