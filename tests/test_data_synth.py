@@ -90,3 +90,15 @@ def test_bad_seed_file_and_backend_exit_2(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"mixtune data synth: {bad}:1: instances: missing"
     assert data_main(["synth", str(SEEDS), "--out", str(tmp_path / "o.jsonl")]) == 2
     assert "give either --endpoint" in capsys.readouterr().err
+
+
+def test_an_endpoint_that_never_answers_is_one_line_and_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "mixtune.cli", "data", "synth", str(SEEDS), "--out",
+                          str(tmp_path / "o.jsonl"), "--endpoint", "http://127.0.0.1:9/v1", "--model", "m", "--num", "2"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()] and "127.0.0.1:9" in out.stderr
+    assert not (tmp_path / "o.jsonl").exists()  # nothing written as if it were a result

@@ -32,11 +32,12 @@ Message = dict[str, str]
 RETRY_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 
 
-class ChatError(RuntimeError):
-    """A request that failed for good (non-retryable status, bad body, or retries exhausted)."""
+class ChatError(UserError, RuntimeError):
+    """A request that failed for good (non-retryable status, bad body, or retries exhausted): when nothing handles it
+    per sample, the command stops with this one line (the endpoint and the last error), exit 2."""
 
 
-class ServerUnreachableError(UserError, ChatError):
+class ServerUnreachableError(ChatError):
     """The endpoint does not answer, or refuses our key: found by `ChatClient.check` before any generation."""
 
 
