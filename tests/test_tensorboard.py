@@ -55,3 +55,25 @@ def test_events_hold_loss_scores_and_stage_metrics_on_one_step_axis(tmp_path, ba
     assert [(e.step, e.value) for e in events.Scalars("probe/seen")] == [(5, 16.0)]  # StageResult.metrics
     assert "score/toy/backend" not in events.Tags()["scalars"]  # text values are not scalars
     assert not (recipe.run_dir / "tensorboard").exists()  # everything went to the folder it was given
+
+
+def test_a_dpo_stage_writes_into_the_runs_tensorboard_after_the_sft_steps(tmp_path, base_dir, files, monkeypatch):
+    from conftest import pair_examples
+
+    monkeypatch.setattr(run_module, "evaluate_abilities", lambda ctx: {})
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in pair_examples(16)))
+    recipe = Recipe.model_validate({
+        "name": "r", "out_dir": str(tmp_path / "run"), "model": {"path": str(base_dir)},
+        "data": {"sources": [{"name": "math", "path": files["math"], "ability": "math"},
+                             {"name": "code", "path": files["code"], "ability": "code"},
+                             {"name": "prefs", "path": str(pairs), "ability": "preference"}]},
+        "strategy": {"name": "multi_task", "then": [{"name": "dpo", "kind": "dpo", "sources": ["prefs"],
+                                                     "overrides": ["train.max_steps=2"]}]},
+        "train": {"lr": 5e-3, "batch_size": 8, "bf16": False, "epochs": 1, "warmup_ratio": 0.0, "log_every": 1,
+                  "tensorboard": True}})
+    run_module.train(recipe, log=lambda _: None, tensorboard_dir=tmp_path / "study" / "tensorboard" / "r")
+    events = EventAccumulator(str(tmp_path / "study" / "tensorboard" / "r"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [1, 2, 3, 4, 5, 6]  # SFT's 4 steps, then DPO's 2 after them
+    assert not list((recipe.run_dir / "stages").glob("*/events.out.tfevents.*"))  # none beside the stage's metrics

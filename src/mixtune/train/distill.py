@@ -37,7 +37,7 @@ from mixtune.data.sft_dataset import build_sft_rows
 from mixtune.jsonl import iter_jsonl
 from mixtune.model.adapters import unwrap_base
 from mixtune.model.load import load_checkpoint, load_tokenizer
-from mixtune.runs import MetricsLog, atomic_write_json, write_jsonl
+from mixtune.runs import atomic_write_json, write_jsonl
 from mixtune.train import engine
 from mixtune.train.losses import distill_divergence
 from mixtune.train.sft import PROMPT_LEARNING, _micro_batches, _pad_id, eval_losses
@@ -212,7 +212,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     state = engine.TrainState()
     if ctx.resume:
         state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
-    log = MetricsLog(ctx.folder, tensorboard=cfg.tensorboard, resume_at=state.step if ctx.resume else None)
+    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)  # the run's TensorBoard, rank 0
     full, pad_id, speed = recipe.adapter.type == "none", _pad_id(model), engine.Throughput()
     order, window, last = engine.EpochOrder(len(rows), cfg.batch_size, cfg.seed, log=log), [], {}
     # ---- loop

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from mixtune.data.pair_dataset import PairSet, build_pair_rows, pair_micro_batches
 from mixtune.data.preference import is_pair
-from mixtune.runs import MetricsLog, atomic_write_json
+from mixtune.runs import atomic_write_json
 from mixtune.train import engine
 from mixtune.train.pair_forward import capacity, dpo_micro_loss, mean_stats, packs, pad_id, reference_logps
 from mixtune.train.stages import StageContext, StageResult, evaluate_abilities
@@ -91,7 +91,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     state = engine.TrainState()
     if ctx.resume:
         state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
-    log = MetricsLog(ctx.folder, tensorboard=cfg.tensorboard, resume_at=state.step if ctx.resume else None)
+    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)  # the run's TensorBoard, rank 0
     full = recipe.adapter.type == "none"
     pad = pad_id(model)
     speed = engine.Throughput()

@@ -26,7 +26,7 @@ from mixtune.config import Recipe
 from mixtune.data.pair_dataset import PairSet, pair_micro_batches
 from mixtune.evaluate.reward_model import reward_scores
 from mixtune.model.reward_head import reward_model_from_causal
-from mixtune.runs import MetricsLog, atomic_write_json
+from mixtune.runs import atomic_write_json
 from mixtune.train import engine
 from mixtune.train.dpo import stage_pairs
 from mixtune.train.losses import reward_pairwise_loss, soft_pairwise_loss
@@ -94,7 +94,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     state = engine.TrainState()
     if ctx.resume:
         state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
-    log = MetricsLog(ctx.folder, tensorboard=cfg.tensorboard, resume_at=state.step if ctx.resume else None)
+    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)  # the run's TensorBoard, rank 0
     full = recipe.adapter.type == "none"
     pad = pad_id(model)
     speed = engine.Throughput()
