@@ -18,53 +18,38 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
-
+from loopback import LoopbackServer
 
 VERDICT = re.compile(r"<<verdict:(.*?)>>", re.DOTALL)
 FAIL = re.compile(r"<<fail:(\d{3})>>")
 ALWAYS = re.compile(r"<<always:(\d{3})>>")
 
 
-class JudgeServer:
+class JudgeServer(LoopbackServer):
     """Start with `with JudgeServer() as server:`; `server.base_url` ends in /v1."""
 
     def __init__(self, delay_s: float = 0.02, retry_after: str = "0"):
+        super().__init__()
         self.delay_s = delay_s
         self.retry_after = retry_after
-        self.requests: list[dict] = []  # bodies of every request, failed ones included
-        self.headers: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
         self._failed_once: set[str] = set()
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
-    @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    @property
-    def n_requests(self) -> int:
-        return len(self.requests)
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+    def handle(self, method: str, path: str, body: dict, headers: dict) -> tuple[int, dict, dict]:
+        if method != "POST" or path.rstrip("/") != "/v1/chat/completions":
+            return 404, {"error": {"message": f"no route {method} {path}"}}, {}
+        with self._lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            time.sleep(self.delay_s)
+            return self.respond(body)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
 
     # ------------------------------------------------------------------------------------------------ behaviour
     def respond(self, body: dict) -> tuple[int, dict, dict]:
@@ -91,40 +76,3 @@ class JudgeServer:
             "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "finish_reason": "stop"}],
         }
         return 200, reply, {}
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:  # keep test output clean
-                pass
-
-            def do_POST(self) -> None:
-                if self.path.rstrip("/") != "/v1/chat/completions":
-                    self._send(404, {"error": {"message": f"no route {self.path}"}}, {})
-                    return
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                with server._lock:
-                    server.requests.append(body)
-                    server.headers.append(dict(self.headers))
-                    server.in_flight += 1
-                    server.max_in_flight = max(server.max_in_flight, server.in_flight)
-                try:
-                    time.sleep(server.delay_s)
-                    status, reply, headers = server.respond(body)
-                finally:
-                    with server._lock:
-                        server.in_flight -= 1
-                self._send(status, reply, headers)
-
-            def _send(self, status: int, reply: dict, headers: dict) -> None:
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for name, value in headers.items():
-                    self.send_header(name, value)
-                self.end_headers()
-                self.wfile.write(data)
-
-        return Handler

@@ -10,39 +10,21 @@ server thread is joined with a timeout on exit.
 
 from __future__ import annotations
 
-import json
 import math
-import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from typing_extensions import Self
+from loopback import LoopbackServer
 
 
-class LabellerServer:
+class LabellerServer(LoopbackServer):
     def __init__(self, script: Callable[[str], list[dict[str, float]]]):
+        super().__init__()
         self.script = script
-        self.requests: list[dict] = []
-        self._lock = threading.Lock()
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
-        self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
 
-    @property
-    def base_url(self) -> str:
-        host, port = self._httpd.server_address[:2]
-        return f"http://{host}:{port}/v1"
-
-    def __enter__(self) -> Self:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+    def handle(self, method: str, path: str, body: dict, headers: dict) -> tuple[int, dict, dict]:
+        if method == "GET":
+            return 200, {"data": [{"id": "labeller"}]}, {}
+        return 200, self.respond(body), {}
 
     def respond(self, body: dict) -> dict:
         text = [m["content"] for m in body["messages"] if m["role"] == "user"][-1]
@@ -58,29 +40,3 @@ class LabellerServer:
         if body.get("logprobs"):
             choice["logprobs"] = {"content": content}
         return {"id": "chatcmpl-labeller", "object": "chat.completion", "choices": [choice]}
-
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                self._send(200, {"data": [{"id": "labeller"}]})
-
-            def do_POST(self) -> None:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                with server._lock:
-                    server.requests.append(body)
-                self._send(200, server.respond(body))
-
-            def _send(self, status: int, reply: dict) -> None:
-                data = json.dumps(reply).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-        return Handler
