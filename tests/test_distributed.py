@@ -233,3 +233,68 @@ def test_torchrun_pretrain_two_by_four_equals_one_by_eight(tmp_path, tiny_tokeni
     assert [s for s, _ in two] == [s for s, _ in one] == list(range(1, 7))
     assert max(abs(a - b) for (_, a), (_, b) in zip(one, two)) < TOL
     assert (tmp_path / "two" / "final" / "model.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------- preference and KD stages
+def chain_for(out: Path, base_dir, data_files, prefs_file: str, batch_size: int) -> dict:
+    """SFT, then DPO, logit distillation (the base as teacher) and a reward model: every kind that shards its steps
+    over the ranks. 21 pairs in steps of 8 end on a step of 5 pairs (rank 1 gets 2 of them)."""
+    tree = tree_for(out, base_dir, data_files, batch_size)
+    tree["data"]["sources"].append({"name": "prefs", "path": prefs_file})
+    tree["strategy"] = {"name": "stages", "stages": [
+        {"name": "sft", "kind": "sft", "sources": ["code", "math", "general"]},
+        {"name": "dpo", "kind": "dpo", "sources": ["prefs"], "overrides": ["preference.beta=0.2"]},
+        {"name": "kd", "kind": "distill", "sources": ["math"]},
+        {"name": "rm", "kind": "reward", "sources": ["prefs"]}]}
+    tree["distill"] = {"teacher": str(base_dir), "loss": "jsd"}
+    return tree
+
+
+def stage_rows(run_dir: Path) -> dict[str, dict[int, dict]]:
+    out = {}
+    for folder in sorted((run_dir / "stages").iterdir()):
+        rows = [json.loads(line) for line in (folder / "metrics.jsonl").open()]
+        steps = [r["step"] for r in rows if "loss" in r]
+        assert len(steps) == len(set(steps)), f"{folder.name}: duplicate metric rows {steps}"  # rank 0 alone writes
+        out[folder.name] = {r["step"]: r for r in rows if "loss" in r}
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["torchrun-ddp", "accelerate-fsdp"])
+def test_dpo_distill_and_reward_stages_two_by_four_equal_one_by_eight(tmp_path, base_dir, data_files, how):
+    from conftest import pair_examples
+
+    prefs = tmp_path / "prefs.jsonl"
+    prefs.write_text("".join(json.dumps({k: ex[k] for k in ("messages", "chosen", "rejected")}) + "\n"
+                             for ex in pair_examples(21, seed=5, chosen="no", rejected="yes")))
+    one = chain_for(tmp_path / "one", base_dir, data_files, str(prefs), 8)
+    train(Recipe.model_validate(one), log=lambda _: None)
+    cmd = torchrun("-m", "mixtune") if how == "torchrun-ddp" else accelerate("fsdp.yaml", "-m", "mixtune")
+    run = launch(cmd, tmp_path, chain_for(tmp_path / "two", base_dir, data_files, str(prefs), 4))
+    got, want = stage_rows(run), stage_rows(tmp_path / "one")
+    assert sorted(got) == sorted(want) == ["0-sft", "1-dpo", "2-kd", "3-rm"]
+    keys = {"1-dpo": ("loss", "rewards/margin", "rewards/accuracy"), "2-kd": ("loss", "kd_loss", "ce_loss"),
+            "3-rm": ("loss", "reward/accuracy", "reward/margin")}
+    for stage, names in keys.items():
+        assert sorted(got[stage]) == sorted(want[stage]) == list(range(1, len(want[stage]) + 1)), stage
+        assert len(want[stage]) >= 3, stage
+        for step, row in want[stage].items():
+            for name in names:  # the gradients of one process with the whole step: the same curve
+                assert abs(got[stage][step][name] - row[name]) < TOL, (stage, step, name, got[stage][step], row)
+    assert all((run / "stages" / stage / "stage.json").exists() for stage in got)
+    a, b = (AutoModelForCausalLM.from_pretrained(r / "final") for r in (run, tmp_path / "one"))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert torch.allclose(a(ids).logits, b(ids).logits, atol=1e-4)
+
+
+def test_a_stage_that_generates_from_the_trained_model_is_refused_under_several_processes(tmp_path, base_dir,
+                                                                                          data_files, monkeypatch):
+    from mixtune.train import distributed
+
+    tree = tree_for(tmp_path / "spin", base_dir, data_files, 4)
+    tree["strategy"] = {"name": "stages", "stages": [{"name": "sp", "kind": "spin", "sources": ["math"]}]}
+    monkeypatch.setattr(distributed, "_CURRENT", Distributed(rank=0, world_size=2, mode="ddp"))
+    with pytest.raises(distributed.DistributedError, match=r"stage sp \(spin\) runs in one process"):
+        train(Recipe.model_validate(tree), log=lambda _: None)
+    assert not (tmp_path / "spin").exists()  # refused before the run folder exists

@@ -28,10 +28,18 @@ def is_reward_model(model) -> bool:
     return type(unwrap_base(model)).__name__.endswith("ForSequenceClassification")
 
 
+def _whole(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with FSDP-sharded tensors (DTensors) made whole on every rank (collective: every rank calls it, with
+    the same keys in the same order); plain tensors as they are."""
+    from torch.distributed.tensor import DTensor
+
+    return {k: v.full_tensor() if isinstance(v, DTensor) else v for k, v in state.items()}
+
+
 def _backbone_state(causal) -> dict[str, torch.Tensor]:
-    """The causal LM's backbone weights without adapter weights (peft's `base_layer` names undone)."""
+    """The causal LM's backbone weights without adapter weights (peft's `base_layer` names undone), whole."""
     backbone = getattr(causal, causal.base_model_prefix)
-    return {k.replace(".base_layer.", "."): v for k, v in backbone.state_dict().items() if "lora_" not in k}
+    return _whole({k.replace(".base_layer.", "."): v for k, v in backbone.state_dict().items() if "lora_" not in k})
 
 
 def reward_model_from_causal(model, pad_token_id: int, seed: int = 0):
@@ -57,6 +65,6 @@ def reward_model_from_causal(model, pad_token_id: int, seed: int = 0):
         r=lora.r, lora_alpha=lora.lora_alpha, lora_dropout=lora.lora_dropout, target_modules=lora.target_modules,
         task_type="SEQ_CLS", modules_to_save=["score"]))
     state = get_peft_model_state_dict(reward)  # the new head (modules_to_save) ...
-    state.update(get_peft_model_state_dict(model))  # ... and the causal model's LoRA weights
+    state.update(_whole(get_peft_model_state_dict(model)))  # ... and the causal model's LoRA weights
     set_peft_model_state_dict(reward, state)
     return reward

@@ -166,13 +166,16 @@ def teacher_answers(teacher, tokenizer, examples: list[dict], recipe: Recipe, lo
 def _sequence_stage(ctx: StageContext, teacher) -> StageResult:
     """Sequence-level KD: the teacher's answers (made once, kept in the stage folder), then the SFT stage on them."""
     path, left_out = ctx.folder / TEACHER_ANSWERS, ctx.folder / "teacher_answers_dropped.json"
-    if ctx.resume and path.exists() and left_out.exists():
+    dist = engine.dist_setup()
+    answers, dropped = None, None  # rank 0 samples the teacher and writes the files; the other ranks get its answers
+    if dist.is_main and ctx.resume and path.exists() and left_out.exists():
         answers, dropped = [row for _, row in iter_jsonl(path)], json.loads(left_out.read_text())
         ctx.log(f"distill: {len(answers)} teacher answers reused from {path}")
-    else:
+    elif dist.is_main:
         answers, dropped = teacher_answers(teacher, ctx.tokenizer, ctx.examples, ctx.recipe, ctx.log)
         write_jsonl(path, answers)
         atomic_write_json(left_out, dropped)
+    answers, dropped = dist.broadcast((answers, dropped))
     if not answers:
         raise RecipeError(f"stage {ctx.name} (distill): the teacher {ctx.recipe.distill.teacher} gave no non-empty "
                           f"answer to the stage's {len(ctx.examples)} prompts; is it a trained chat model?")
@@ -183,7 +186,7 @@ def _sequence_stage(ctx: StageContext, teacher) -> StageResult:
                            "distill/teacher_answer_tokens": sum(a.get("n_answer_tokens", 0) for a in answers)
                            / max(len(answers), 1),
                            "distill/teacher_answers_cut_at_max_new_tokens": float(truncated)})
-    if result.finished:
+    if result.finished and dist.is_main:
         atomic_write_json(ctx.folder / "stage.json", result.record())
     return result
 
@@ -193,6 +196,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     """Distil `distill.teacher` into `ctx.model` in place; checkpoints and metrics go to `ctx.folder`."""
     # ---- setup
     model, recipe, cfg, dcfg = ctx.model, ctx.recipe, ctx.recipe.train, ctx.recipe.distill
+    dist = engine.dist_setup()  # one process, or a rank of torchrun / accelerate launch
     t0 = time.perf_counter()
     teacher = load_teacher(recipe, ctx.tokenizer, engine.model_device(model), ctx.name)
     if dcfg.mode == "sequence":
@@ -206,7 +210,9 @@ def run_stage(ctx: StageContext) -> StageResult:
     n_tokens = sum(len(r["input_ids"]) for r in rows.rows)
     ctx.log(f"stage {ctx.name}: distil {dcfg.loss} (tau {dcfg.temperature:g}, alpha {dcfg.alpha:g}) from "
             f"{dcfg.teacher} on {len(rows)} examples, {n_tokens} tokens, {len(rows.no_target)} dropped with no target")
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / cfg.batch_size))
+    step_size = cfg.batch_size * dist.world_size  # batch_size is per process
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / step_size))
+    forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
     state = engine.TrainState()
@@ -214,24 +220,27 @@ def run_stage(ctx: StageContext) -> StageResult:
         state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
     log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)  # the run's TensorBoard, rank 0
     full, pad_id, speed = recipe.adapter.type == "none", _pad_id(model), engine.Throughput()
-    order, window, last = engine.EpochOrder(len(rows), cfg.batch_size, cfg.seed, log=log), [], {}
+    order, window, last = engine.EpochOrder(len(rows), step_size, cfg.seed, log=log), [], {}
     # ---- loop
     model.train()
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step")
+    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
+               disable=not dist.is_main)
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
         speed.step_start()
         epoch, picked = order.pick(step)  # the SFT stage's seeded order: the same examples per step as an SFT run
-        micros = _micro_batches(rows, picked, cfg.grad_accum, recipe, pad_id)
-        n_targets = max(micros[0]["n_step_target_tokens"], 1)
+        micros = dist.micro_batches(picked, cfg.grad_accum, lambda ids, n: _micro_batches(rows, ids, n, recipe, pad_id))
+        n_targets = max(dist.all_reduce_sum(sum(m["n_target_tokens"] * w for m, w in micros)), 1)  # the step's
         kd_step, ce_step, step_tokens = 0.0, 0.0, 0
-        for micro in micros:
-            kd_sum, ce_sum = distill_sums(model, teacher, micro, recipe)
-            ((1 - dcfg.alpha) * kd_sum / n_targets + dcfg.alpha * ce_sum / n_targets).backward()
-            kd_step += float(kd_sum.detach()) / n_targets
-            ce_step += float(ce_sum.detach()) / n_targets
-            step_tokens += int((micro["example_index"] >= 0).sum())
+        for micro, weight in micros:  # weight 0: a repeat that only keeps the ranks in step
+            kd_sum, ce_sum = forward(distill_sums, teacher, micro, recipe)
+            # DDP / FSDP average gradients over ranks: x world_size gives one process's gradient of the whole step
+            (weight * dist.world_size * ((1 - dcfg.alpha) * kd_sum + dcfg.alpha * ce_sum) / n_targets).backward()
+            kd_step += weight * float(kd_sum.detach()) / n_targets
+            ce_step += weight * float(ce_sum.detach()) / n_targets
+            step_tokens += int(weight) * int((micro["example_index"] >= 0).sum())
+        kd_step, ce_step, step_tokens = dist.all_reduce_sum([kd_step, ce_step, step_tokens])  # global
         step_loss = (1 - dcfg.alpha) * kd_step + dcfg.alpha * ce_step
         engine.check_finite(step_loss, step + 1, ctx.folder)
         grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
@@ -247,7 +256,7 @@ def run_stage(ctx: StageContext) -> StageResult:
             speed.reset_window()
         # ---- evaluate (mid-stage) and save (checkpoints)
         if cfg.eval_every and state.step % cfg.eval_every == 0 and eval_sets:
-            log.log(state.step, **{f"eval_loss/{k}": v for k, v in eval_losses(model, eval_sets, recipe).items()})
+            log.log(state.step, **{f"eval_loss/{k}": v for k, v in forward(eval_losses, eval_sets, recipe).items()})
         if recipe.eval.every_n_steps and state.step % recipe.eval.every_n_steps == 0:
             evaluate_abilities(ctx, step=state.step)
         if cfg.save_every and state.step % cfg.save_every == 0:
@@ -259,16 +268,17 @@ def run_stage(ctx: StageContext) -> StageResult:
     if not result.finished:
         return result
     # ---- the student's held-out CE, its divergence from the teacher, and the teacher's own CE for reference
-    result.eval_loss = eval_losses(model, eval_sets, recipe) if eval_sets else {}
+    result.eval_loss = forward(eval_losses, eval_sets, recipe) if eval_sets else {}
     result.metrics = {"distill/kd_loss": last.get("kd_loss", 0.0), "distill/ce_loss": last.get("ce_loss", 0.0)}
     result.metrics.update({f"distill/eval_divergence/{k}": v
-                           for k, v in held_out_divergence(model, teacher, eval_sets, recipe).items()})
+                           for k, v in forward(held_out_divergence, teacher, eval_sets, recipe).items()})
     result.metrics.update({f"distill/teacher_eval_loss/{k}": v
                            for k, v in eval_losses(teacher, eval_sets, recipe).items()})
     result.wall_s, result.tokens_per_s = time.perf_counter() - t0, speed.overall_rate()
     log.log(state.step, **{f"eval_loss/{k}": v for k, v in result.eval_loss.items()}, stage_done=ctx.name)
     log.close()
-    atomic_write_json(ctx.folder / "stage.json", result.record())
+    if dist.is_main:
+        atomic_write_json(ctx.folder / "stage.json", result.record())
     if not cfg.fresh_optimizer:
         result.optimizer_state = optimizer.state_dict()
     return result

@@ -28,7 +28,16 @@ from mixtune.data.pair_dataset import PairSet, build_pair_rows, pair_micro_batch
 from mixtune.data.preference import is_pair
 from mixtune.runs import atomic_write_json
 from mixtune.train import engine
-from mixtune.train.pair_forward import capacity, dpo_micro_loss, mean_stats, packs, pad_id, reference_logps
+from mixtune.train.pair_forward import (
+    capacity,
+    dpo_micro_loss,
+    mean_stats,
+    packs,
+    pad_id,
+    reduce_stats,
+    reference_logps,
+    step_pair_micros,
+)
 from mixtune.train.stages import StageContext, StageResult, evaluate_abilities
 
 
@@ -77,17 +86,20 @@ def run_stage(ctx: StageContext) -> StageResult:
     metrics go to `ctx.folder`. Reusable by iterated methods: each call takes its own reference at its start."""
     # ---- setup
     model, recipe, cfg = ctx.model, ctx.recipe, ctx.recipe.train
+    dist = engine.dist_setup()  # one process, or a rank of torchrun / accelerate launch
     t0 = time.perf_counter()
     pairs, held = stage_pairs(ctx)
     n_tokens = sum(v["tokens"] for v in pairs.per_source().values())
     ctx.log(f"stage {ctx.name}: {len(pairs)} pairs, {n_tokens} tokens, {len(pairs.truncated)} truncated, "
             f"{len(pairs.dropped)} dropped with no answer token left; loss {recipe.preference.loss}, "
             f"beta {recipe.preference.beta}, reference {recipe.preference.reference}")
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(pairs) / cfg.batch_size))
+    step_size = cfg.batch_size * dist.world_size  # batch_size is per process
+    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(pairs) / step_size))
+    forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
-    reference = reference_logps(model, pairs, recipe)  # (P, 2): the start model's, once, before any resume
-    held_reference = {name: reference_logps(model, p, recipe) for name, p in held.items()}
+    reference = forward(reference_logps, pairs, recipe)  # (P, 2): the start model's, once, before any resume
+    held_reference = {name: forward(reference_logps, p, recipe) for name, p in held.items()}
     state = engine.TrainState()
     if ctx.resume:
         state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
@@ -95,23 +107,26 @@ def run_stage(ctx: StageContext) -> StageResult:
     full = recipe.adapter.type == "none"
     pad = pad_id(model)
     speed = engine.Throughput()
-    order, window, last = engine.EpochOrder(len(pairs), cfg.batch_size, cfg.seed, log=log), [], {}
+    order, window, last = engine.EpochOrder(len(pairs), step_size, cfg.seed, log=log), [], {}
     # ---- loop
     model.train()
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step")
+    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
+               disable=not dist.is_main)
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
         speed.step_start()
-        epoch, picked = order.pick(step)
-        micros = pair_micro_batches(pairs, picked, cfg.grad_accum, capacity(recipe), pad, packs(recipe))
-        step_tokens = 0
-        for micro in micros:
-            loss, sums = dpo_micro_loss(model, micro, reference, recipe)
-            loss.backward()
-            window.append(sums)
-            step_tokens += int((micro["example_index"] >= 0).sum())  # real tokens, not padding
-        engine.check_finite(sum(s["loss"] for s in window[-len(micros):]), step + 1, ctx.folder)
+        epoch, picked = order.pick(step)  # every rank's pairs; this rank trains its share
+        micros = step_pair_micros(dist, pairs, picked, recipe, pad)
+        step_sums, step_tokens = [], 0
+        for micro, weight in micros:  # weight 0: a repeat that only keeps the ranks in step
+            loss, sums = forward(dpo_micro_loss, micro, reference, recipe)
+            (weight * dist.world_size * loss).backward()  # x world_size: DDP / FSDP average over ranks
+            step_sums.append((sums, weight))
+            step_tokens += int(weight) * int((micro["example_index"] >= 0).sum())  # real tokens, not padding
+        window.append(reduce_stats(dist, step_sums))  # the whole step's, over all ranks
+        step_tokens = dist.all_reduce_sum(step_tokens)
+        engine.check_finite(window[-1]["loss"], step + 1, ctx.folder)
         grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
         speed.step_done(step_tokens)
         state.step = step + 1
@@ -124,14 +139,14 @@ def run_stage(ctx: StageContext) -> StageResult:
             speed.reset_window()
         # ---- evaluate (mid-stage) and save (checkpoints)
         if cfg.eval_every and state.step % cfg.eval_every == 0 and held:
-            log.log(state.step, **evaluate_pairs(model, held, recipe, held_reference))
+            log.log(state.step, **forward(evaluate_pairs, held, recipe, held_reference))
         if recipe.eval.every_n_steps and state.step % recipe.eval.every_n_steps == 0:
             evaluate_abilities(ctx, step=state.step)
         if cfg.save_every and state.step % cfg.save_every == 0:
             engine.save_checkpoint(ctx.folder, model, optimizer, scheduler, state, full=full)
     bar.close()
     finished = state.step >= total_steps
-    held_metrics = evaluate_pairs(model, held, recipe, held_reference) if finished and held else {}
+    held_metrics = forward(evaluate_pairs, held, recipe, held_reference) if finished and held else {}
     result = StageResult(ctx.name, ctx.kind, state.step, finished, len(pairs), n_tokens,
                          train_loss=last.get("loss"), wall_s=time.perf_counter() - t0,
                          tokens_per_s=speed.overall_rate(), metrics={**last, **held_metrics},
@@ -139,7 +154,8 @@ def run_stage(ctx: StageContext) -> StageResult:
                          dropped={"prompt fills max_seq_len: no answer token": list(pairs.dropped)})
     log.log(state.step, **held_metrics, stage_done=ctx.name)
     log.close()
-    atomic_write_json(ctx.folder / "stage.json", result.record())
+    if dist.is_main:
+        atomic_write_json(ctx.folder / "stage.json", result.record())
     if not cfg.fresh_optimizer:
         result.optimizer_state = optimizer.state_dict()
     return result

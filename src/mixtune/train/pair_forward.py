@@ -91,6 +91,27 @@ def reference_logps(model, pairs: PairSet, recipe: Recipe, pairs_per_batch: int 
     return out
 
 
+def step_pair_micros(dist, pairs: PairSet, picked: list[int], recipe: Recipe, pad: int) -> list[tuple[dict, float]]:
+    """This rank's (micro-batch, weight) pairs of one optimizer step over `picked` (every rank's pairs; weight 0: a
+    repeat that keeps the ranks in step), each micro-batch's `step_weight` set to the summed pair weights of the
+    whole step over all ranks. DDP and FSDP average gradients over ranks: backward `weight * world_size * loss` and
+    the gradients are those of one process with the whole step (2 × b trains like 1 × 2b)."""
+    micros = dist.micro_batches(picked, recipe.train.grad_accum, lambda ids, n: pair_micro_batches(
+        pairs, ids, n, capacity(recipe), pad, packs(recipe)))
+    total = dist.all_reduce_sum(sum(float(m["weights"].sum()) * w for m, w in micros))
+    for micro, _ in micros:
+        micro["step_weight"] = max(total, 1e-12)
+    return micros
+
+
+def reduce_stats(dist, weighted: list[tuple[dict, float]]) -> dict[str, float]:
+    """The summed logging stats of one step, over all ranks: `weighted` holds each micro-batch's stats
+    (`dpo_micro_loss`, `reward_micro_loss`) and its weight (0 for a repeat: counted as nothing). Every rank has at
+    least one micro-batch, so every rank reduces the same keys."""
+    keys = list(weighted[0][0])
+    return dict(zip(keys, dist.all_reduce_sum([sum(s[k] * w for s, w in weighted) for k in keys])))
+
+
 def pad_id(model) -> int:
     pad = getattr(unwrap_base(model).config, "pad_token_id", None)
     return 0 if pad is None else int(pad)

@@ -30,7 +30,7 @@ from mixtune.runs import atomic_write_json
 from mixtune.train import engine
 from mixtune.train.dpo import stage_pairs
 from mixtune.train.losses import reward_pairwise_loss, soft_pairwise_loss
-from mixtune.train.pair_forward import capacity, mean_stats, packs, pad_id
+from mixtune.train.pair_forward import capacity, mean_stats, packs, pad_id, reduce_stats, step_pair_micros
 from mixtune.train.stages import StageContext, StageResult
 
 
@@ -82,13 +82,16 @@ def run_stage(ctx: StageContext) -> StageResult:
     """Build the reward model from `ctx.model`, train it on the pairs of `ctx.examples`; the result carries it."""
     # ---- setup
     recipe, cfg = ctx.recipe, ctx.recipe.train
+    dist = engine.dist_setup()  # one process, or a rank of torchrun / accelerate launch
     t0 = time.perf_counter()
     pairs, held = stage_pairs(ctx)
     model = output_model(ctx.model, recipe, ctx.tokenizer)
     n_tokens = sum(v["tokens"] for v in pairs.per_source().values())
     ctx.log(f"stage {ctx.name}: reward model on {len(pairs)} pairs, {n_tokens} tokens, {len(pairs.truncated)} "
             f"truncated, {len(pairs.dropped)} dropped; margin {recipe.preference.margin}")
-    total_steps = cfg.max_steps or max(1, math.ceil(recipe.preference.reward_epochs * len(pairs) / cfg.batch_size))
+    step_size = cfg.batch_size * dist.world_size  # batch_size is per process
+    total_steps = cfg.max_steps or max(1, math.ceil(recipe.preference.reward_epochs * len(pairs) / step_size))
+    forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg)  # a new model: the previous stage's moments do not apply
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
     state = engine.TrainState()
@@ -98,23 +101,26 @@ def run_stage(ctx: StageContext) -> StageResult:
     full = recipe.adapter.type == "none"
     pad = pad_id(model)
     speed = engine.Throughput()
-    order, window, last = engine.EpochOrder(len(pairs), cfg.batch_size, cfg.seed, log=log), [], {}
+    order, window, last = engine.EpochOrder(len(pairs), step_size, cfg.seed, log=log), [], {}
     # ---- loop
     model.train()
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step")
+    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
+               disable=not dist.is_main)
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
         speed.step_start()
-        epoch, picked = order.pick(step)
-        micros = pair_micro_batches(pairs, picked, cfg.grad_accum, capacity(recipe), pad, packs(recipe))
-        step_tokens = 0
-        for micro in micros:
-            loss, sums = reward_micro_loss(model, micro, recipe)
-            loss.backward()
-            window.append(sums)
-            step_tokens += int((micro["example_index"] >= 0).sum())
-        engine.check_finite(sum(s["loss"] for s in window[-len(micros):]), step + 1, ctx.folder)
+        epoch, picked = order.pick(step)  # every rank's pairs; this rank trains its share
+        micros = step_pair_micros(dist, pairs, picked, recipe, pad)
+        step_sums, step_tokens = [], 0
+        for micro, weight in micros:  # weight 0: a repeat that only keeps the ranks in step
+            loss, sums = forward(reward_micro_loss, micro, recipe)
+            (weight * dist.world_size * loss).backward()  # x world_size: DDP / FSDP average over ranks
+            step_sums.append((sums, weight))
+            step_tokens += int(weight) * int((micro["example_index"] >= 0).sum())
+        window.append(reduce_stats(dist, step_sums))  # the whole step's, over all ranks
+        step_tokens = dist.all_reduce_sum(step_tokens)
+        engine.check_finite(window[-1]["loss"], step + 1, ctx.folder)
         grad_norm = engine.clip_and_step(model, optimizer, scheduler, cfg)
         speed.step_done(step_tokens)
         state.step = step + 1
@@ -127,12 +133,12 @@ def run_stage(ctx: StageContext) -> StageResult:
             speed.reset_window()
         # ---- evaluate (mid-stage) and save (checkpoints)
         if cfg.eval_every and state.step % cfg.eval_every == 0 and held:
-            log.log(state.step, **evaluate_rewards(model, held, recipe))
+            log.log(state.step, **forward(evaluate_rewards, held, recipe))
         if cfg.save_every and state.step % cfg.save_every == 0:
             engine.save_checkpoint(ctx.folder, model, optimizer, scheduler, state, full=full)
     bar.close()
     finished = state.step >= total_steps
-    held_metrics = evaluate_rewards(model, held, recipe) if finished and held else {}
+    held_metrics = forward(evaluate_rewards, held, recipe) if finished and held else {}
     result = StageResult(ctx.name, ctx.kind, state.step, finished, len(pairs), n_tokens,
                          train_loss=last.get("loss"), wall_s=time.perf_counter() - t0,
                          tokens_per_s=speed.overall_rate(), metrics={**last, **held_metrics},
@@ -140,5 +146,6 @@ def run_stage(ctx: StageContext) -> StageResult:
                          dropped={"prompt fills max_seq_len: no answer token": list(pairs.dropped)}, model=model)
     log.log(state.step, **held_metrics, stage_done=ctx.name)
     log.close()
-    atomic_write_json(ctx.folder / "stage.json", result.record())
+    if dist.is_main:
+        atomic_write_json(ctx.folder / "stage.json", result.record())
     return result

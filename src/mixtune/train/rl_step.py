@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 
 from mixtune.config import RecipeError
 from mixtune.runs import atomic_write_json
-from mixtune.train.distributed import dist_setup
 from mixtune.train.rewards import Reward, RewardResult, make_reward, safe_call, task_kind
 from mixtune.train.rollout import (
     RLPrompt,
@@ -54,9 +53,6 @@ def setup_rl(ctx: StageContext) -> RLSetup:
     from mixtune.evaluate.generate import end_token_ids
 
     recipe, rl = ctx.recipe, ctx.recipe.rl
-    if dist_setup().world_size > 1:  # rollouts, rewards and the reference are not sharded across ranks (yet)
-        raise RecipeError(f"stage {ctx.name} ({ctx.kind}): RL stages run in one process; launch without torchrun / "
-                          f"accelerate (a GPU rollout engine such as vLLM is the way to scale: docs/rl.md)")
     ptx = [ex for ex in ctx.examples if rl.ptx_source and ex.get("source") == rl.ptx_source]
     ptx_ids = {id(ex) for ex in ptx}
     prompts, dropped = rl_prompts([ex for ex in ctx.examples if id(ex) not in ptx_ids])

@@ -48,8 +48,17 @@ from mixtune.runs import (
     remove_stale_temps,
 )
 from mixtune.train import engine
+from mixtune.train.distributed import DistributedError
 from mixtune.train.save import save_final
-from mixtune.train.stages import StageContext, check_stage, evaluate_abilities, generates, output_model, stage_runner
+from mixtune.train.stages import (
+    ONE_PROCESS,
+    StageContext,
+    check_stage,
+    evaluate_abilities,
+    generates,
+    output_model,
+    stage_runner,
+)
 from mixtune.train.strategies import Stage, plan_stages, stage_examples
 
 STAGE_WEIGHTS = "stage_weights.safetensors"
@@ -146,6 +155,11 @@ def prefix_keys(recipe: Recipe) -> list[str]:
     """The stage-cache key of every stage of a run, as `train` computes them (a study scheduler shares prefixes by
     them): the stage plan, each stage's recipe, and with a step budget its split over the drawn data."""
     stages = plan_stages(recipe.strategy, recipe.data.sources)
+    alone = [f"{s.name} ({s.kind})" for s in stages if s.kind in ONE_PROCESS]
+    if alone and engine.dist_setup().world_size > 1:
+        raise DistributedError(f"stage {', '.join(alone)} runs in one process (it generates from the model being "
+                               f"trained, which is not sharded across ranks); launch it without torchrun / "
+                               f"accelerate launch, or split the recipe (docs/distributed.md)")
     recipes = [stage_recipe(recipe, s) for s in stages]
     if recipe.train.step_budget is not None:
         mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed,
@@ -169,6 +183,11 @@ def plan_run(recipe: Recipe, log=print) -> RunPlan:
     """Check and load what the run needs, writing nothing (a bad recipe fails before the first step and before
     a run folder exists)."""
     stages = plan_stages(recipe.strategy, recipe.data.sources)
+    alone = [f"{s.name} ({s.kind})" for s in stages if s.kind in ONE_PROCESS]
+    if alone and engine.dist_setup().world_size > 1:
+        raise DistributedError(f"stage {', '.join(alone)} runs in one process (it generates from the model being "
+                               f"trained, which is not sharded across ranks); launch it without torchrun / "
+                               f"accelerate launch, or split the recipe (docs/distributed.md)")
     recipes = [stage_recipe(recipe, s) for s in stages]
     for r in recipes:  # cheap checks first: config.json only, no weights
         check_context(r.model, {"data.max_seq_len": r.data.max_seq_len, "data.pack_len": r.data.pack_len})

@@ -47,6 +47,11 @@ answer (GSM8K's number, the code task's canonical solution for CCCS)."""
 ITERATED = ("spin", "self_reward")
 """Kinds whose every iteration is a DPO stage with the iteration's start model as its reference."""
 
+ONE_PROCESS = ("spin", "self_reward", "rlaif", "grpo", "ppo")
+"""Kinds that run in one process: they generate from the model being trained (samples, rollouts, labels), which is
+not sharded across ranks; under torchrun / accelerate launch a recipe with one of them is refused before any
+training. The other kinds shard each step's examples over the ranks (train/distributed.py)."""
+
 
 @dataclass
 class StageContext:
