@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 $(TEST_STAMP): $(STAMP)
-	$(PY) -m pip install -q -e '.[test,data,ray]'
+	$(PY) -m pip install -q -e '.[test,data,ray,deepspeed]'
 	touch $(TEST_STAMP)
 
 # GPU machines: CUDA torch of the same version as the CPU pin (wheel index $(CUDA): cu126, cu128, cu130...), the

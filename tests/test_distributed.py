@@ -54,21 +54,24 @@ def test_each_rank_trains_its_share_and_all_run_the_same_number_of_micro_batches
     assert single.all_reduce_sum([1.5, 2]) == [1.5, 2] and single.is_main
 
 
-def test_shipped_accelerate_configs_parse_and_a_deepspeed_launch_is_refused(monkeypatch):
+def test_shipped_accelerate_configs_parse_and_select_their_engine(monkeypatch):
     from accelerate.commands.config.config_args import load_config_from_file
 
     from mixtune.train import distributed
 
     configs = {p.stem: load_config_from_file(str(p)) for p in (REPO / "recipes" / "accelerate").glob("*.yaml")}
     assert {k: str(c.distributed_type).split(".")[-1] for k, c in configs.items()} == {
-        "ddp": "MULTI_GPU", "fsdp": "FSDP", "fsdp-zero2": "FSDP"}
+        "ddp": "MULTI_GPU", "fsdp": "FSDP", "fsdp-zero2": "FSDP", "deepspeed-zero2": "DEEPSPEED",
+        "deepspeed-zero3": "DEEPSPEED"}
     assert [configs[k].fsdp_config["fsdp_reshard_after_forward"] for k in ("fsdp", "fsdp-zero2")] == [True, False]
-    # what `accelerate launch` with a DeepSpeed config sets: one clear line, before any process group
-    monkeypatch.setattr(distributed, "_CURRENT", None)
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    monkeypatch.setenv("ACCELERATE_USE_DEEPSPEED", "true")
-    with pytest.raises(distributed.DistributedError, match="fsdp.yaml"):
-        distributed.dist_setup()
+    assert [configs[f"deepspeed-zero{s}"].deepspeed_config["zero_stage"] for s in (2, 3)] == [2, 3]
+    # what `accelerate launch` with a DeepSpeed config sets, read before any process group is joined
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "3")
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_OFFLOAD_OPTIMIZER_DEVICE", "cpu")
+    assert distributed._zero_settings(None) == (3, {"offload_optimizer": {"device": "cpu"}})
+    monkeypatch.setenv("ACCELERATE_DEEPSPEED_ZERO_STAGE", "0")
+    with pytest.raises(distributed.DistributedError, match="stage 1, 2 or 3"):
+        distributed._zero_settings(None)
 
 
 # ------------------------------------------------------------------------------------------------ 2 processes
@@ -207,6 +210,37 @@ def test_accelerate_launch_fsdp_trains_like_one_process_and_saves_whole_models(t
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stage", [2, 3])
+def test_accelerate_launch_deepspeed_zero_trains_like_one_process_and_saves_whole_models(tmp_path, base_dir,
+                                                                                          data_files, reference,
+                                                                                          stage):
+    tree = tree_for(tmp_path / f"zero{stage}", base_dir, data_files, 4, save_every=4, grad_accum=2)
+    run = launch(accelerate(f"deepspeed-zero{stage}.yaml", "-m", "mixtune"), tmp_path, tree)
+    assert_same_losses(losses(run), losses(reference["full"]))  # ZeRO's reduce and step: the same curve
+    one = AutoModelForCausalLM.from_pretrained(base_dir)
+    checkpoint = load_file(str(run / "stages" / "0-multi_task" / "checkpoints" / "step-0000008" /
+                               "weights.safetensors"))
+    assert {k: v.shape for k, v in checkpoint.items()}.items() <= {k: v.shape for k, v in
+                                                                  one.state_dict().items()}.items()  # whole tensors
+    final, ref = (AutoModelForCausalLM.from_pretrained(r / "final") for r in (run, reference["full"]))
+    ids = torch.tensor([[5, 6, 7, 8]])
+    assert torch.allclose(final(ids).logits, ref(ids).logits, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_killed_deepspeed_run_resumes_to_the_same_next_losses(tmp_path, base_dir, data_files, reference):
+    tree = tree_for(tmp_path / "killed-zero2", base_dir, data_files, 4, save_every=2)
+    tree["train"]["distributed"] = "deepspeed"  # torchrun + the recipe switch (no accelerate config)
+    run = launch(torchrun(str(REPO / "tests" / "dist_kill.py"), "4"), tmp_path, tree, ok=False)  # rank 0 SIGKILLed
+    state = torch.load(run / "stages" / "0-multi_task" / "checkpoints" / "step-0000004" / "trainer_state.pt",
+                       weights_only=False)
+    assert (state["optimizer"]["zero_stage"], state["optimizer"]["world_size"]) == (2, 2)  # both ranks' partitions
+    assert not (run / "final").exists()
+    launch(torchrun("-m", "mixtune"), tmp_path, tree, "--resume")
+    assert_same_losses(losses(run), losses(reference["full"]))  # steps 1-4 before the kill, 5-9 after the resume
+
+
+@pytest.mark.slow
 def test_torchrun_pretrain_two_by_four_equals_one_by_eight(tmp_path, tiny_tokenizer_dir, tiny_corpus):
     from conftest import tiny_model_section
 
@@ -261,7 +295,7 @@ def stage_rows(run_dir: Path) -> dict[str, dict[int, dict]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("how", ["torchrun-ddp", "accelerate-fsdp"])
+@pytest.mark.parametrize("how", ["torchrun-ddp", "accelerate-fsdp", "accelerate-deepspeed-zero3"])
 def test_dpo_distill_and_reward_stages_two_by_four_equal_one_by_eight(tmp_path, base_dir, data_files, how):
     from conftest import pair_examples
 
@@ -270,7 +304,8 @@ def test_dpo_distill_and_reward_stages_two_by_four_equal_one_by_eight(tmp_path, 
                              for ex in pair_examples(21, seed=5, chosen="no", rejected="yes")))
     one = chain_for(tmp_path / "one", base_dir, data_files, str(prefs), 8)
     train(Recipe.model_validate(one), log=lambda _: None)
-    cmd = torchrun("-m", "mixtune") if how == "torchrun-ddp" else accelerate("fsdp.yaml", "-m", "mixtune")
+    config = {"accelerate-fsdp": "fsdp.yaml", "accelerate-deepspeed-zero3": "deepspeed-zero3.yaml"}.get(how)
+    cmd = accelerate(config, "-m", "mixtune") if config else torchrun("-m", "mixtune")
     run = launch(cmd, tmp_path, chain_for(tmp_path / "two", base_dir, data_files, str(prefs), 4))
     got, want = stage_rows(run), stage_rows(tmp_path / "one")
     assert sorted(got) == sorted(want) == ["0-sft", "1-dpo", "2-kd", "3-rm"]

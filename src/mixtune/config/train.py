@@ -65,9 +65,13 @@ class TrainConfig(Section):
     """Multi-stage: each stage starts with a new optimizer and schedule (DMT §3.5)."""
     tensorboard: bool = False
     """Also log metrics and ability scores to TensorBoard (`<run>/tensorboard`, a study's `<study>/tensorboard`)."""
-    distributed: Literal["ddp", "fsdp"] = "ddp"
+    distributed: Literal["ddp", "fsdp", "deepspeed"] = "ddp"
     """Under torchrun / accelerate launch: ddp replicates the model, fsdp shards parameters, gradients and optimizer
-    state (torch FSDP2). batch_size is per process either way."""
+    state (torch FSDP2), deepspeed runs DeepSpeed ZeRO (`zero_stage`; pip install 'mixtune[deepspeed]'). batch_size
+    is per process in every mode. An accelerate config's distributed_type (FSDP, DEEPSPEED) overrides this."""
+    zero_stage: Literal[1, 2, 3] = 2
+    """DeepSpeed: ZeRO stage 1 (optimizer state sharded), 2 (+ gradients) or 3 (+ parameters); an accelerate
+    DeepSpeed config's zero_stage overrides it."""
     dist_timeout_s: int = Field(7200, ge=60)
     """Under torchrun / accelerate launch: seconds a rank waits for the others (rank 0 evaluates and saves alone)."""
     compile: bool = False

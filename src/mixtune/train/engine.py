@@ -29,7 +29,13 @@ from transformers.optimization import (
 from mixtune.config import TrainConfig
 from mixtune.errors import UserError
 from mixtune.runs import MetricsLog, atomic_dir, atomic_write_file, atomic_write_json
-from mixtune.train.distributed import Distributed, DistributedError, dist_close, dist_setup  # noqa: F401 -- re-exported
+from mixtune.train.distributed import (  # noqa: F401 -- re-exported
+    Distributed,
+    DistributedError,
+    ZeroOptimizer,
+    dist_close,
+    dist_setup,
+)
 
 CHECKPOINTS = "checkpoints"
 KEEP_CHECKPOINTS = 2
@@ -108,6 +114,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, carried: dict | Non
     fused = cfg.fused_adamw or None
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, betas=cfg.betas, fused=fused,
                                   foreach=None if fused else True)
+    optimizer = dist_setup().attach(model, optimizer, cfg)  # DeepSpeed: the engine's ZeroOptimizer; else itself
     if carried is not None:
         dist_setup().load_optimizer_state(optimizer, carried)
         for group in optimizer.param_groups:
@@ -119,6 +126,7 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, carried: dict | Non
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
     """Warm-up then cosine (to min_lr_ratio), WSD (stable then a 1-sqrt cooldown over decay_ratio; MiniCPM,
     Hägele et al. 2024), linear or constant. The transformers implementations are used."""
+    optimizer = optimizer.base if isinstance(optimizer, ZeroOptimizer) else optimizer  # its lr is what ZeRO steps with
     warmup = round(cfg.warmup_ratio * total_steps)
     if cfg.schedule == "cosine":
         return get_cosine_with_min_lr_schedule_with_warmup(optimizer, warmup, total_steps,
@@ -142,6 +150,10 @@ def check_finite(loss: float, step: int, run_dir: Path) -> None:
 
 def clip_and_step(model, optimizer, scheduler, cfg: TrainConfig) -> float:
     """Clip, step, zero grads; returns the pre-clip gradient norm (0 when clipping is off)."""
+    if isinstance(optimizer, ZeroOptimizer):  # DeepSpeed: its engine reduces, clips, steps and zeroes
+        norm = optimizer.step()
+        scheduler.step()
+        return norm if cfg.max_grad_norm > 0 else 0.0
     norm = 0.0
     if cfg.max_grad_norm > 0:
         params = [p for p in model.parameters() if p.requires_grad]
@@ -185,7 +197,8 @@ def trainable_state_dict(model: torch.nn.Module, full: bool) -> dict[str, torch.
 def save_weights(model: torch.nn.Module, path: Path, full: bool) -> Path:
     """The trainable (or all) weights as one safetensors file, written atomically by rank 0 (every rank calls)."""
     dist = dist_setup()
-    state = dist.gather(trainable_state_dict(model, full))
+    with dist.whole_params(model):  # ZeRO-3: gathered on every rank for the copy
+        state = dist.gather(trainable_state_dict(model, full))
     if dist.is_main:
         atomic_write_file(path, lambda tmp: save_file(state, str(tmp)))
     dist.barrier()
@@ -218,7 +231,9 @@ def save_checkpoint(run_dir: str | Path, model, optimizer, scheduler, state: Tra
     dist = dist_setup()
     root = Path(run_dir) / CHECKPOINTS
     name = f"step-{state.step:07d}"
-    weights, optimizer_state = dist.gather(trainable_state_dict(model, full)), dist.gather(optimizer.state_dict())
+    with dist.whole_params(model):  # ZeRO-3: gathered on every rank for the copy
+        weights = dist.gather(trainable_state_dict(model, full))
+    optimizer_state = dist.gather(optimizer.state_dict())
     if dist.is_main:
         _write_checkpoint(root / name, model, weights, optimizer_state, scheduler, state, full)
         atomic_write_json(root / "latest.json", {"name": name, "step": state.step})

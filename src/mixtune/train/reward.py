@@ -37,7 +37,8 @@ from mixtune.train.stages import StageContext, StageResult
 def output_model(model, recipe: Recipe, tokenizer):
     """The reward model this stage trains and leaves: built from `model` (the causal LM as the stage starts)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return reward_model_from_causal(model, pad, seed=recipe.train.seed)
+    with engine.dist_setup().whole_params(model):  # ZeRO-3: the backbone gathered on every rank for the copy
+        return reward_model_from_causal(model, pad, seed=recipe.train.seed)
 
 
 def reward_micro_loss(model, micro: dict, recipe: Recipe) -> tuple[torch.Tensor, dict]:
