@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -131,11 +132,24 @@ def accelerate(config: str, *args: str) -> list[str]:
             str(_free_port()), *args]
 
 
+def run_bounded(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """`cmd` in its own process group, killed whole (launcher and every rank) if it runs past TIMEOUT_S: a hung
+    collective fails the test instead of leaving ranks behind."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(), cwd=cwd,
+                            start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        stdout, stderr = proc.communicate()
+        pytest.fail(f"{' '.join(cmd[-4:])}: still running after {TIMEOUT_S} s (killed)\n{stderr[-4000:]}")
+    return subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+
+
 def launch(cmd: list[str], tmp_path: Path, tree: dict, *extra: str, ok: bool = True) -> Path:
     recipe = tmp_path / f"{Path(tree['out_dir']).name}.yaml"
     recipe.write_text(yaml.safe_dump(tree))
-    out = subprocess.run([*cmd, "train", "-c", str(recipe), *extra], capture_output=True, text=True,
-                         timeout=TIMEOUT_S, env=_env(), cwd=tmp_path, check=False)
+    out = run_bounded([*cmd, "train", "-c", str(recipe), *extra], tmp_path)
     assert (out.returncode == 0) == ok, out.stdout[-2000:] + out.stderr[-4000:]
     return Path(tree["out_dir"])
 
@@ -255,8 +269,7 @@ def test_torchrun_pretrain_two_by_four_equals_one_by_eight(tmp_path, tiny_tokeni
     pretrain(Recipe.model_validate(tree("one", 8)))
     recipe = tmp_path / "two.yaml"
     recipe.write_text(yaml.safe_dump(tree("two", 4)))
-    out = subprocess.run([*torchrun("-m", "mixtune"), "pretrain", "-c", str(recipe)], capture_output=True, text=True,
-                         timeout=TIMEOUT_S, env=_env(), cwd=tmp_path, check=False)
+    out = run_bounded([*torchrun("-m", "mixtune"), "pretrain", "-c", str(recipe)], tmp_path)
     assert out.returncode == 0, out.stderr[-4000:]
 
     def rows(name):  # (step, loss) of every metric row: one writer, no duplicates
