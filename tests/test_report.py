@@ -119,6 +119,36 @@ def test_stage_table_shows_forgetting_in_training_order(study):
     assert _close(table.cell(seq[3], math_col), 0.1, 0.05, 3)
 
 
+def test_two_base_models_are_two_columns_not_two_seeds(tmp_path):
+    # A study folder with runs from two bases (study.base_seeds): a base is not an SFT seed, so each cell is one
+    # base's runs and each strategy's stage 0 is its own base model.
+    with ResultsDB(tmp_path / "results.sqlite") as db:
+        for base, base_math, offset in (("base-mini-b0", 0.0, 0.0), ("base-mini-b1", 0.1, 0.3)):
+            tag = base[-2:]
+            db.upsert_run(f"base-{tag}", study="s", strategy="base", seed=0, setup="base", base=base)
+            _scores(db, f"base-{tag}", "base", (base_math, 0.0, 0.1))
+            db.set_status(f"base-{tag}", "finished")
+            for seed in range(2):
+                run_id = f"seq-s{seed}-{tag}"
+                db.upsert_run(run_id, study="s", strategy="sequential", fraction=1.0, seed=seed, setup="mixed",
+                              base=base)
+                for i, stage in enumerate(("math", "general")):
+                    db.add_stage(run_id, i, stage)
+                    _scores(db, run_id, stage, (0.5 + offset + 0.1 * seed if i == 0 else 0.0, 0.0, 0.6))
+                db.set_status(run_id, "finished")
+        rows = db.rows()
+    table = strategy_table(rows)
+    assert table.key_columns[:2] == ["base", "strategy"]
+    cells = {k[0]: table.cell(k, "math") for k in table.keys if k[1] == "sequential"}
+    assert sorted(cells) == ["base-mini-b0", "base-mini-b1"] and all(c.n == 2 for c in cells.values())
+    stages = stage_table(rows)
+    after_math = {k[0]: stages.cell(k, "math") for k in stages.keys if k[-1] == "1: math"}
+    assert _close(after_math["base-mini-b0"], 0.55, math.sqrt(0.005), 2)
+    assert _close(after_math["base-mini-b1"], 0.85, math.sqrt(0.005), 2)
+    stage0 = {k[0]: stages.cell(k, "math") for k in stages.keys if k[-1] == "0: base"}
+    assert _close(stage0["base-mini-b0"], 0.0, None, 1) and _close(stage0["base-mini-b1"], 0.1, None, 1)
+
+
 def test_fraction_table_single_vs_mixed(study):
     _, rows = study
     table = fraction_table(rows)

@@ -136,7 +136,8 @@ def study_runs(study: Recipe, study_dir: Path, bases: dict[str, dict]) -> list[G
     runs = expand_grid(study, study_dir, {name: Path(b["path"]) for name, b in bases.items()})
     if study.eval.benchmarks:
         for k, (name, b) in enumerate(reversed(bases.items())):
-            run_id = BASE_RUN if len(bases) == 1 else f"{BASE_RUN}-{name.rsplit('-', 1)[-1]}"
+            # tagged as the grid's runs are (expand_grid): with study.base_seeds, even one base is `base-b<seed>`
+            run_id = f"{BASE_RUN}-{name.rsplit('-', 1)[-1]}" if study.study.base_seeds else BASE_RUN
             runs.insert(0, GridRun(run_id=run_id, label=BASE_RUN, fraction=None, seed=study.seed, setup=BASE_RUN,
                                    recipe=base_run_recipe(study, study_dir, Path(b["path"]), run_id),
                                    protocol="", base=name))
@@ -172,9 +173,13 @@ def _run_study(study: Recipe, bases: dict[str, dict], workers: int | None, log, 
     log(f"[study] {study.name}: {len(runs)} runs ({len(runs) - len(todo)} already finished), {how}, "
         f"protocol {', '.join(study.study.protocols)}")
     failures = _run_all(study, todo, study_dir, workers, threads, log) if todo else []
+    # An invocation that runs part of the folder's grid (other seeds, one base) adds to what the folder holds
+    before = json.loads((study_dir / "study.json").read_text()) if (study_dir / "study.json").exists() else {}
+    bases = {**(before.get("bases") or {}), **bases}
+    run_ids = list(dict.fromkeys([*(before.get("runs") or []), *(r.run_id for r in runs)]))
     atomic_write_json(study_dir / "study.json", {
         "study": study.name, "protocols": list(study.study.protocols), "fractions": study.study.fractions,
-        "seeds": study.study.seeds, "runs": [r.run_id for r in runs], "bases": bases,
+        "seeds": study.study.seeds, "runs": run_ids, "bases": bases,
         "base": next(iter(bases.values()))["path"] if len(bases) == 1 else None,
         "step_budget": next((r.recipe.train.step_budget for r in runs if r.recipe.train.step_budget), None),
         "benchmarks": study.eval.benchmarks, "wall_s_last_invocation": round(time.perf_counter() - t0, 1),

@@ -56,7 +56,7 @@ ABILITY_METRICS: dict[str, tuple[str, ...]] = {
     "knowledge": ("exact_match", "f1", "accuracy"),
 }
 
-KEY_FIELDS = ("protocol", "strategy", "setup", "adapter", "fraction")
+KEY_FIELDS = ("protocol", "base", "strategy", "setup", "adapter", "fraction")
 JSON_KEYS = ("strategy", "fraction", "seed", "stage", "ability", "benchmark", "metric", "value", "run_id", "setup",
              "protocol", "steps", "tokens")
 
@@ -298,7 +298,8 @@ def with_base_stage(rows: list[dict]) -> list[dict]:
     out = [{**r, "_stage_pos": order[r["run_id"]].index(r["stage"]) + shift} for r in multi]
     groups = list(dict.fromkeys(tuple(r.get(f) for f in KEY_FIELDS) for r in multi))
     for group in groups:
-        out += [{**b, **dict(zip(KEY_FIELDS, group)), "_stage_pos": 0} for b in base]
+        key = dict(zip(KEY_FIELDS, group))  # each strategy starts from its own base model (several bases: a column)
+        out += [{**b, **key, "_stage_pos": 0} for b in base if b.get("base") == key.get("base")]
     return out
 
 
