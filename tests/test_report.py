@@ -147,6 +147,13 @@ def test_two_base_models_are_two_columns_not_two_seeds(tmp_path):
     assert _close(after_math["base-mini-b1"], 0.85, math.sqrt(0.005), 2)
     stage0 = {k[0]: stages.cell(k, "math") for k in stages.keys if k[-1] == "0: base"}
     assert _close(stage0["base-mini-b0"], 0.0, None, 1) and _close(stage0["base-mini-b1"], 0.1, None, 1)
+    # the header names both bases even when the last invocation's meta knew one
+    from mixtune.study.html import bases_line
+    from mixtune.study.report_cli import read_study
+
+    meta = {"bases": {"base-mini-b0": {"seed": 0, "eval_loss": 0.73}}}
+    read_study(tmp_path / "results.sqlite", meta)
+    assert bases_line(meta) == "base models: base-mini-b0 (seed 0, eval loss 0.7300), base-mini-b1"
 
 
 def test_fraction_table_single_vs_mixed(study):

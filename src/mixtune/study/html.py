@@ -95,7 +95,8 @@ def bases_line(meta: dict[str, Any] | None) -> str:
         facts = [f"seed {base['seed']}" if base.get("seed") is not None else "",
                  f"eval loss {base['eval_loss']:.4f}" if isinstance(base.get("eval_loss"), (int, float)) else ""]
         facts = [f for f in facts if f]
-        parts.append(f"{name} ({', '.join(facts)})" if facts else f"{name}: {base.get('path', '')}")
+        parts.append(f"{name} ({', '.join(facts)})" if facts else f"{name}: {base['path']}" if base.get("path")
+                     else name)
     return "base models: " + ", ".join(parts) if parts else ""
 
 

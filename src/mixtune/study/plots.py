@@ -102,8 +102,10 @@ def headline_plot(rows: list[dict], out_path: str | Path, metric_map: dict[str, 
         return None
     used = tuple(f for f in key_fields(final) if f != "protocol")
 
-    def name_of(r: dict) -> str:
-        return BASE_RUN if is_base(r) else group_title(run_key(r, used), used)
+    def name_of(r: dict) -> str:  # with several bases each is its own bar (a base is not a seed)
+        if is_base(r):
+            return f"{BASE_RUN} {r.get('base')}" if "base" in used else BASE_RUN
+        return group_title(run_key(r, used), used)
 
     agg = aggregate(final, lambda r: (r.get("protocol") or "", name_of(r), r.get("ability") or "other",
                                       r["benchmark"]))
@@ -111,7 +113,7 @@ def headline_plot(rows: list[dict], out_path: str | Path, metric_map: dict[str, 
     rate_of = {c: is_rate([s for k, s in agg.items() if k[2:] == c]) for c in cols}
     scales = [g for g in ([c for c in cols if rate_of[c]], [c for c in cols if not rate_of[c]]) if g]
     protocols = protocols_of(final) or [""]
-    base_names = {BASE_RUN}
+    base_names = {name_of(r) for r in final if is_base(r)}
     n_names = len({k[1] for k in agg})
     width = min(16.0, max(7.0, (0.3 * len(cols) + 0.4) * n_names * len(protocols) + 3.0))
     fig = Figure(figsize=(width, 4.4 * len(scales)), dpi=DPI, layout="constrained")

@@ -59,6 +59,11 @@ def read_study(db_path: Path, meta: dict[str, Any]) -> tuple[list[dict], list[di
     default = meta.get("protocol")
     runs = [{**r, "protocol": None if r["run_id"] == BASE_RUN else (r.get("protocol") or default)} for r in runs]
     rows = annotate_rows(rows, totals, {r["run_id"]: r["protocol"] for r in runs}, default)
+    # every base a run of the folder started from is named in the header, also those of an earlier invocation
+    bases = meta.setdefault("bases", {}) if isinstance(meta.get("bases", {}), dict) else {}
+    for r in runs:
+        if r.get("base") and r["base"] not in bases:
+            bases[r["base"]] = {}
     return rows, runs, unscored
 
 
