@@ -55,3 +55,11 @@ def test_distill_study_runs_each_method_and_scores_it(tmp_path):
         stage = json.loads((study_dir / run / "stages" / "0-distill" / "stage.json").read_text())
         assert stage["kind"] == "distill" and stage["steps"] == 4
     assert (study_dir / ids[2] / "stages" / "0-distill" / "teacher_answers.jsonl").exists()
+    # a teacher that is not there stops the study before its folder exists, naming the stage (not 2 failed runs)
+    from mixtune.config import RecipeError
+
+    missing = load_recipe(path, ["name=no-teacher", f"out_dir={tmp_path / 'no-teacher'}",
+                                 f"distill.teacher={tmp_path / 'nope'}"])
+    with pytest.raises(RecipeError, match=r"stage distill \(distill\): distill.teacher .*nope is not a folder"):
+        run_study(missing, log=lambda _: None)
+    assert not (tmp_path / "no-teacher").exists()

@@ -178,3 +178,12 @@ def check_study(study: Recipe, base: Path, log=print) -> None:
             source_size(src.path, src.dataset_info, src.split)
         else:
             load_source(src, study.world.out_dir, log=lambda _: None)
+    # every stage of every run: what its kind needs from the recipe (a distill teacher, an rlaif labeller, ...)
+    from mixtune.study.grid import expand_grid
+    from mixtune.train.run import stage_recipe
+    from mixtune.train.stages import check_stage_recipe
+    from mixtune.train.strategies import plan_stages
+
+    for run in expand_grid(study, Path(study.run_dir), {"base": base}):
+        for stage in plan_stages(run.recipe.strategy, run.recipe.data.sources):
+            check_stage_recipe(stage.name, stage.kind, stage_recipe(run.recipe, stage))

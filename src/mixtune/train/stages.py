@@ -147,6 +147,13 @@ def check_stage(name: str, kind: str, recipe: Recipe, sources: dict[str, list[di
             raise RecipeError(f"stage {name} ({kind}) trains conversations, but source {source} holds {pairs} "
                               f"preference pairs; train it in a preference stage (strategy.then: [{{kind: dpo, "
                               f"sources: [{source}]}}])")
+    check_stage_recipe(name, kind, recipe)
+
+
+def check_stage_recipe(name: str, kind: str, recipe: Recipe) -> None:
+    """The checks of `check_stage` that need the recipe only (a study makes them for every run before it starts):
+    the teacher, the adapter the kind trains, the reference, the labeller."""
+    want = STAGE_DATA.get(kind)
     adapter = recipe.adapter.type
     if kind == "distill":
         check_teacher_path(recipe, name)
