@@ -227,6 +227,33 @@ def test_fixed_epochs_halves_the_steps_and_workers_are_spawned_processes(tmp_pat
     assert "2 runs (2 already finished)" in "\n".join(lines) and len(pools) == 1
 
 
+def test_a_stage_with_the_same_steps_under_both_protocols_is_trained_once(tmp_path, base):
+    """Multi-task under matched steps (a budget of 12 = max_steps 12) and under fixed epochs (1 epoch of 48 examples,
+    batch 4 = 12 steps) is one training: the second run reuses the first's stage; at fraction 0.5 fixed epochs
+    trains 6 steps, a different stage, trained again."""
+    from mixtune.study import cli
+
+    runs = [{"label": "multi-task", "strategy": {"name": "multi_task"}}]
+    recipe, study_dir = study_recipe(tmp_path / "both.yaml", base, runs, "matched_steps", 1, ["minilab_math"])
+    tree = yaml.safe_load(recipe.read_text())
+    tree["study"]["protocol"] = ["matched_steps", "fixed_epochs"]
+    recipe.write_text(yaml.safe_dump(tree))
+    cli.run_study(load_recipe(recipe), log=lambda _: None)
+
+    def stage(run: str) -> dict:
+        return json.loads((study_dir / run / "stages" / "0-multi_task" / "stage.json").read_text())
+
+    matched, epochs = stage("multi-task-f1-s0-matched"), stage("multi-task-f1-s0-epochs")
+    assert matched["steps"] == epochs["steps"] == 12
+    assert ("reused_from" in matched) != ("reused_from" in epochs)  # one trained it, the other reused it
+    assert matched["scores"] == epochs["scores"]
+    half = [stage(f"multi-task-f0.5-s0-{p}") for p in ("matched", "epochs")]
+    assert [h["steps"] for h in half] == [12, 6] and not any("reused_from" in h for h in half)
+    weights = {r: (study_dir / r / "final" / "model.safetensors").read_bytes()
+               for r in ("multi-task-f1-s0-matched", "multi-task-f1-s0-epochs")}
+    assert len(set(weights.values())) == 1
+
+
 def test_grid_expands_runs_fractions_seeds_and_ratio_setups(tmp_path):
     from mixtune.config import Recipe
     from mixtune.study.grid import expand_grid

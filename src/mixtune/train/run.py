@@ -50,6 +50,7 @@ from mixtune.runs import (
 from mixtune.train import engine
 from mixtune.train.distributed import DistributedError
 from mixtune.train.save import save_final
+from mixtune.train.sft import stage_steps
 from mixtune.train.stages import (
     ONE_PROCESS,
     StageContext,
@@ -125,16 +126,24 @@ def budget_recipes(recipe: Recipe, stages: list[Stage], recipes: list[Recipe], p
     return [r.model_copy(update={"train": r.train.model_copy(update={"max_steps": n})}) for r, n in zip(recipes, steps)]
 
 
-def prefix_key(recipe: Recipe, stages: list[Stage], index: int, recipes: list[Recipe] | None = None) -> str:
+def prefix_key(recipe: Recipe, stages: list[Stage], index: int, recipes: list[Recipe] | None = None,
+               steps: list[int | None] | None = None) -> str:
     """Identity of a run's state after stage `index`: base model, the sources those stages draw from, the
     optimisation of each of those stages (its own recipe: overrides and step budget share included) and what each
     stage trains (its kind, sources, replay and overrides, not its name). Runs of a study with the same key train it
     once: mixed sequential's and every DMT(k)'s first stage; a single-ability run and sequential's stage on that
-    ability (under fixed epochs)."""
+    ability (under fixed epochs).
+
+    `steps`: each SFT stage's optimizer steps (`sft_steps`). A stage is then keyed by the steps it takes, not by
+    how they were asked for (train.max_steps from a step budget, or epochs): a multi-task, sequential or mixed
+    sequential run under matched steps and under fixed epochs is one training, trained once."""
     tree = recipe.model_dump(mode="json")
     used = {name for s in stages[:index + 1] for name in (*s.sources, *(n for n, _ in s.replay))}
     what = {k: tree[k] for k in ("model", "adapter", "tokenizer")}
     stage_train = [r.train.model_dump(mode="json") for r in (recipes or [recipe] * len(stages))[:index + 1]]
+    for train_tree, n in zip(stage_train, steps or []):
+        if n is not None and train_tree["max_steps"] is None:  # epochs that come to n steps: the same as max_steps n
+            train_tree["max_steps"] = n
     what["train"] = [{k: v for k, v in t.items() if k != "step_budget"} for t in stage_train]
     what["data"] = {**tree["data"], "sources": [s for s in tree["data"]["sources"] if s["name"] in used]}
     what["world"] = recipe.world.out_dir
@@ -151,21 +160,46 @@ def prefix_key(recipe: Recipe, stages: list[Stage], index: int, recipes: list[Re
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def prefix_keys(recipe: Recipe) -> list[str]:
-    """The stage-cache key of every stage of a run, as `train` computes them (a study scheduler shares prefixes by
-    them): the stage plan, each stage's recipe, and with a step budget its split over the drawn data."""
-    stages = plan_stages(recipe.strategy, recipe.data.sources)
+def sft_steps(stages: list[Stage], recipes: list[Recipe], pools: dict[str, list], token_cache: dict,
+              seed: int) -> list[int | None]:
+    """The optimizer steps each SFT stage will take (sft.stage_steps on its examples that keep a target token, as
+    tokenised in `token_cache`); None for the other kinds, and for a stage with an example the cache lacks."""
+    world_size = engine.dist_setup().world_size
+    out: list[int | None] = []
+    for stage, srecipe in zip(stages, recipes):
+        examples = stage_examples(stage, pools, seed)[0] if stage.kind == "sft" else []
+        tokens = [token_cache.get((ex.get("source", ""), ex["id"])) for ex in examples]
+        if stage.kind != "sft" or any(t is None for t in tokens):
+            out.append(None)
+            continue
+        out.append(stage_steps(srecipe.train, sum(t["n_target_tokens"] > 0 for t in tokens), world_size))
+    return out
+
+
+def _check_processes(stages: list[Stage]) -> None:
     alone = [f"{s.name} ({s.kind})" for s in stages if s.kind in ONE_PROCESS]
     if alone and engine.dist_setup().world_size > 1:
         raise DistributedError(f"stage {', '.join(alone)} runs in one process (it generates from the model being "
                                f"trained, which is not sharded across ranks); launch it without torchrun / "
                                f"accelerate launch, or split the recipe (docs/distributed.md)")
+
+
+def prefix_keys(recipe: Recipe) -> list[str]:
+    """The stage-cache key of every stage of a run, as `train` computes them (a study scheduler shares prefixes by
+    them): the stage plan, each stage's recipe, with a step budget its split over the drawn data, and the steps of
+    each SFT stage (which tokenises the drawn data)."""
+    stages = plan_stages(recipe.strategy, recipe.data.sources)
+    _check_processes(stages)
     recipes = [stage_recipe(recipe, s) for s in stages]
-    if recipe.train.step_budget is not None:
-        mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed,
-                               log=lambda _: None)
-        recipes = budget_recipes(recipe, stages, recipes, group_by_source(mixture.train))
-    return [prefix_key(recipe, stages, i, recipes) for i in range(len(stages))]
+    mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed,
+                           log=lambda _: None)
+    pools = group_by_source(mixture.train)
+    recipes = budget_recipes(recipe, stages, recipes, pools)
+    tokenizer = prepare_tokenizer(recipe.model, recipe.data.template, recipe.tokenizer.out_dir, log=lambda _: None)
+    token_cache: dict = {}
+    build_sft_rows([ex for ex in mixture.train if not is_pair(ex)], tokenizer, recipe.data, token_cache)
+    steps = sft_steps(stages, recipes, pools, token_cache, recipe.data.shuffle_seed)
+    return [prefix_key(recipe, stages, i, recipes, steps) for i in range(len(stages))]
 
 
 @dataclass
@@ -183,11 +217,7 @@ def plan_run(recipe: Recipe, log=print) -> RunPlan:
     """Check and load what the run needs, writing nothing (a bad recipe fails before the first step and before
     a run folder exists)."""
     stages = plan_stages(recipe.strategy, recipe.data.sources)
-    alone = [f"{s.name} ({s.kind})" for s in stages if s.kind in ONE_PROCESS]
-    if alone and engine.dist_setup().world_size > 1:
-        raise DistributedError(f"stage {', '.join(alone)} runs in one process (it generates from the model being "
-                               f"trained, which is not sharded across ranks); launch it without torchrun / "
-                               f"accelerate launch, or split the recipe (docs/distributed.md)")
+    _check_processes(stages)
     recipes = [stage_recipe(recipe, s) for s in stages]
     for r in recipes:  # cheap checks first: config.json only, no weights
         check_context(r.model, {"data.max_seq_len": r.data.max_seq_len, "data.pack_len": r.data.pack_len})
@@ -257,6 +287,7 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
     if dist.is_main:
         atomic_write_json(run_dir / "manifest.json", {"sources": mixture.manifest,
                                                       "stages": [s.key() for s in plan.stages]})
+    steps = sft_steps(plan.stages, plan.recipes, pools, token_cache, recipe.data.shuffle_seed)
     full = recipe.adapter.type == "none"
     summary = {"run_dir": str(run_dir), "stages": [], "scores": {}}
     optimizer_state = None  # carried between stages only when train.fresh_optimizer is false
@@ -270,7 +301,7 @@ def _train(recipe, plan: RunPlan, run_dir: Path, resume, stop_at_step, log, stag
                            db_path=db_path, resume=resume, stop_at_step=stop_at_step,
                            optimizer_state=optimizer_state, token_cache=token_cache, log=log,
                            tensorboard_dir=tensorboard_dir, step_offset=offset)
-        cached = stage_cache / prefix_key(recipe, plan.stages, i, plan.recipes) if stage_cache else None
+        cached = stage_cache / prefix_key(recipe, plan.stages, i, plan.recipes, steps) if stage_cache else None
         with _cache_lock(cached if dist.is_main else None):
             how = dist.broadcast("finished" if resume and finished_stage(folder) else
                                  "cached" if cached and finished_stage(cached) else "train")
