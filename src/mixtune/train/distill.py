@@ -30,7 +30,6 @@ import time
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from mixtune.config import Recipe, RecipeError
 from mixtune.data.sft_dataset import build_sft_rows
@@ -215,16 +214,12 @@ def run_stage(ctx: StageContext) -> StageResult:
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
-    state = engine.TrainState()
-    if ctx.resume:
-        state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
-    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)  # the run's TensorBoard, rank 0
+    state, log = engine.resume_stage(ctx, model, optimizer, scheduler)  # the metrics log: rank 0
     full, pad_id, speed = recipe.adapter.type == "none", _pad_id(model), engine.Throughput()
     order, window, last = engine.EpochOrder(len(rows), step_size, cfg.seed, log=log), [], {}
     # ---- loop
     model.train()
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
-               disable=not dist.is_main)
+    bar = engine.step_bar(ctx, state, total_steps)
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break

@@ -22,7 +22,6 @@ import random
 import time
 
 import torch
-from tqdm import tqdm
 
 from mixtune.data.pair_dataset import PairSet, build_pair_rows, pair_micro_batches
 from mixtune.data.preference import is_pair
@@ -100,18 +99,14 @@ def run_stage(ctx: StageContext) -> StageResult:
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
     reference = forward(reference_logps, pairs, recipe)  # (P, 2): the start model's, once, before any resume
     held_reference = {name: forward(reference_logps, p, recipe) for name, p in held.items()}
-    state = engine.TrainState()
-    if ctx.resume:
-        state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
-    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)  # the run's TensorBoard, rank 0
+    state, log = engine.resume_stage(ctx, model, optimizer, scheduler)  # the metrics log: rank 0
     full = recipe.adapter.type == "none"
     pad = pad_id(model)
     speed = engine.Throughput()
     order, window, last = engine.EpochOrder(len(pairs), step_size, cfg.seed, log=log), [], {}
     # ---- loop
     model.train()
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
-               disable=not dist.is_main)
+    bar = engine.step_bar(ctx, state, total_steps)
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break

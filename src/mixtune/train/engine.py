@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from tqdm import tqdm
 from transformers.optimization import (
     get_constant_schedule_with_warmup,
     get_cosine_with_min_lr_schedule_with_warmup,
@@ -337,6 +338,21 @@ def metrics_log(ctx, resume_at: int | None = None) -> MetricsLog:
     return MetricsLog(ctx.folder, tensorboard=ctx.recipe.train.tensorboard, resume_at=resume_at,
                       tensorboard_dir=ctx.tensorboard_dir, step_offset=ctx.step_offset,
                       enabled=dist_setup().is_main)
+
+
+def resume_stage(ctx, model, optimizer, scheduler) -> tuple[TrainState, MetricsLog]:
+    """A stage's first step and its metrics log: step 0 and a new log, or with ctx.resume the newest loadable
+    checkpoint of the stage folder loaded into model, optimizer and scheduler and the log continued after its step."""
+    state = TrainState()
+    if ctx.resume:
+        state = resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
+    return state, metrics_log(ctx, resume_at=state.step if ctx.resume else None)
+
+
+def step_bar(ctx, state: TrainState, total_steps: int) -> tqdm:
+    """The stage's progress bar over the steps it has left (one per optimizer step), shown by rank 0."""
+    return tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
+                disable=not dist_setup().is_main)
 
 
 def epoch_seed(seed: int, epoch: int) -> int:

@@ -16,7 +16,6 @@ import math
 import time
 
 import torch
-from tqdm import tqdm
 
 from mixtune.config import RecipeError
 from mixtune.train import engine
@@ -86,20 +85,17 @@ def run_stage(ctx: StageContext) -> StageResult:
     reference = Reference(model, recipe.adapter.type) if rl.kl_coef > 0 else None  # before resume loads weights
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps * updates)
-    state = engine.TrainState()
-    if ctx.resume:
-        state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
+    state, log = engine.resume_stage(ctx, model, optimizer, scheduler)
     if setup.schedule and "cccs" in state.extra:
         setup.schedule.load_state_dict(state.extra["cccs"])
     history: list[dict] = list(state.extra.get("history", []))
-    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)
     device, pad_id = engine.model_device(model), ctx.tokenizer.pad_token_id or 0
     ctx.log(f"stage {ctx.name}: grpo on {n_prompts} prompts x {rl.n_samples} samples, {total_steps} steps, "
             f"baseline {rl.baseline}, scale {rl.scale_rewards}, loss {rl.loss_agg}, reference "
             f"{reference.mode if reference else 'none (kl_coef 0)'}")
     order = engine.EpochOrder(n_prompts, cfg.batch_size, cfg.seed)
     # ---- loop
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step")
+    bar = engine.step_bar(ctx, state, total_steps)
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break

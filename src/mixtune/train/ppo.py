@@ -21,7 +21,6 @@ import math
 import time
 
 import torch
-from tqdm import tqdm
 
 from mixtune.data.sft_dataset import batches_for_step, build_sft_rows
 from mixtune.train import engine
@@ -134,20 +133,17 @@ def run_stage(ctx: StageContext) -> StageResult:
     params = torch.nn.ModuleDict({"policy": model, "critic": critic})  # one optimizer, one checkpoint
     optimizer = engine.make_optimizer(params, cfg)  # the critic is new: no moments carried from a previous stage
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps * updates)
-    state = engine.TrainState()
-    if ctx.resume:
-        state = engine.resume_from_checkpoints(ctx.folder, params, optimizer, scheduler, log=ctx.log)
+    state, log = engine.resume_stage(ctx, params, optimizer, scheduler)
     if setup.schedule and "cccs" in state.extra:
         setup.schedule.load_state_dict(state.extra["cccs"])
     beta = float(state.extra.get("beta", rl.kl_coef))
     history: list[dict] = list(state.extra.get("history", []))
-    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)
     device, pad_id = engine.model_device(model), ctx.tokenizer.pad_token_id or 0
     ctx.log(f"stage {ctx.name}: ppo on {n_prompts} prompts x {rl.n_samples} samples, {total_steps} steps, β {beta}"
             f"{' (adaptive)' if rl.adaptive_kl else ''}, reference {reference.mode if reference else 'none'}")
     order = engine.EpochOrder(n_prompts, cfg.batch_size, cfg.seed)
     # ---- loop
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step")
+    bar = engine.step_bar(ctx, state, total_steps)
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break

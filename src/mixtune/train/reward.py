@@ -20,7 +20,6 @@ import math
 import time
 
 import torch
-from tqdm import tqdm
 
 from mixtune.config import Recipe
 from mixtune.data.pair_dataset import PairSet, pair_micro_batches
@@ -95,18 +94,14 @@ def run_stage(ctx: StageContext) -> StageResult:
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg)  # a new model: the previous stage's moments do not apply
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
-    state = engine.TrainState()
-    if ctx.resume:
-        state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
-    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)  # the run's TensorBoard, rank 0
+    state, log = engine.resume_stage(ctx, model, optimizer, scheduler)  # the metrics log: rank 0
     full = recipe.adapter.type == "none"
     pad = pad_id(model)
     speed = engine.Throughput()
     order, window, last = engine.EpochOrder(len(pairs), step_size, cfg.seed, log=log), [], {}
     # ---- loop
     model.train()
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
-               disable=not dist.is_main)
+    bar = engine.step_bar(ctx, state, total_steps)
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break

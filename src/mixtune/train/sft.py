@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from mixtune.config import Recipe
 from mixtune.data.packing import VARLEN_ATTENTION, flatten_packed, varlen_kwargs
@@ -154,10 +153,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)
-    state = engine.TrainState()
-    if ctx.resume:
-        state = engine.resume_from_checkpoints(ctx.folder, model, optimizer, scheduler, log=ctx.log)
-    log = engine.metrics_log(ctx, resume_at=state.step if ctx.resume else None)
+    state, log = engine.resume_stage(ctx, model, optimizer, scheduler)  # the metrics log: rank 0
     full = recipe.adapter.type == "none"
     pad_id = _pad_id(model)
     speed = engine.Throughput()
@@ -167,8 +163,7 @@ def run_stage(ctx: StageContext) -> StageResult:
                 f"(compiled only with {levers.COMPILED_ADAPTERS})")
     # ---- loop
     model.train()
-    bar = tqdm(range(state.step, total_steps), initial=state.step, total=total_steps, desc=ctx.name, unit="step",
-               disable=not dist.is_main)
+    bar = engine.step_bar(ctx, state, total_steps)
     for step in bar:
         if ctx.stop_at_step is not None and step >= ctx.stop_at_step:
             break
