@@ -52,7 +52,7 @@ install-vllm:
 	.venv-vllm/bin/python -m pip install -q vllm==0.32.0
 
 demo: $(STAMP)
-	$(VENV)/bin/mixtune demo
+	$(VENV)/bin/mixtune demo $(DEMO_ARGS)
 
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from mixtune.config import load_recipe
+from mixtune.errors import UserError
 from mixtune.study.base import prepare_base
 
 
@@ -20,10 +21,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--base", default="recipes/base-mini.yaml", help="base pre-training recipe")
     parser.add_argument("--study", default="recipes/dmt-mini.yaml", help="study recipe")
     parser.add_argument("--quick", action="store_true", help="run recipes/quickstart.yaml instead of the study")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the study recipe, e.g. "
+                        "train.packed_attention=false 'study.seeds=[0,1,2]'")
     args = parser.parse_args(argv)
+    if not args.quick and not Path(args.study).is_file():
+        raise UserError(f"mixtune demo: study recipe {args.study} not found; give --study <recipe.yaml> (run from the "
+                        f"repository root for the default recipes/dmt-mini.yaml), or --quick for the one-ability SFT")
     t0 = time.perf_counter()
     prepare_base(load_recipe(args.base))
-    if args.quick or not Path(args.study).exists():
+    if args.quick:
         from mixtune.train.run import train
 
         recipe = load_recipe("recipes/quickstart.yaml")
@@ -32,6 +38,8 @@ def main(argv: list[str]) -> int:
     else:
         from mixtune.study.cli import main as study_main
 
-        study_main(["-c", args.study])
+        code = study_main(["-c", args.study, *args.overrides])
+        print(f"[demo] total wall time {time.perf_counter() - t0:.0f} s")
+        return code  # 1 when a run failed: a failed demo does not exit 0
     print(f"[demo] total wall time {time.perf_counter() - t0:.0f} s")
     return 0
