@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import time
 
 import torch
@@ -210,7 +209,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     ctx.log(f"stage {ctx.name}: distil {dcfg.loss} (tau {dcfg.temperature:g}, alpha {dcfg.alpha:g}) from "
             f"{dcfg.teacher} on {len(rows)} examples, {n_tokens} tokens, {len(rows.no_target)} dropped with no target")
     step_size = cfg.batch_size * dist.world_size  # batch_size is per process
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(rows) / step_size))
+    total_steps = engine.stage_steps(cfg, len(rows), dist.world_size)
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)

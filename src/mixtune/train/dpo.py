@@ -17,7 +17,6 @@ of chosen and rejected, their margin and the share of pairs whose chosen reward 
 
 from __future__ import annotations
 
-import math
 import random
 import time
 
@@ -93,7 +92,7 @@ def run_stage(ctx: StageContext) -> StageResult:
             f"{len(pairs.dropped)} dropped with no answer token left; loss {recipe.preference.loss}, "
             f"beta {recipe.preference.beta}, reference {recipe.preference.reference}")
     step_size = cfg.batch_size * dist.world_size  # batch_size is per process
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * len(pairs) / step_size))
+    total_steps = engine.stage_steps(cfg, len(pairs), dist.world_size)
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)

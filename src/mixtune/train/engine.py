@@ -340,6 +340,15 @@ def metrics_log(ctx, resume_at: int | None = None) -> MetricsLog:
                       enabled=dist_setup().is_main)
 
 
+def stage_steps(cfg: TrainConfig, n_items: int, world_size: int = 1, epochs: float | None = None) -> int:
+    """Optimizer steps of a stage over `n_items` (examples, pairs or prompts): train.max_steps, else `epochs`
+    (default train.epochs) of batch_size x world_size items, rounded up once over all epochs (so fractions of a
+    dataset get proportional steps). The stage cache keys an SFT stage by it: the same steps on the same data are the
+    same training."""
+    epochs = cfg.epochs if epochs is None else epochs
+    return cfg.max_steps or max(1, math.ceil(epochs * n_items / (cfg.batch_size * world_size)))
+
+
 def resume_stage(ctx, model, optimizer, scheduler) -> tuple[TrainState, MetricsLog]:
     """A stage's first step and its metrics log: step 0 and a new log, or with ctx.resume the newest loadable
     checkpoint of the stage folder loaded into model, optimizer and scheduler and the log continued after its step."""

@@ -12,7 +12,6 @@ StepCoder's CCCS and FGO apply to code prompts (`stepcoder.py`).
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -80,7 +79,7 @@ def run_stage(ctx: StageContext) -> StageResult:
         raise RecipeError(f"stage {ctx.name} (grpo): rl.n_samples must be at least 2 (a group), got {rl.n_samples}")
     setup = setup_rl(ctx)  # also refuses several processes
     n_prompts = len(setup.prompts)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_prompts / cfg.batch_size))
+    total_steps = engine.stage_steps(cfg, n_prompts)
     updates = rl.ppo_epochs * min(rl.minibatches, cfg.batch_size * rl.n_samples)
     reference = Reference(model, recipe.adapter.type) if rl.kl_coef > 0 else None  # before resume loads weights
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)

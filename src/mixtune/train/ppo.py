@@ -17,7 +17,6 @@ and OpenRLHF train separate critics); the cost is a second model, its gradients 
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -126,7 +125,7 @@ def run_stage(ctx: StageContext) -> StageResult:
         raise ValueError(f"stage {ctx.name}: rl.ptx_coef > 0 but rl.ptx_source {rl.ptx_source!r} gives no example "
                          f"of this stage (list it in the stage's sources)")
     n_prompts = len(setup.prompts)
-    total_steps = cfg.max_steps or max(1, math.ceil(cfg.epochs * n_prompts / cfg.batch_size))
+    total_steps = engine.stage_steps(cfg, n_prompts)
     updates = rl.ppo_epochs * min(rl.minibatches, cfg.batch_size * rl.n_samples)
     reference = Reference(model, recipe.adapter.type) if rl.kl_coef > 0 else None  # before resume loads weights
     critic = make_critic(ctx)

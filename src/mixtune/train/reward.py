@@ -16,7 +16,6 @@ the sources' eval_count pairs and `preference.eval_fraction`). With `preference.
 
 from __future__ import annotations
 
-import math
 import time
 
 import torch
@@ -90,7 +89,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     ctx.log(f"stage {ctx.name}: reward model on {len(pairs)} pairs, {n_tokens} tokens, {len(pairs.truncated)} "
             f"truncated, {len(pairs.dropped)} dropped; margin {recipe.preference.margin}")
     step_size = cfg.batch_size * dist.world_size  # batch_size is per process
-    total_steps = cfg.max_steps or max(1, math.ceil(recipe.preference.reward_epochs * len(pairs) / step_size))
+    total_steps = engine.stage_steps(cfg, len(pairs), dist.world_size, recipe.preference.reward_epochs)
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg)  # a new model: the previous stage's moments do not apply
     scheduler = engine.make_scheduler(optimizer, cfg, total_steps)

@@ -50,7 +50,6 @@ from mixtune.runs import (
 from mixtune.train import engine
 from mixtune.train.distributed import DistributedError
 from mixtune.train.save import save_final
-from mixtune.train.sft import stage_steps
 from mixtune.train.stages import (
     ONE_PROCESS,
     StageContext,
@@ -162,7 +161,7 @@ def prefix_key(recipe: Recipe, stages: list[Stage], index: int, recipes: list[Re
 
 def sft_steps(stages: list[Stage], recipes: list[Recipe], pools: dict[str, list], token_cache: dict,
               seed: int) -> list[int | None]:
-    """The optimizer steps each SFT stage will take (sft.stage_steps on its examples that keep a target token, as
+    """The optimizer steps each SFT stage will take (engine.stage_steps on its examples that keep a target token, as
     tokenised in `token_cache`); None for the other kinds, and for a stage with an example the cache lacks."""
     world_size = engine.dist_setup().world_size
     out: list[int | None] = []
@@ -172,7 +171,7 @@ def sft_steps(stages: list[Stage], recipes: list[Recipe], pools: dict[str, list]
         if stage.kind != "sft" or any(t is None for t in tokens):
             out.append(None)
             continue
-        out.append(stage_steps(srecipe.train, sum(t["n_target_tokens"] > 0 for t in tokens), world_size))
+        out.append(engine.stage_steps(srecipe.train, sum(t["n_target_tokens"] > 0 for t in tokens), world_size))
     return out
 
 

@@ -10,7 +10,6 @@ from the per-sample task types the rows carry.
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 
@@ -116,13 +115,6 @@ def _micro_batches(rows, indices: list[int], grad_accum: int, recipe: Recipe, pa
     return batches_for_step(rows, indices, grad_accum, capacity, pad_id, packing=packing)
 
 
-def stage_steps(cfg, n_rows: int, world_size: int = 1) -> int:
-    """Optimizer steps of an SFT stage on `n_rows` trainable examples: train.max_steps, else its epochs of
-    batch_size x world_size examples, rounded up once over all epochs (so fractions of a dataset get proportional
-    steps). The stage cache keys a stage by it: the same steps on the same data are the same training."""
-    return cfg.max_steps or max(1, math.ceil(cfg.epochs * n_rows / (cfg.batch_size * world_size)))
-
-
 def _pad_id(model) -> int:
     pad = getattr(model.config, "pad_token_id", None)
     return 0 if pad is None else int(pad)
@@ -148,7 +140,7 @@ def run_stage(ctx: StageContext) -> StageResult:
     if recipe.data.packing and recipe.adapter.type in PROMPT_LEARNING:
         ctx.log(f"stage {ctx.name}: adapter {recipe.adapter.type} trains on padded rows (one example each), not packed")
     step_size = cfg.batch_size * dist.world_size  # batch_size is per process (as in accelerate and the HF Trainer)
-    total_steps = stage_steps(cfg, len(rows), dist.world_size)
+    total_steps = engine.stage_steps(cfg, len(rows), dist.world_size)
     engine.set_gradient_checkpointing(model, cfg.gradient_checkpointing)
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=ctx.optimizer_state)
