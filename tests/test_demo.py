@@ -14,7 +14,7 @@ def test_overrides_reach_the_study_and_its_exit_code_is_the_demos(tmp_path, monk
     study.write_text("name: s\n")
     calls = []
     monkeypatch.setattr(demo, "prepare_base", lambda recipe: calls.append(("base", recipe.name)))
-    monkeypatch.setattr(demo, "load_recipe", lambda path: type("R", (), {"name": str(path)})())
+    monkeypatch.setattr(demo, "load_recipe", lambda path, overrides=(): type("R", (), {"name": str(path)})())
     import mixtune.study.cli as study_cli
 
     for code in (0, 1):
@@ -30,3 +30,10 @@ def test_a_missing_study_recipe_is_one_line_and_exit_2(tmp_path):
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "nope.yaml not found" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "runs").exists()
+
+
+def test_a_bad_override_is_refused_before_the_base_is_built(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "mixtune.cli", "demo", "train.no_such_switch=1"], capture_output=True,
+                         text=True, timeout=120, check=False)
+    assert out.returncode == 2, out.stderr
+    assert "no_such_switch" in out.stderr and "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0

@@ -25,8 +25,10 @@ def main(argv: list[str]) -> int:
                         "train.packed_attention=false 'study.seeds=[0,1,2]'")
     args = parser.parse_args(argv)
     if not args.quick and not Path(args.study).is_file():
-        raise UserError(f"mixtune demo: study recipe {args.study} not found; give --study <recipe.yaml> (run from the "
+        raise UserError(f"study recipe {args.study} not found; give --study <recipe.yaml> (run from the "
                         f"repository root for the default recipes/dmt-mini.yaml), or --quick for the one-ability SFT")
+    if not args.quick:
+        load_recipe(args.study, args.overrides)  # a bad override fails in one line now, not after the base's minutes
     t0 = time.perf_counter()
     prepare_base(load_recipe(args.base))
     if args.quick:
