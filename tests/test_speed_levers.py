@@ -163,3 +163,44 @@ def test_foreach_adamw_is_the_per_tensor_loop_bit_for_bit():
 
     for got, want in zip(trained(True), trained(False), strict=True):
         assert torch.equal(got, want)
+
+
+@pytest.mark.slow
+def test_compiled_pretraining_follows_the_eager_run_and_saves_the_plain_model(tmp_path, tiny_tokenizer_dir,
+                                                                              tiny_corpus, monkeypatch):
+    # train.compile in pre-training: the same losses step by step up to fp32 rounding, a final model with the
+    # eager run's parameter names (a plain checkpoint, no compiled wrapper), and the layers uncompiled afterwards.
+    from safetensors.torch import load_file
+
+    from mixtune.train.pretrain import pretrain
+
+    def run(name, **train):
+        recipe = Recipe.model_validate({
+            "name": name, "out_dir": str(tmp_path / name), "model": tiny_model_section(tiny_tokenizer_dir),
+            "pretrain_corpus": [str(tiny_corpus)],
+            "train": {"lr": 1e-2, "batch_size": 4, "seq_len": 32, "bf16": False, "max_steps": 6, "log_every": 1,
+                      "warmup_ratio": 0.0, **train}})
+        summary = pretrain(recipe)
+        rows = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+        return summary, [r["loss"] for r in rows if "loss" in r], load_file(str(tmp_path / name / "final" /
+                                                                               "model.safetensors"))
+
+    compiled = []
+
+    def spy(model, adapter="none"):
+        compiled.append(model)
+        return compile_layers(model, adapter)
+
+    compile_layers = levers.compile_layers
+    _, eager_losses, eager_weights = run("eager")
+    monkeypatch.setattr(levers, "compile_layers", spy)
+    summary, losses, weights = run("compiled", compile=True)
+    assert len(compiled) == 1  # the switch reached the loop
+    assert all(layer._compiled_call_impl is None for layer in compiled[0].model.layers)  # uncompiled at the end
+    assert len(losses) == len(eager_losses) == 6
+    assert losses == pytest.approx(eager_losses, rel=1e-4)
+    assert weights.keys() == eager_weights.keys()
+    for name, tensor in weights.items():
+        assert torch.allclose(tensor, eager_weights[name], rtol=1e-3, atol=1e-4), name
+    assert summary["eval_loss"] == pytest.approx(
+        json.loads((tmp_path / "eager" / "metrics.jsonl").read_text().splitlines()[-1])["eval_loss"], rel=1e-4)

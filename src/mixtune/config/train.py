@@ -75,7 +75,8 @@ class TrainConfig(Section):
     dist_timeout_s: int = Field(7200, ge=60)
     """Under torchrun / accelerate launch: seconds a rank waits for the others (rank 0 evaluates and saves alone)."""
     compile: bool = False
-    """Speed: torch.compile (inductor) the decoder layers; a one-off compile, then faster steps; changes rounding."""
+    """Speed: torch.compile (inductor) the decoder layers (SFT stages and pre-training); a one-off compile, then faster
+    steps; changes rounding."""
     fused_ce: bool = False
     """Speed: output layer + cross-entropy in row chunks, gradients in the forward pass; changes rounding."""
     packed_attention: bool = False

@@ -1,6 +1,7 @@
 """CPU speed levers of SFT, each behind a train.* switch (benchmarks/sft_throughput.py measures each against the
 defaults): per-example packed attention, torch.compile of the decoder layers, and glibc malloc that keeps freed
-memory (always on: numerics untouched). engine.py calls `keep_freed_memory`; sft.py the rest."""
+memory (always on: numerics untouched). engine.py calls `keep_freed_memory`; sft.py the rest; pretrain.py
+`compile_layers` too."""
 
 from __future__ import annotations
 

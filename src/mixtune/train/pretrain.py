@@ -27,7 +27,7 @@ from mixtune.errors import UserError
 from mixtune.jsonl import iter_jsonl, read_text
 from mixtune.model.load import count_parameters, load_model_and_tokenizer
 from mixtune.runs import MetricsLog, RunLock, prepare_run_dir, remove_stale_temps
-from mixtune.train import engine
+from mixtune.train import engine, levers
 from mixtune.train.losses import masked_token_ce
 from mixtune.train.save import save_final
 
@@ -174,6 +174,8 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
         start, carried = point.step, point.optimizer_state
     own_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
     total_steps = start + own_steps
+    if cfg.compile:
+        levers.compile_layers(model)  # in place: parameter names, checkpoints and the saved model are untouched
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
     optimizer = engine.make_optimizer(model, cfg, carried=carried)
     scheduler = engine.make_scheduler(optimizer, cfg, own_steps)  # counted from the branch point
@@ -243,6 +245,8 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
     if state.step < total_steps:  # simulated kill: nothing more is written
         return {"step": state.step, "stopped": True}
     final = log_eval(state.step)
+    if cfg.compile:
+        levers.uncompile_layers(model)  # a caller that goes on with the model (generation, a branch) runs it plainly
     final_eval = final["eval_loss"]
     with dist.main_model(model) as plain:  # rank 0 saves; the others wait
         log.close()
