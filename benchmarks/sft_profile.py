@@ -82,13 +82,15 @@ def profile_steps(trainee: Trainee, rows, batches, cfg) -> tuple[dict[str, float
 
 
 def print_profile(tokenizer, examples, batch_size: int, tmp: Path, peaks: dict, steps: int = 2,
-                  rounds: int = 3) -> None:
+                  rounds: int = 3, precision: str = "bf16") -> None:
     """The step profile of the defaults and of WINNERS, profiled in alternation (`rounds` × `steps` steps each; the
     round with the least total time is shown, the one a shared machine disturbed least), then the matmul rate at
-    this model's shapes and what the profile implies for a host with a faster matmul peak."""
+    this model's shapes and what the profile implies for a host with a faster matmul peak. `precision`: bf16
+    (autocast) or fp32, both trainees."""
+    same = {} if precision == "bf16" else {"bf16": False}
     rows = build_sft_rows(examples, tokenizer, DataConfig(max_seq_len=MAX_LEN))
     batches = step_batches(len(rows), batch_size)
-    trainees = {name: Trainee(tokenizer, make_recipe(tmp / "profile", batch_size, **train))
+    trainees = {name: Trainee(tokenizer, make_recipe(tmp / "profile", batch_size, **train, **same))
                 for name, train in (("defaults", {}), ("winners", WINNERS))}
     for trainee in trainees.values():
         trainee.steps(rows, batches[:3])  # warm-up (and compile) outside the profile
@@ -100,7 +102,7 @@ def print_profile(tokenizer, examples, batch_size: int, tmp: Path, peaks: dict, 
             if name not in tables or sum(table[0].values()) < sum(tables[name][0].values()):
                 tables[name] = table
     cats = sorted(set(tables["defaults"][0]) | set(tables["winners"][0]), key=lambda c: -tables["defaults"][0].get(c, 0))
-    print(f"\nprofile: ms per step (mean of {steps} steps, least-loaded of {rounds} alternating rounds; {batch_size} "
+    print(f"\nprofile, {precision}: ms per step (mean of {steps} steps, least-loaded of {rounds} alternating rounds; {batch_size} "
           f"examples, ~{ROWS_PER_STEP}x{MAX_LEN} tokens; op self times by op name, shapes, enclosing range or autograd node)")
     print(f"| {'where the time goes':48s} | {'defaults':>15s} | {'winners':>15s} |")
     print(f"|{'-' * 50}|{'-' * 17}|{'-' * 17}|")

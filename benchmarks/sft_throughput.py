@@ -193,12 +193,12 @@ def run_mixtune(examples, tokenizer, batch_size: int, out: Path, **train) -> dic
     return {"tok_s": result.tokens_per_s, "loss": loss, "wall_s": time.perf_counter() - t0, "mib": memory.mib}
 
 
-def run_trl(examples, tokenizer, out: Path) -> dict:
+def run_trl(examples, tokenizer, out: Path, bf16: bool = True) -> dict:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
 
     args = SFTConfig(output_dir=str(out), packing=True, packing_strategy="bfd", max_length=MAX_LEN,
-                     per_device_train_batch_size=ROWS_PER_STEP, gradient_checkpointing=False, bf16=True,
+                     per_device_train_batch_size=ROWS_PER_STEP, gradient_checkpointing=False, bf16=bf16,
                      use_cpu=True, assistant_only_loss=True, num_train_epochs=1, learning_rate=1e-3,
                      warmup_steps=0.03, logging_steps=10**6, save_strategy="no", report_to=[],
                      dataloader_num_workers=0, seed=0)
@@ -314,21 +314,26 @@ def print_levers(args, tokenizer, examples, batch_size: int, tmp: Path, flops: f
 
 
 def compare_with_trl(args, tokenizer, examples, batch_size: int, tmp: Path, flops: float) -> None:
-    """`args.rounds` rounds of full stages (defaults, WINNERS) and TRL; the table and the JSON line."""
+    """`args.rounds` rounds of full stages (defaults, WINNERS) and TRL, both sides in `args.precision` (bf16
+    autocast, or fp32: the faster of the two on a CPU whose bf16 matmuls are slower than its fp32 ones); the table
+    and the JSON line. MFU is against the matmul peak of that precision."""
+    bf16 = args.precision == "bf16"
+    dtype, same = (torch.bfloat16, {}) if bf16 else (torch.float32, {"bf16": False})
     runs = defaultdict(list)
     for r in range(args.rounds):
-        runs["peak"].append(bf16_peak_flops())
-        runs["defaults"].append(run_mixtune(examples, tokenizer, batch_size, tmp / f"d{r}"))
-        runs["winners"].append(run_mixtune(examples, tokenizer, batch_size, tmp / f"w{r}", **WINNERS))
+        runs["peak"].append(bf16_peak_flops(dtype=dtype))
+        runs["defaults"].append(run_mixtune(examples, tokenizer, batch_size, tmp / f"d{r}", **same))
+        runs["winners"].append(run_mixtune(examples, tokenizer, batch_size, tmp / f"w{r}", **WINNERS, **same))
         if not args.skip_trl:
-            runs["trl"].append(run_trl(examples, tokenizer, tmp / f"t{r}"))
-        print(f"round {r}: bf16 peak {runs['peak'][-1] / 1e9:.0f} GFLOP/s; " + "; ".join(
+            runs["trl"].append(run_trl(examples, tokenizer, tmp / f"t{r}", bf16=bf16))
+        print(f"round {r}: {args.precision} peak {runs['peak'][-1] / 1e9:.0f} GFLOP/s; " + "; ".join(
             f"{k} {v[-1]['tok_s']:.0f} tok/s (loss {v[-1]['loss']:.3f}, {v[-1]['wall_s']:.0f} s)"
             for k, v in runs.items() if k != "peak"), flush=True)
     peak = statistics.median(runs["peak"])
     tok = {k: statistics.median(o["tok_s"] for o in v) for k, v in runs.items() if k != "peak"}
     trl = tok.get("trl", float("nan"))
-    print(f"\nmedian of {args.rounds} rounds; bf16 matmul peak {peak / 1e9:.1f} GFLOP/s on {THREADS} threads "
+    print(f"\n{args.precision}, median of {args.rounds} rounds; {args.precision} matmul peak {peak / 1e9:.1f} GFLOP/s "
+          f"on {THREADS} threads "
           f"(median of the per-round measurements); MFU = tok/s x {flops / 1e6:.1f} MFLOP/token / peak; memory: "
           "peak live malloc bytes of the whole run (model, optimizer, data, steps)")
     print("| | non-pad tokens/s | vs TRL | MFU | peak memory | final loss |")
@@ -353,6 +358,8 @@ def main() -> None:
     parser.add_argument("--lever-steps", type=int, default=3, help="steps per lever per round")
     parser.add_argument("--profile", action="store_true", help="also the step profile table")
     parser.add_argument("--skip-trl", action="store_true", help="mixtune only (no ratio in the JSON)")
+    parser.add_argument("--precision", choices=("bf16", "fp32"), default="bf16",
+                        help="of both sides of the TRL comparison and of the profile (fp32: no autocast)")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
     levers.keep_freed_memory()  # as engine.setup_torch does for every run (TRL gets it too: one process)
@@ -369,7 +376,7 @@ def main() -> None:
         if args.profile:
             from sft_profile import print_profile  # (it imports this module)
 
-            print_profile(tokenizer, examples, batch_size, tmp, measure_peaks())
+            print_profile(tokenizer, examples, batch_size, tmp, measure_peaks(), precision=args.precision)
         if args.levers:
             print_levers(args, tokenizer, examples, batch_size, tmp, flops)
         if args.rounds:
