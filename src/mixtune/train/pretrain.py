@@ -174,9 +174,9 @@ def _pretrain(recipe: Recipe, model, tokenizer, texts: list[str], run_dir: Path,
         start, carried = point.step, point.optimizer_state
     own_steps = cfg.max_steps or max(1, int(cfg.epochs * steps_per_epoch))
     total_steps = start + own_steps
-    if cfg.compile:
-        levers.compile_layers(model)  # in place: parameter names, checkpoints and the saved model are untouched
     forward = dist.wrap(model)  # DDP / FSDP (which shards the parameters: before the optimizer is made)
+    if cfg.compile:  # after the wrap, as in sft.py
+        levers.compile_layers(model)  # in place: parameter names, checkpoints and the saved model are untouched
     optimizer = engine.make_optimizer(model, cfg, carried=carried)
     scheduler = engine.make_scheduler(optimizer, cfg, own_steps)  # counted from the branch point
     state = engine.TrainState(step=start)
