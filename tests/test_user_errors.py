@@ -205,3 +205,30 @@ def test_nan_is_a_failed_benchmark_and_a_nonzero_exit(tmp_path, capsys, base_dir
     with ResultsDB(tmp_path / "r.sqlite") as db:
         texts = {r["metric"]: r["text"] for r in db.rows(numeric_only=False) if r["value"] is None}
     assert texts["status"] == "failed" and texts["score"] == "nan"
+
+
+def test_compile_without_a_cxx_compiler_is_one_line_before_the_run_folder(tmp_path, capsys, tiny_tokenizer_dir,
+                                                                          tiny_corpus):
+    # inductor builds its CPU kernels with a C++ compiler; without one the first compiled step would fail deep
+    # inside torch. Both verbs that compile say so up front.
+    from torch._inductor import config
+
+    with config.patch({"cpp.cxx": (None, "no-such-cxx-for-mixtune")}):
+        check_no_compiler(tmp_path, capsys, tiny_tokenizer_dir, tiny_corpus)
+    assert config.cpp.cxx != (None, "no-such-cxx-for-mixtune")  # restored for the tests that compile
+
+
+def check_no_compiler(tmp_path, capsys, tiny_tokenizer_dir, tiny_corpus):
+    want = ("train.compile: torch.compile (inductor) needs a C++ compiler and found none of no-such-cxx-for-mixtune "
+            "on PATH; install one (e.g. apt install g++, or set CXX) or set train.compile: false")
+    recipe = sft_recipe(tmp_path, tiny_tokenizer_dir, train={"compile": True})
+    assert one_line_error(capsys, ["train", "-c", str(recipe)], "train") == f"mixtune train: {want}"
+    assert not (tmp_path / "run").exists()
+    pre = tmp_path / "pretrain.yaml"
+    pre.write_text(yaml.safe_dump({"name": "pre", "out_dir": str(tmp_path / "pre"),
+                                   "model": tiny_model_section(tiny_tokenizer_dir),
+                                   "pretrain_corpus": [str(tiny_corpus)],
+                                   "train": {"max_steps": 1, "batch_size": 2, "seq_len": 16, "bf16": False,
+                                             "compile": True}}))
+    assert one_line_error(capsys, ["pretrain", "-c", str(pre)], "pretrain") == f"mixtune pretrain: {want}"
+    assert not (tmp_path / "pre").exists()

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import os
+import shutil
 import sys
 from contextlib import contextmanager
 
@@ -14,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface
 
+from mixtune.errors import UserError
 from mixtune.model.adapters import unwrap_base
 
 
@@ -100,6 +103,25 @@ def packed_attention(model: torch.nn.Module, enabled: bool = True):
         yield
     finally:
         config._attn_implementation = before
+
+
+class CompilerMissing(UserError, RuntimeError):
+    """train.compile on a machine without the C++ compiler inductor builds its kernels with."""
+
+
+def require_compiler() -> str:
+    """The C++ compiler inductor would use (`torch._inductor.config.cpp.cxx`, `CXX`), checked before a run starts:
+    without one the first compiled step fails deep inside inductor. Raises CompilerMissing (one line)."""
+    from torch._inductor import config
+
+    search = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
+    names = [c for c in search if c] or [os.environ.get("CXX", "g++")]
+    for name in names:
+        if shutil.which(name):
+            return name
+    raise CompilerMissing(f"train.compile: torch.compile (inductor) needs a C++ compiler and found none of "
+                          f"{', '.join(names)} on PATH; install one (e.g. apt install g++, or set CXX) or set "
+                          "train.compile: false")
 
 
 COMPILED_ADAPTERS = ("none", "lora")
