@@ -3,6 +3,7 @@ line and exit 2 (not a silent switch to the quickstart)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -14,7 +15,9 @@ def test_overrides_reach_the_study_and_its_exit_code_is_the_demos(tmp_path, monk
     study.write_text("name: s\n")
     calls = []
     monkeypatch.setattr(demo, "prepare_base", lambda recipe: calls.append(("base", recipe.name)))
-    monkeypatch.setattr(demo, "load_recipe", lambda path, overrides=(): type("R", (), {"name": str(path)})())
+    no_compile = type("T", (), {"compile": False})()
+    monkeypatch.setattr(demo, "load_recipe",
+                        lambda path, overrides=(): type("R", (), {"name": str(path), "train": no_compile})())
     import mixtune.study.cli as study_cli
 
     for code in (0, 1):
@@ -37,3 +40,12 @@ def test_a_bad_override_is_refused_before_the_base_is_built(tmp_path):
                          text=True, timeout=120, check=False)
     assert out.returncode == 2, out.stderr
     assert "no_such_switch" in out.stderr and "Traceback" not in out.stderr and out.stderr.strip().count("\n") == 0
+
+
+def test_compile_without_a_cxx_compiler_is_refused_before_the_base_is_built(tmp_path):
+    env = {**os.environ, "CXX": "no-such-cxx-for-mixtune"}  # inductor's compiler search reads CXX
+    out = subprocess.run([sys.executable, "-m", "mixtune.cli", "demo", "train.compile=true"], capture_output=True,
+                         text=True, timeout=120, check=False, env=env)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    assert "needs a C++ compiler and found none of no-such-cxx-for-mixtune" in out.stderr

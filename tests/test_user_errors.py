@@ -232,3 +232,7 @@ def check_no_compiler(tmp_path, capsys, tiny_tokenizer_dir, tiny_corpus):
                                              "compile": True}}))
     assert one_line_error(capsys, ["pretrain", "-c", str(pre)], "pretrain") == f"mixtune pretrain: {want}"
     assert not (tmp_path / "pre").exists()
+    study = ["study", "-c", "recipes/dmt-mini.yaml", f"out_dir={tmp_path / 'study'}", "train.compile=true",
+             f"study.base_recipe={tmp_path / 'no-such-base.yaml'}"]  # refused before the base is even looked for
+    assert one_line_error(capsys, study, "study") == f"mixtune study: {want}"
+    assert not (tmp_path / "study").exists()

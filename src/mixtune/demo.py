@@ -28,7 +28,10 @@ def main(argv: list[str]) -> int:
         raise UserError(f"study recipe {args.study} not found; give --study <recipe.yaml> (run from the "
                         f"repository root for the default recipes/dmt-mini.yaml), or --quick for the one-ability SFT")
     if not args.quick:
-        load_recipe(args.study, args.overrides)  # a bad override fails in one line now, not after the base's minutes
+        from mixtune.train.levers import check_compiler
+
+        study = load_recipe(args.study, args.overrides)  # a bad override fails in one line now, not after the base
+        check_compiler(study.train)  # so does train.compile without a C++ compiler
     t0 = time.perf_counter()
     prepare_base(load_recipe(args.base))
     if args.quick:

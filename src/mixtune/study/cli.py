@@ -150,6 +150,9 @@ def run_study(study: Recipe, workers: int | None = None, log=print) -> Path:
     one's pid). Runs that fail, or finish with a benchmark left without a valid score, are listed in study.json
     (`failed`) and raise a StudyRunError after the others have finished."""
     t0 = time.perf_counter()
+    from mixtune.train.levers import check_compiler
+
+    check_compiler(study.train)  # before the bases' minutes of pre-training (a stage's own override: at its run's start)
     bases = prepare_bases(study, log=log)  # before the lock: a study that cannot start leaves no folder
     for b in bases.values():
         check_study(study, Path(b["path"]), log=log)

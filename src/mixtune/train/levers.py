@@ -109,9 +109,16 @@ class CompilerMissing(UserError, RuntimeError):
     """train.compile on a machine without the C++ compiler inductor builds its kernels with."""
 
 
+def check_compiler(train) -> None:
+    """With `train.compile` on (`train`: a TrainConfig), the C++ compiler inductor builds with must exist: called
+    before a run, a study or the demo starts (and before any pre-training), not at the first compiled step."""
+    if train.compile:
+        require_compiler()
+
+
 def require_compiler() -> str:
-    """The C++ compiler inductor would use (`torch._inductor.config.cpp.cxx`, `CXX`), checked before a run starts:
-    without one the first compiled step fails deep inside inductor. Raises CompilerMissing (one line)."""
+    """The C++ compiler inductor would use (`torch._inductor.config.cpp.cxx`, `CXX`): without one the first
+    compiled step fails deep inside inductor. Raises CompilerMissing (one line)."""
     from torch._inductor import config
 
     search = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)

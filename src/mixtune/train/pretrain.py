@@ -141,8 +141,7 @@ def pretrain(recipe: Recipe, resume: bool = False, stop_at_step: int | None = No
         print(f"distributed: {dist.world_size} processes, {dist.mode} on {dist.device.type}")
     engine.setup_torch(cfg)
     texts = read_corpus(corpus_paths(recipe))  # checked before the run folder exists
-    if cfg.compile:
-        levers.require_compiler()
+    levers.check_compiler(cfg)
     extra = {name: read_corpus([Path(p) for p in paths]) for name, paths in (eval_corpora or {}).items()}
     if branch_from is not None and not (Path(branch_from) / "trainer_state.pt").is_file():
         raise engine.BranchError(f"--branch-from {branch_from}: no checkpoint there (expected "

@@ -194,8 +194,6 @@ def prefix_keys(recipe: Recipe) -> list[str]:
                            log=lambda _: None)
     pools = group_by_source(mixture.train)
     recipes = budget_recipes(recipe, stages, recipes, pools)
-    if any(r.train.compile for r in recipes):
-        levers.require_compiler()
     tokenizer = prepare_tokenizer(recipe.model, recipe.data.template, recipe.tokenizer.out_dir, log=lambda _: None)
     token_cache: dict = {}
     build_sft_rows([ex for ex in mixture.train if not is_pair(ex)], tokenizer, recipe.data, token_cache)
@@ -227,8 +225,8 @@ def plan_run(recipe: Recipe, log=print) -> RunPlan:
     mixture = draw_mixture(recipe.data.sources, recipe.world.out_dir, seed=recipe.data.shuffle_seed, log=log)
     pools = group_by_source(mixture.train)
     recipes = budget_recipes(recipe, stages, recipes, pools)
-    if any(r.train.compile for r in recipes):
-        levers.require_compiler()
+    for r in recipes:
+        levers.check_compiler(r.train)
     for stage, srecipe in zip(stages, recipes):
         check_stage(stage.name, stage.kind, srecipe, {n: pools.get(n, []) for n in (*stage.sources,
                                                                                    *(s for s, _ in stage.replay))})
