@@ -44,8 +44,9 @@ def test_a_bad_override_is_refused_before_the_base_is_built(tmp_path):
 
 def test_compile_without_a_cxx_compiler_is_refused_before_the_base_is_built(tmp_path):
     env = {**os.environ, "CXX": "no-such-cxx-for-mixtune"}  # inductor's compiler search reads CXX
-    out = subprocess.run([sys.executable, "-m", "mixtune.cli", "demo", "train.compile=true"], capture_output=True,
-                         text=True, timeout=120, check=False, env=env)
+    no_base = tmp_path / "no-such-base.yaml"  # without the check the demo would stop at this base instead
+    out = subprocess.run([sys.executable, "-m", "mixtune.cli", "demo", "--base", str(no_base), "train.compile=true"],
+                         capture_output=True, text=True, timeout=120, check=False, env=env)
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
     assert "needs a C++ compiler and found none of no-such-cxx-for-mixtune" in out.stderr
