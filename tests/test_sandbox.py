@@ -239,10 +239,18 @@ def test_killed_scorer_leaves_no_temp_folder(tmp_path, fork_server):
             f"run_program('import time\\ntime.sleep(60)\\n', Limits(wall_s=120, cpu_s=120, fork_server={fork_server}))\n")
     proc = _scorer(tmp_path, code)
     deadline = time.monotonic() + 30
-    started = str(tmp_path / "mixtune-sandbox-*" / "**" / "program.py")
-    while not glob.glob(started, recursive=True) and time.monotonic() < deadline:
+    # killed once the program's runner exists: the fork server and the child it forked (their command line names the
+    # temp root), or the runner the scorer started. program.py is written before either, and a scorer killed in that
+    # moment leaves its folder to the next scorer's sweep (the end of this test)
+    program = str(tmp_path / "mixtune-sandbox-*" / "p-*" / "program.py")
+    runners = 2 if fork_server else 1
+
+    def started() -> bool:
+        return bool(glob.glob(program)) and len(_processes_mentioning(str(tmp_path))) >= runners
+
+    while not started() and time.monotonic() < deadline:
         time.sleep(0.02)
-    assert glob.glob(started, recursive=True), "the scorer never started"
+    assert started(), "the scorer never started its program"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     deadline = time.monotonic() + 10  # the runner dies with its parent (the fork server or the scorer's thread)
