@@ -157,8 +157,8 @@ def matmul_flops(m: int, k: int, n: int, dtype=torch.bfloat16, repeats: int = 10
     return 2 * m * k * n / best
 
 
-def bf16_peak_flops(size: int = 2048, repeats: int = 10, dtype=torch.bfloat16) -> float:
-    """The peak of this benchmark: `size`² bf16 matmuls on THREADS threads, the best of `repeats` single timings.
+def matmul_peak_flops(size: int = 2048, repeats: int = 10, dtype=torch.bfloat16) -> float:
+    """The peak of this benchmark: `size`² matmuls in `dtype` on THREADS threads, the best of `repeats` single timings.
     (Until issue 16 the mean of the 10 was taken; on a shared machine the mean measures the neighbours' load and
     makes the MFU look higher, the best does not.)"""
     return matmul_flops(size, size, size, dtype, repeats)
@@ -293,7 +293,7 @@ def loss_change(losses: list[float], reference: list[float]) -> str:
 
 
 def measure_peaks() -> dict[str, float]:
-    return {"bf16": bf16_peak_flops(), "fp32": bf16_peak_flops(dtype=torch.float32)}
+    return {"bf16": matmul_peak_flops(), "fp32": matmul_peak_flops(dtype=torch.float32)}
 
 
 def print_levers(args, tokenizer, examples, batch_size: int, tmp: Path, flops: float) -> None:
@@ -321,7 +321,7 @@ def compare_with_trl(args, tokenizer, examples, batch_size: int, tmp: Path, flop
     dtype, same = (torch.bfloat16, {}) if bf16 else (torch.float32, {"bf16": False})
     runs = defaultdict(list)
     for r in range(args.rounds):
-        runs["peak"].append(bf16_peak_flops(dtype=dtype))
+        runs["peak"].append(matmul_peak_flops(dtype=dtype))
         runs["defaults"].append(run_mixtune(examples, tokenizer, batch_size, tmp / f"d{r}", **same))
         runs["winners"].append(run_mixtune(examples, tokenizer, batch_size, tmp / f"w{r}", **WINNERS, **same))
         if not args.skip_trl:

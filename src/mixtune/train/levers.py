@@ -110,25 +110,20 @@ class CompilerMissing(UserError, RuntimeError):
 
 
 def check_compiler(train) -> None:
-    """With `train.compile` on (`train`: a TrainConfig), the C++ compiler inductor builds with must exist: called
-    before a run, a study or the demo starts (and before any pre-training), not at the first compiled step."""
-    if train.compile:
-        require_compiler()
-
-
-def require_compiler() -> str:
-    """The C++ compiler inductor would use (`torch._inductor.config.cpp.cxx`, `CXX`): without one the first
-    compiled step fails deep inside inductor. Raises CompilerMissing (one line)."""
+    """With `train.compile` on (`train`: a TrainConfig), the C++ compiler inductor builds its kernels with
+    (`torch._inductor.config.cpp.cxx`, `CXX`) must exist: called before a run, a study or the demo starts (and
+    before any pre-training), not at the first compiled step, which would fail deep inside inductor. Raises
+    CompilerMissing (one line)."""
+    if not train.compile:
+        return
     from torch._inductor import config
 
     search = config.cpp.cxx if isinstance(config.cpp.cxx, (list, tuple)) else (config.cpp.cxx,)
     names = [c for c in search if c] or [os.environ.get("CXX", "g++")]
-    for name in names:
-        if shutil.which(name):
-            return name
-    raise CompilerMissing(f"train.compile: torch.compile (inductor) needs a C++ compiler and found none of "
-                          f"{', '.join(names)} on PATH; install one (e.g. apt install g++, or set CXX) or set "
-                          "train.compile: false")
+    if not any(shutil.which(name) for name in names):
+        raise CompilerMissing(f"train.compile: torch.compile (inductor) needs a C++ compiler and found none of "
+                              f"{', '.join(names)} on PATH; install one (e.g. apt install g++, or set CXX) or set "
+                              "train.compile: false")
 
 
 COMPILED_ADAPTERS = ("none", "lora")
